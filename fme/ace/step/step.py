@@ -1,0 +1,74 @@
+"""One time step of an emulator and what it returns."""
+
+import abc
+import dataclasses
+
+from torch import nn
+
+from fme.core.tensors import TensorDict, TensorMapping
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """Result of one step.
+
+    Attributes:
+        output: the corrected, denormalised state at the next time,
+            ``{name: [batch, lat, lon]}``.
+        uncorrected: for exactly the variables the corrector changed, their
+            values before correction; empty when no corrector ran. The
+            correction of a variable is ``output[k] - uncorrected[k]``.
+    """
+
+    output: TensorDict
+    uncorrected: TensorDict = dataclasses.field(default_factory=dict)
+
+    def corrections(self) -> TensorDict:
+        """``output[k] - uncorrected[k]`` for each corrected variable."""
+        return {k: self.output[k] - v for k, v in self.uncorrected.items()}
+
+
+class StepABC(abc.ABC, nn.Module):
+    """Advances the state by one time step: network plus optional corrector."""
+
+    @property
+    @abc.abstractmethod
+    def in_names(self) -> list[str]:
+        """Variables the step reads (prognostic and forcing)."""
+
+    @property
+    @abc.abstractmethod
+    def out_names(self) -> list[str]:
+        """Variables the step predicts (prognostic and diagnostic)."""
+
+    @property
+    def prognostic_names(self) -> list[str]:
+        """Variables both read and predicted: the rolled-forward state."""
+        return [n for n in self.out_names if n in self.in_names]
+
+    @property
+    def forcing_names(self) -> list[str]:
+        """Variables read but never predicted: taken from data every step."""
+        return [n for n in self.in_names if n not in self.out_names]
+
+    @property
+    @abc.abstractmethod
+    def corrector_enabled(self) -> bool:
+        """Whether a corrector runs in this step."""
+
+    @abc.abstractmethod
+    def step(
+        self,
+        input_data: TensorMapping,
+        next_forcing: TensorMapping,
+        *,
+        detach_uncorrected: bool,
+    ) -> StepOutput:
+        """Predict the next state.
+
+        Args:
+            input_data: ``{name: [batch, lat, lon]}`` for every name in ``in_names``.
+            next_forcing: forcing variables at the next time (for the corrector).
+            detach_uncorrected: detach ``StepOutput.uncorrected`` from the graph.
+                Set False when a loss needs gradients through the correction.
+        """

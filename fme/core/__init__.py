@@ -1,0 +1,1 @@
+"""Atmosphere-agnostic building blocks: config, losses, optimisation, training loop."""

@@ -1,0 +1,99 @@
+"""Strict loading of dataclass configs from YAML with dotted overrides."""
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dacite
+import yaml
+
+T = TypeVar("T")
+
+_DACITE_CONFIG = dacite.Config(strict=True, cast=[tuple])
+
+
+class ConfigError(ValueError):
+    """A config that does not match its schema; the message names the key path."""
+
+
+def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise.
+
+    Args:
+        cls: the dataclass to build.
+        data: a plain dict, as read from YAML.
+        path: where ``data`` sits in the whole config, for error messages.
+
+    Raises:
+        ConfigError: naming the offending key path and what is allowed.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
+        )
+    try:
+        return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
+    except dacite.UnexpectedDataError as err:
+        allowed = sorted(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        keys = ", ".join(sorted(err.keys))
+        raise ConfigError(
+            f"{path}: unknown key(s) {keys}; allowed keys here: {allowed}"
+        ) from None
+    except dacite.WrongTypeError as err:
+        raise ConfigError(
+            f"{path}.{err.field_path}: expected type {_type_name(err.field_type)}, "
+            f"got {err.value!r}"
+        ) from None
+    except dacite.MissingValueError as err:
+        raise ConfigError(f"{path}.{err.field_path}: required key is missing") from None
+    except dacite.DaciteError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except ValueError as err:  # __post_init__ validation of a nested config
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict.
+
+    Raises:
+        ConfigError: if an override has no ``=`` or walks into a non-mapping.
+    """
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(
+                f"override {override!r} must look like key.path=value, e.g. max_epochs=2"
+            )
+        key_path, raw_value = override.split("=", 1)
+        keys = key_path.split(".")
+        node = data
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                walked = ".".join(keys[: i + 1])
+                raise ConfigError(f"override {override!r}: {walked} is not a mapping")
+            node = child
+        node[keys[-1]] = yaml.safe_load(raw_value)
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file into a dict, with a clear error for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with path.open() as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    return data
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as a plain dict (the inverse of ``from_dict_strict``)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,131 @@
+"""The distributed context: rank, world size, device and reductions.
+
+One object, built once by the entry point and passed to what needs it; nothing
+reads a global. Without ``torchrun`` it describes a single process.
+"""
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+class DistributedContext:
+    """Describes this process's place in a data-parallel job.
+
+    Args:
+        rank: this process's index in ``[0, world_size)``.
+        world_size: number of processes.
+        device: the device this process computes on.
+        initialized: whether a ``torch.distributed`` process group is up.
+    """
+
+    def __init__(
+        self,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        initialized: bool = False,
+    ):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device if device is not None else torch.device("cpu")
+        self.initialized = initialized
+
+    @classmethod
+    def single_process(cls, device: torch.device | None = None) -> "DistributedContext":
+        """A context for one process without a process group."""
+        if device is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(device=device)
+
+    @classmethod
+    def from_environment(cls, backend: str | None = None) -> "DistributedContext":
+        """Join the process group ``torchrun`` describes, or run as one process.
+
+        Args:
+            backend: ``nccl`` or ``gloo``; by default ``nccl`` when CUDA is
+                available, else ``gloo``.
+        """
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return cls.single_process()
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend not in ("nccl", "gloo"):
+            raise ValueError(f"distributed backend must be 'nccl' or 'gloo', got {backend!r}")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "nccl":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            device=device,
+            initialized=True,
+        )
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this is rank 0, the only writer of files, logs and progress."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.initialized and self.world_size > 1
+
+    def local_batch_size(self, global_batch_size: int) -> int:
+        """This rank's share of a global batch; it must divide evenly."""
+        if global_batch_size % self.world_size != 0:
+            raise ValueError(
+                f"batch_size={global_batch_size} is the global batch size and must be "
+                f"divisible by the number of processes ({self.world_size}); "
+                f"choose a multiple of {self.world_size}"
+            )
+        return global_batch_size // self.world_size
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a copy; identity on one process)."""
+        result = tensor.detach().clone()
+        if self.is_distributed:
+            dist.all_reduce(result, op=dist.ReduceOp.SUM)
+        return result
+
+    def reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Maximum over ranks (a copy; identity on one process)."""
+        result = tensor.detach().clone()
+        if self.is_distributed:
+            dist.all_reduce(result, op=dist.ReduceOp.MAX)
+        return result
+
+    def weighted_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Global mean from per-rank sums and counts (not a mean of means)."""
+        return self.reduce_sum(total) / self.reduce_sum(count)
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op on one process)."""
+        if self.is_distributed:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        """Leave the process group."""
+        if self.initialized and dist.is_initialized():
+            dist.destroy_process_group()
+            self.initialized = False
+
+    @contextmanager
+    def root_first(self) -> Iterator[None]:
+        """Run a block on rank 0 before the other ranks (e.g. creating files)."""
+        if not self.is_root:
+            self.barrier()
+        yield
+        if self.is_root:
+            self.barrier()

@@ -1,0 +1,1 @@
+"""Evaluation of trained emulators: rollout metrics, prediction files and plots."""

@@ -1,0 +1,164 @@
+"""The ``single_module`` step: normalise → network → denormalise → corrector."""
+
+import dataclasses
+
+import torch
+
+from fme.ace.corrector.corrector import CorrectorABC
+from fme.ace.corrector.registry import CorrectorSelector
+from fme.ace.data.batch import DatasetInfo
+from fme.ace.models.registry import ModuleSelector
+from fme.ace.step.step import StepABC, StepOutput
+from fme.core.normalizer import NetworkAndLossNormalizationConfig, StandardNormalizer
+from fme.core.tensors import TensorDict, TensorMapping
+
+
+@dataclasses.dataclass
+class SingleModuleStepConfig:
+    """ACE's ``stepper.step: {type: single_module, config: {...}}``.
+
+    Attributes:
+        builder: the network, ``{type: <module name>, config: {...}}``.
+        in_names: variables the network reads (prognostic and forcing).
+        out_names: variables the network predicts (prognostic and diagnostic).
+        normalization: the network's and the loss's normalisation statistics.
+        residual_prediction: predict prognostic variables as the input plus
+            the network output (in normalised space) instead of directly.
+        corrector: optional physical corrector applied after the network.
+    """
+
+    builder: ModuleSelector
+    in_names: list[str]
+    out_names: list[str]
+    normalization: NetworkAndLossNormalizationConfig
+    residual_prediction: bool = False
+    corrector: CorrectorSelector | None = None
+
+    def __post_init__(self):
+        for field in ("in_names", "out_names"):
+            names = getattr(self, field)
+            if not names:
+                raise ValueError(f"stepper.step.config.{field} must not be empty")
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"stepper.step.config.{field} repeats {duplicates}")
+
+    @property
+    def all_names(self) -> list[str]:
+        """Every variable the step reads or writes, inputs first."""
+        return self.in_names + [n for n in self.out_names if n not in self.in_names]
+
+    @property
+    def prognostic_names(self) -> list[str]:
+        """Variables both read and predicted."""
+        return [n for n in self.out_names if n in self.in_names]
+
+    def build_network_normalizer(self) -> StandardNormalizer:
+        """The network normaliser read from the configured statistics files."""
+        return self.normalization.get_network_normalizer(self.all_names)
+
+    def build_loss_normalizer(self) -> StandardNormalizer:
+        """The loss normaliser (residual-scaled for prognostic variables if set)."""
+        return self.normalization.get_loss_normalizer(
+            self.out_names, residual_scaled_names=self.prognostic_names
+        )
+
+    def build(
+        self, *, dataset_info: DatasetInfo, normalizer: StandardNormalizer
+    ) -> "SingleModuleStep":
+        """Build the step for a grid, with the network normaliser given."""
+        module = self.builder.build(
+            n_in_channels=len(self.in_names),
+            n_out_channels=len(self.out_names),
+            img_shape=dataset_info.img_shape,
+        )
+        corrector = None
+        if self.corrector is not None:
+            corrector = self.corrector.build(
+                gridded_operations=dataset_info.gridded_operations,
+                vertical_coordinate=dataset_info.vertical_coordinate,
+                out_names=self.out_names,
+            )
+        return SingleModuleStep(
+            module=module,
+            in_names=self.in_names,
+            out_names=self.out_names,
+            normalizer=normalizer,
+            residual_prediction=self.residual_prediction,
+            corrector=corrector,
+        )
+
+
+class SingleModuleStep(StepABC):
+    """One network call plus optional residual prediction and corrector.
+
+    Args:
+        module: maps ``[batch, len(in_names), lat, lon]`` to
+            ``[batch, len(out_names), lat, lon]`` in normalised space.
+        in_names: input variables in channel order.
+        out_names: output variables in channel order.
+        normalizer: the network normaliser.
+        residual_prediction: add the normalised input to prognostic outputs.
+        corrector: applied to the denormalised prediction, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        module: torch.nn.Module,
+        in_names: list[str],
+        out_names: list[str],
+        normalizer: StandardNormalizer,
+        residual_prediction: bool,
+        corrector: CorrectorABC | None,
+    ):
+        super().__init__()
+        self.module = module
+        self._in_names = list(in_names)
+        self._out_names = list(out_names)
+        self.normalizer = normalizer
+        self.residual_prediction = residual_prediction
+        self.corrector = corrector
+
+    @property
+    def in_names(self) -> list[str]:
+        return self._in_names
+
+    @property
+    def out_names(self) -> list[str]:
+        return self._out_names
+
+    @property
+    def corrector_enabled(self) -> bool:
+        return self.corrector is not None
+
+    def step(
+        self,
+        input_data: TensorMapping,
+        next_forcing: TensorMapping,
+        *,
+        detach_uncorrected: bool,
+    ) -> StepOutput:
+        missing = [n for n in self._in_names if n not in input_data]
+        if missing:
+            raise ValueError(f"step input lacks variables {missing}")
+        normalized_in = self.normalizer.normalize(
+            {n: input_data[n] for n in self._in_names}
+        )
+        packed = torch.stack([normalized_in[n] for n in self._in_names], dim=1)
+        packed_out = self.module(packed)
+        normalized_out: TensorDict = {
+            n: packed_out[:, i] for i, n in enumerate(self._out_names)
+        }
+        if self.residual_prediction:
+            for name in self.prognostic_names:
+                normalized_out[name] = normalized_out[name] + normalized_in[name]
+        output = self.normalizer.denormalize(normalized_out)
+        if self.corrector is None:
+            return StepOutput(output=output)
+        corrected = self.corrector(input_data, output, next_forcing)
+        uncorrected = {
+            k: output[k].detach() if detach_uncorrected else output[k]
+            for k in corrected
+        }
+        return StepOutput(output={**output, **corrected}, uncorrected=uncorrected)

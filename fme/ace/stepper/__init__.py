@@ -1,0 +1,1 @@
+"""Rollouts of a step over many times, and training of those rollouts."""

@@ -1,0 +1,205 @@
+"""The stepper: a step rolled forward over many times, with its checkpoint state."""
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from fme.ace.data.batch import DatasetInfo
+from fme.ace.data.dataset_info_state import (
+    dataset_info_from_state,
+    dataset_info_to_state,
+)
+from fme.ace.step.registry import StepSelector
+from fme.ace.step.single_module import SingleModuleStep
+from fme.ace.step.step import StepOutput
+from fme.core.config_loading import from_dict_strict, to_dict
+from fme.core.normalizer import StandardNormalizer
+from fme.core.tensors import TensorDict, TensorMapping
+
+
+@dataclasses.dataclass
+class StepperConfig:
+    """ACE's ``stepper`` section.
+
+    Attributes:
+        step: the step to roll forward, ``{type: single_module, config: {...}}``.
+    """
+
+    step: StepSelector
+
+    def build(self, *, dataset_info: DatasetInfo) -> "Stepper":
+        """A new stepper with statistics read from the configured files."""
+        step_config = self.step.step_config
+        return self.build_with_normalizers(
+            dataset_info=dataset_info,
+            normalizer=step_config.build_network_normalizer(),
+            loss_normalizer=step_config.build_loss_normalizer(),
+        )
+
+    def build_with_normalizers(
+        self,
+        *,
+        dataset_info: DatasetInfo,
+        normalizer: StandardNormalizer,
+        loss_normalizer: StandardNormalizer,
+    ) -> "Stepper":
+        """A new stepper with given statistics (e.g. from a checkpoint)."""
+        step = self.step.step_config.build(
+            dataset_info=dataset_info, normalizer=normalizer
+        )
+        return Stepper(
+            config=self,
+            step=step,
+            dataset_info=dataset_info,
+            loss_normalizer=loss_normalizer,
+        )
+
+
+class Stepper:
+    """Rolls a step forward in time.
+
+    Args:
+        config: the config the stepper was built from (saved in checkpoints).
+        step: the one-step model.
+        dataset_info: grid and metadata of the training data.
+        loss_normalizer: the statistics losses are computed with.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: StepperConfig,
+        step: SingleModuleStep,
+        dataset_info: DatasetInfo,
+        loss_normalizer: StandardNormalizer,
+    ):
+        self.config = config
+        self.step = step
+        self.dataset_info = dataset_info
+        self.loss_normalizer = loss_normalizer
+
+    @property
+    def in_names(self) -> list[str]:
+        """Variables the step reads."""
+        return self.step.in_names
+
+    @property
+    def out_names(self) -> list[str]:
+        """Variables the step predicts."""
+        return self.step.out_names
+
+    @property
+    def prognostic_names(self) -> list[str]:
+        """Variables rolled forward."""
+        return self.step.prognostic_names
+
+    @property
+    def forcing_names(self) -> list[str]:
+        """Variables read from data at every step."""
+        return self.step.forcing_names
+
+    @property
+    def all_names(self) -> list[str]:
+        """Variables a data window must hold."""
+        return self.in_names + [n for n in self.out_names if n not in self.in_names]
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network (possibly wrapped for data parallelism)."""
+        return self.step.module
+
+    def to(self, device: torch.device) -> "Stepper":
+        """Move the network to ``device``."""
+        self.step.to(device)
+        return self
+
+    def rollout(
+        self,
+        *,
+        initial_condition: TensorMapping,
+        forcing: TensorMapping,
+        n_forward_steps: int,
+        detach_uncorrected: bool,
+        detach_between_steps: bool = False,
+        checkpoint_after_n_steps: int | None = None,
+    ) -> Iterator[StepOutput]:
+        """Yield one ``StepOutput`` per forward step.
+
+        Args:
+            initial_condition: ``{name: [batch, lat, lon]}`` for the prognostic
+                variables at time 0.
+            forcing: ``{name: [batch, time, lat, lon]}`` for the forcing
+                variables with ``time >= n_forward_steps + 1``.
+            n_forward_steps: number of steps to take.
+            detach_uncorrected: detach pre-correction values in the outputs.
+            detach_between_steps: detach the state fed to the next step (the
+                memory saver of gradient accumulation).
+            checkpoint_after_n_steps: recompute activations in backward for
+                steps with index ``>= n`` (non-reentrant activation checkpointing).
+        """
+        state: TensorDict = {n: initial_condition[n] for n in self.prognostic_names}
+        for i in range(n_forward_steps):
+            input_data = {
+                **state,
+                **{n: forcing[n][:, i] for n in self.forcing_names},
+            }
+            next_forcing = {n: forcing[n][:, i + 1] for n in self.forcing_names}
+            if checkpoint_after_n_steps is not None and i >= checkpoint_after_n_steps:
+                out = checkpoint(
+                    self._step,
+                    input_data,
+                    next_forcing,
+                    detach_uncorrected,
+                    use_reentrant=False,
+                )
+            else:
+                out = self._step(input_data, next_forcing, detach_uncorrected)
+            yield out
+            state = {n: out.output[n] for n in self.prognostic_names}
+            if detach_between_steps:
+                state = {k: v.detach() for k, v in state.items()}
+
+    def _step(
+        self,
+        input_data: TensorMapping,
+        next_forcing: TensorMapping,
+        detach_uncorrected: bool,
+    ) -> StepOutput:
+        return self.step.step(
+            input_data, next_forcing, detach_uncorrected=detach_uncorrected
+        )
+
+    @property
+    def base_module(self) -> torch.nn.Module:
+        """The network without any data-parallel wrapper."""
+        module = self.step.module
+        return getattr(module, "module", module)
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Load network weights from ``get_state()`` output."""
+        self.base_module.load_state_dict(state["module"])
+
+    def get_state(self) -> dict[str, Any]:
+        """Plain-data state: config, weights, normalisation, grid."""
+        return {
+            "config": to_dict(self.config),
+            "module": self.base_module.state_dict(),
+            "normalizer": self.step.normalizer.get_state(),
+            "loss_normalizer": self.loss_normalizer.get_state(),
+            "dataset_info": dataset_info_to_state(self.dataset_info),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Stepper":
+        """Rebuild a stepper from ``get_state()`` without reading statistics files."""
+        config = from_dict_strict(StepperConfig, state["config"], path="stepper")
+        stepper = config.build_with_normalizers(
+            dataset_info=dataset_info_from_state(state["dataset_info"]),
+            normalizer=StandardNormalizer.from_state(state["normalizer"]),
+            loss_normalizer=StandardNormalizer.from_state(state["loss_normalizer"]),
+        )
+        stepper.load_weights(state)
+        return stepper

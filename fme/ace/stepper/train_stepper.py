@@ -1,0 +1,378 @@
+"""Training of a stepper's rollouts: losses per step into one optimiser step."""
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from fme.ace.data.batch import BatchData
+from fme.ace.step.step import StepOutput
+from fme.ace.stepper.stepper import Stepper
+from fme.core.corrector.loss import CorrectorLossConfig, build_step_output_loss
+from fme.core.loss import StepLossConfig, StepOutputLoss, StepOutputLossResult
+from fme.core.loss_weight_schedule import (
+    LossWeightScheduleConfig,
+    LossWeightSchedules,
+    build_loss_weight_schedules,
+)
+from fme.core.metrics_aggregator import MeanAggregator
+from fme.core.optimization import Optimization
+from fme.core.tensors import TensorDict
+
+_NONFINITE_POLICIES = ("raise", "skip_batch")
+
+
+@dataclasses.dataclass
+class ForwardStepsOutcome:
+    """One possible rollout length and its probability.
+
+    Attributes:
+        n_forward_steps: the rollout length.
+        probability: its probability (all outcomes must sum to 1).
+    """
+
+    n_forward_steps: int
+    probability: float
+
+
+@dataclasses.dataclass
+class ForwardStepsDistribution:
+    """A random rollout length per batch: ``{outcomes: [...]}``.
+
+    Attributes:
+        outcomes: the possible lengths and their probabilities.
+    """
+
+    outcomes: list[ForwardStepsOutcome]
+
+    def __post_init__(self):
+        if not self.outcomes:
+            raise ValueError("stepper_training.n_forward_steps.outcomes is empty")
+        total = sum(o.probability for o in self.outcomes)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                "stepper_training.n_forward_steps.outcomes probabilities must sum "
+                f"to 1, got {total}"
+            )
+        for o in self.outcomes:
+            if o.n_forward_steps < 1 or o.probability < 0:
+                raise ValueError(
+                    "stepper_training.n_forward_steps.outcomes need "
+                    f"n_forward_steps >= 1 and probability >= 0, got {o}"
+                )
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class TrainStepperConfig:
+    """ACE's ``stepper_training`` section.
+
+    Attributes:
+        loss: the main (step) loss.
+        n_forward_steps: rollout length, an int or a distribution
+            ``{outcomes: [{n_forward_steps, probability}, ...]}`` sampled per batch.
+        optimize_last_step_only: only the last rollout step's loss is optimised.
+        n_ensemble: ensemble members per sample (>= 2 for the ensemble loss).
+        corrector_loss: corrector-aware training (pre-corrector optimisation
+            and/or corrector regularisation); None trains on corrected output.
+        loss_weight_schedules: weight schedules of named loss terms, e.g.
+            ``{corrector_regularization: {type: exponential, ...}}``.
+        on_nonfinite_loss: ``raise`` (default) stops training naming the loss
+            term, step, epoch and batch; ``skip_batch`` drops the batch and
+            counts it in the ``skipped_batches`` metric.
+    """
+
+    loss: StepLossConfig = dataclasses.field(default_factory=StepLossConfig)
+    n_forward_steps: int | ForwardStepsDistribution = 1
+    optimize_last_step_only: bool = False
+    n_ensemble: int = 1
+    corrector_loss: CorrectorLossConfig | None = None
+    loss_weight_schedules: dict[str, LossWeightScheduleConfig] = dataclasses.field(
+        default_factory=dict
+    )
+    on_nonfinite_loss: str = "raise"
+
+    def __post_init__(self):
+        if isinstance(self.n_forward_steps, int) and self.n_forward_steps < 1:
+            raise ValueError(
+                "stepper_training.n_forward_steps must be >= 1, got "
+                f"{self.n_forward_steps}"
+            )
+        if self.n_ensemble < 1:
+            raise ValueError(
+                f"stepper_training.n_ensemble must be >= 1, got {self.n_ensemble}"
+            )
+        if self.on_nonfinite_loss not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"stepper_training.on_nonfinite_loss {self.on_nonfinite_loss!r} "
+                f"is unknown; allowed: {list(_NONFINITE_POLICIES)}"
+            )
+
+    @property
+    def max_forward_steps(self) -> int:
+        """The longest rollout a batch may need."""
+        if isinstance(self.n_forward_steps, int):
+            return self.n_forward_steps
+        return max(o.n_forward_steps for o in self.n_forward_steps.outcomes)
+
+    def build(self, stepper: Stepper, *, seed: int = 0) -> "TrainStepper":
+        """The train stepper for ``stepper``; corrector-loss misuse raises here."""
+        if self.corrector_loss is not None and not stepper.step.corrector_enabled:
+            raise ValueError(
+                "stepper_training.corrector_loss is set but the step has no "
+                "corrector; add stepper.step.config.corrector or remove "
+                "stepper_training.corrector_loss"
+            )
+        gridded_ops = stepper.dataset_info.gridded_operations
+        step_loss = self.loss.build(
+            out_names=stepper.out_names,
+            normalizer=stepper.loss_normalizer,
+            gridded_ops=gridded_ops,
+        )
+        loss = build_step_output_loss(
+            self.corrector_loss,
+            step_loss=step_loss,
+            normalizer=stepper.loss_normalizer,
+            out_names=stepper.out_names,
+            n_ensemble=self.n_ensemble,
+        )
+        schedules = build_loss_weight_schedules(
+            self.loss_weight_schedules,
+            term_names=loss.term_names,
+            base_weights=loss.base_term_weights,
+        )
+        return TrainStepper(
+            config=self,
+            stepper=stepper,
+            loss=loss,
+            loss_weights=schedules,
+            seed=seed,
+        )
+
+
+@dataclasses.dataclass
+class TrainOutput:
+    """What one batch of training or validation produced.
+
+    Attributes:
+        metrics: scalar metrics of the batch (plain floats).
+        n_forward_steps: rollout length used.
+        skipped: whether the batch was dropped for a non-finite loss.
+    """
+
+    metrics: dict[str, float]
+    n_forward_steps: int
+    skipped: bool = False
+
+
+class TrainStepper:
+    """Rolls the stepper forward on a batch, computes losses, steps the optimiser.
+
+    Args:
+        config: the ``stepper_training`` config.
+        stepper: the model.
+        loss: the one loss object of every step (a ``StepOutputLoss``).
+        loss_weights: weight schedules of the named loss terms.
+        seed: seeds the per-batch rollout length sampling.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: TrainStepperConfig,
+        stepper: Stepper,
+        loss: StepOutputLoss,
+        loss_weights: LossWeightSchedules,
+        seed: int = 0,
+    ):
+        self.config = config
+        self.stepper = stepper
+        self.loss = loss
+        self.loss_weights = loss_weights
+        self._rng = np.random.default_rng(seed)
+        self._warned_empty_uncorrected = False
+
+    @property
+    def n_timesteps(self) -> int:
+        """Times per data window: the initial condition plus the longest rollout."""
+        return self.config.max_forward_steps + 1
+
+    def _sample_n_forward_steps(self) -> int:
+        n = self.config.n_forward_steps
+        if isinstance(n, int):
+            return n
+        lengths = [o.n_forward_steps for o in n.outcomes]
+        probs = [o.probability for o in n.outcomes]
+        return int(self._rng.choice(lengths, p=probs))
+
+    def _rollout_inputs(
+        self, batch: BatchData, n_steps: int
+    ) -> tuple[TensorDict, TensorDict]:
+        data = batch.data
+        n_ens = self.config.n_ensemble
+        initial = {n: data[n][:, 0] for n in self.stepper.prognostic_names}
+        forcing = {n: data[n][:, : n_steps + 1] for n in self.stepper.forcing_names}
+        if n_ens > 1:  # sample-major ensemble layout: index b * n_ens + e
+            initial = {k: v.repeat_interleave(n_ens, dim=0) for k, v in initial.items()}
+            forcing = {k: v.repeat_interleave(n_ens, dim=0) for k, v in forcing.items()}
+        return initial, forcing
+
+    def train_on_batch(
+        self, batch: BatchData, optimization: Optimization, *, where: str = ""
+    ) -> TrainOutput:
+        """One optimiser step on ``batch``.
+
+        Args:
+            batch: windows of at least ``n_forward_steps + 1`` times.
+            optimization: owns backward and the optimiser.
+            where: position for error messages, e.g. "epoch 2, batch 7".
+
+        Raises:
+            NonFiniteLossError: a loss term is NaN/inf and the policy is ``raise``.
+        """
+        n_steps = self._sample_n_forward_steps()
+        weights = self.loss_weights.weights()
+        outputs = self._run(
+            batch,
+            n_steps=n_steps,
+            optimization=optimization,
+            term_weights=weights,
+            where=where,
+        )
+        if outputs is None:
+            optimization.discard()
+            return TrainOutput({"skipped_batches": 1.0}, n_steps, skipped=True)
+        metrics, term_losses = outputs
+        optimization.step_weights()
+        self.loss_weights.step_optimizer(term_losses)
+        metrics.update({f"loss_weight/{k}": float(v) for k, v in weights.items()})
+        metrics["skipped_batches"] = 0.0
+        return TrainOutput(metrics, n_steps)
+
+    @torch.no_grad()
+    def validate_on_batch(self, batch: BatchData) -> TrainOutput:
+        """The same loss terms as training, without gradients or updates."""
+        n_steps = self.config.max_forward_steps
+        outputs = self._run(
+            batch,
+            n_steps=n_steps,
+            optimization=None,
+            term_weights=self.loss_weights.weights(),
+            where="validation",
+        )
+        assert outputs is not None
+        metrics, _ = outputs
+        return TrainOutput(metrics, n_steps)
+
+    def _run(
+        self,
+        batch: BatchData,
+        *,
+        n_steps: int,
+        optimization: Optimization | None,
+        term_weights: dict[str, float],
+        where: str,
+    ) -> tuple[dict[str, float], dict[str, float]] | None:
+        initial, forcing = self._rollout_inputs(batch, n_steps)
+        accumulate = optimization is not None and optimization.use_gradient_accumulation
+        rollout = self.stepper.rollout(
+            initial_condition=initial,
+            forcing=forcing,
+            n_forward_steps=n_steps,
+            detach_uncorrected=not self.loss.needs_uncorrected_grad,
+            detach_between_steps=accumulate,
+            checkpoint_after_n_steps=(
+                optimization.checkpoint_after_n_forward_steps
+                if optimization is not None
+                else None
+            ),
+        )
+        metrics = MeanAggregator()
+        term_sums: dict[str, float] = {}
+        total_loss = 0.0
+        for i, out in enumerate(rollout):
+            self._check_uncorrected(out)
+            target = {n: batch.data[n][:, i + 1] for n in self.stepper.out_names}
+            result = self.loss(out, target, step=i, term_weights=term_weights)
+            bad_term = _first_nonfinite_term(result)
+            if bad_term is not None:
+                message = (
+                    f"loss term {bad_term!r} is not finite at rollout step {i}"
+                    f"{', ' + where if where else ''}"
+                )
+                if self.config.on_nonfinite_loss == "raise":
+                    raise NonFiniteLossError(
+                        message + "; training stopped, the last checkpoint is intact"
+                    )
+                logging.warning("%s; skipping the batch", message)
+                return None
+            optimized = not self.config.optimize_last_step_only or i == n_steps - 1
+            total = result.total()
+            if optimized:
+                total_loss += float(total.detach())
+                for name, value in result.terms().items():
+                    term_sums[name] = term_sums.get(name, 0.0) + float(value.detach())
+                if optimization is not None:
+                    optimization.accumulate_loss(total, is_last=i == n_steps - 1)
+            self._record_step_metrics(metrics, result, out, step=i)
+        step_metrics = metrics.get_means()
+        step_metrics["loss"] = total_loss
+        n_optimized = 1 if self.config.optimize_last_step_only else n_steps
+        term_losses = {k: v / n_optimized for k, v in term_sums.items()}
+        return step_metrics, term_losses
+
+    def _record_step_metrics(
+        self,
+        metrics: MeanAggregator,
+        result: StepOutputLossResult,
+        out: StepOutput,
+        *,
+        step: int,
+    ) -> None:
+        metrics.record(f"loss_step_{step}", result.main.total().detach())
+        for name, value in result.main.get_channel_losses().items():
+            metrics.record(f"loss/{name}", value.detach())
+        if result.regularization is not None:
+            reg = result.regularization.detach()
+            metrics.record(f"corrector_regularization_step_{step}", reg)
+            metrics.record("corrector_regularization", reg)
+        for name, value in self.loss.correction_rms(out).items():
+            metrics.record(f"correction_rms/{name}", value)
+
+    def _check_uncorrected(self, out: StepOutput) -> None:
+        if (
+            self.loss.needs_uncorrected_grad
+            and not out.uncorrected
+            and not self._warned_empty_uncorrected
+        ):
+            self._warned_empty_uncorrected = True
+            logging.warning(
+                "the corrector ran but changed no variable, so the corrector loss "
+                "has nothing to act on; check the corrector's variable names"
+            )
+
+    def get_state(self) -> dict[str, Any]:
+        """The stepper, loss-weight schedules and the rollout-length sampler."""
+        return {
+            "stepper": self.stepper.get_state(),
+            "loss_weights": self.loss_weights.state_dict(),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore ``get_state()`` output (weights into the existing network)."""
+        self.stepper.load_weights(state["stepper"])
+        self.loss_weights.load_state_dict(state["loss_weights"])
+        self._rng.bit_generator.state = state["rng"]
+
+
+def _first_nonfinite_term(result: StepOutputLossResult) -> str | None:
+    for name, value in result.terms().items():
+        if not torch.isfinite(value.detach()).all():
+            return name
+    return None

@@ -1,0 +1,3 @@
+from fme.ace.train.main import main
+
+main()

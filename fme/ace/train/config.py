@@ -1,0 +1,96 @@
+"""The training run's YAML schema (ACE's train config)."""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fme.ace.data.loader import DataLoaderConfig
+from fme.ace.stepper.stepper import StepperConfig
+from fme.ace.stepper.train_stepper import TrainStepperConfig
+from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
+from fme.core.metrics_logger import LoggingConfig
+from fme.core.optimization import OptimizationConfig
+
+_BACKENDS = (None, "gloo", "nccl")
+
+
+@dataclasses.dataclass
+class ValidationConfig:
+    """ACE's ``validation`` section.
+
+    Attributes:
+        loader: the validation data loader (not shuffled).
+    """
+
+    loader: DataLoaderConfig
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        experiment_dir: where checkpoints, metrics, logs and plots go.
+        train_loader: training data.
+        stepper: the model.
+        optimization: optimiser, learning rate and its schedule.
+        stepper_training: losses and rollout settings.
+        max_epochs: number of epochs.
+        validation: validation data, evaluated after every epoch.
+        seed: seeds weights, data order and noise.
+        save_checkpoint: write checkpoints.
+        logging: where metrics and messages go.
+        max_steps: stop after this many optimiser steps (resumable later).
+        checkpoint_every_n_steps: also checkpoint mid-epoch this often.
+        best_checkpoint_metric: validation metric choosing ``best_ckpt.tar``;
+            ``val/mean/main_loss`` ignores regularisation terms and weights.
+        distributed_backend: ``gloo`` or ``nccl``; None picks ``nccl`` with
+            CUDA, ``gloo`` otherwise.
+    """
+
+    experiment_dir: str
+    train_loader: DataLoaderConfig
+    stepper: StepperConfig
+    optimization: OptimizationConfig
+    stepper_training: TrainStepperConfig = dataclasses.field(
+        default_factory=TrainStepperConfig
+    )
+    max_epochs: int = 1
+    validation: ValidationConfig | None = None
+    seed: int = 0
+    save_checkpoint: bool = True
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    max_steps: int | None = None
+    checkpoint_every_n_steps: int | None = None
+    best_checkpoint_metric: str = "val/mean/loss"
+    distributed_backend: str | None = None
+
+    def __post_init__(self):
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        for name in ("max_steps", "checkpoint_every_n_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.distributed_backend not in _BACKENDS:
+            raise ValueError(
+                f"distributed_backend {self.distributed_backend!r} is unknown; "
+                "allowed: null (automatic), gloo, nccl"
+            )
+        if not self.best_checkpoint_metric.startswith(("val/", "inference/")):
+            raise ValueError(
+                f"best_checkpoint_metric {self.best_checkpoint_metric!r} must be a "
+                "validation or inference metric, e.g. val/mean/loss or "
+                "val/mean/main_loss"
+            )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``experiment_dir/training_checkpoints``."""
+        return Path(self.experiment_dir) / "training_checkpoints"
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and strictly validate a training YAML, applying ``a.b=value`` overrides."""
+    data: dict[str, Any] = apply_overrides(load_yaml(path), overrides or [])
+    return from_dict_strict(TrainConfig, data, path="config")

@@ -1,0 +1,33 @@
+"""The one place a network is wrapped for data-parallel training."""
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from fme.core.distributed import DistributedContext
+
+
+def wrap_data_parallel(
+    module: torch.nn.Module, dist: DistributedContext
+) -> torch.nn.Module:
+    """``module`` on ``dist.device``, wrapped in DDP when several processes train.
+
+    Model code stays unaware of parallelism: this is the only place that
+    wraps it.
+    """
+    module = module.to(dist.device)
+    if not dist.is_distributed or not any(p.requires_grad for p in module.parameters()):
+        return module
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def no_sync_context(module: torch.nn.Module) -> Callable[[], AbstractContextManager[Any]]:
+    """A factory of contexts that skip DDP's gradient all-reduce (no-op otherwise)."""
+    if isinstance(module, DistributedDataParallel):
+        return module.no_sync
+    return contextlib.nullcontext

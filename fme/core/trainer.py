@@ -1,0 +1,292 @@
+"""The epoch loop: train, validate, log, checkpoint, resume.
+
+The trainer knows nothing about the atmosphere: it drives any object that
+trains on a batch and has state, over any data source with a resumable
+sampler.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from fme.core.checkpoint import load_checkpoint, save_checkpoint
+from fme.core.distributed import DistributedContext
+from fme.core.metrics_aggregator import MeanAggregator
+from fme.core.metrics_logger import MetricsLogger
+from fme.core.optimization import Optimization
+from fme.core.rng_state import get_rng_state, set_rng_state
+
+LATEST_CHECKPOINT = "ckpt.tar"
+BEST_CHECKPOINT = "best_ckpt.tar"
+
+
+class BatchOutput(Protocol):
+    """What a trainable returns for one batch."""
+
+    metrics: dict[str, float]
+    skipped: bool
+
+
+class Trainable(Protocol):
+    """The model side of training, e.g. ``TrainStepper``."""
+
+    def train_on_batch(
+        self, batch: Any, optimization: Optimization, *, where: str
+    ) -> BatchOutput: ...
+
+    def validate_on_batch(self, batch: Any) -> BatchOutput: ...
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+class ResumableSampler(Protocol):
+    """A batch sampler that knows its position within an epoch."""
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class DataSource(Protocol):
+    """Batches of one epoch, reseedable per epoch."""
+
+    loader: Iterable[Any]
+    sampler: ResumableSampler
+    n_batches: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def _batch_size(batch: Any) -> int:
+    return int(getattr(batch, "batch_size", 1))
+
+
+class Trainer:
+    """Runs epochs of training and validation with checkpoints and resume.
+
+    Args:
+        trainable: the model side (train/validate on a batch, state).
+        optimization: the optimiser and its clock.
+        train_data: training batches.
+        validation_data: validation batches, or None.
+        dist: the distributed context (rank 0 writes files).
+        logger: where metrics go.
+        checkpoint_dir: where ``ckpt.tar`` and ``best_ckpt.tar`` live.
+        max_epochs: stop after this many epochs.
+        max_steps: also stop after this many optimiser steps (None: no limit);
+            the run can be resumed later with a larger limit.
+        save_checkpoint: write checkpoints at all.
+        checkpoint_every_n_steps: also checkpoint mid-epoch this often.
+        run_config: the whole config, stored in checkpoints.
+        best_metric: the validation metric selecting ``best_ckpt.tar``.
+        batch_log_interval: log ``batch_`` metrics every this many steps.
+        end_of_epoch: called after validation with the epoch; returns extra
+            metrics (e.g. inline inference) to log with the epoch summary.
+    """
+
+    def __init__(
+        self,
+        *,
+        trainable: Trainable,
+        optimization: Optimization,
+        train_data: DataSource,
+        validation_data: DataSource | None,
+        dist: DistributedContext,
+        logger: MetricsLogger,
+        checkpoint_dir: Path,
+        max_epochs: int,
+        max_steps: int | None = None,
+        save_checkpoint: bool = True,
+        checkpoint_every_n_steps: int | None = None,
+        run_config: dict[str, Any] | None = None,
+        best_metric: str = "val/mean/loss",
+        batch_log_interval: int = 10,
+        end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    ):
+        self.trainable = trainable
+        self.optimization = optimization
+        self.train_data = train_data
+        self.validation_data = validation_data
+        self.dist = dist
+        self.logger = logger
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.save_checkpoints = save_checkpoint
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.run_config = run_config or {}
+        self.best_metric = best_metric
+        self.batch_log_interval = batch_log_interval
+        self.end_of_epoch = end_of_epoch
+        self.epoch = 0
+        self.best_value = float("inf")
+        self._epoch_metrics = MeanAggregator()
+        self._resume_sampler_state: dict[str, int] | None = None
+
+    @property
+    def latest_checkpoint_path(self) -> Path:
+        """The checkpoint written after every epoch (and mid-epoch if set)."""
+        return self.checkpoint_dir / LATEST_CHECKPOINT
+
+    def _done(self) -> bool:
+        return self.epoch >= self.max_epochs or (
+            self.max_steps is not None
+            and self.optimization.optimizer_steps >= self.max_steps
+        )
+
+    def train(self) -> None:
+        """Train until ``max_epochs`` (or ``max_steps``), resuming if a checkpoint exists."""
+        if self.latest_checkpoint_path.is_file():
+            self.resume(self.latest_checkpoint_path)
+        while not self._done():
+            finished_epoch = self._train_epoch()
+            if not finished_epoch:
+                break
+            self.epoch += 1
+            self.optimization.step_epoch()
+            summary = self._epoch_metrics.get_means(self.dist)
+            self._epoch_metrics = MeanAggregator()
+            train_means = {f"train/mean/{k}": v for k, v in summary.items()}
+            val_means = self._validate()
+            extra = self.end_of_epoch(self.epoch) if self.end_of_epoch else {}
+            record = {**train_means, **val_means, **extra}
+            record["lr"] = self.optimization.learning_rate
+            is_best = self.best_metric in record and record[self.best_metric] < self.best_value
+            if is_best:
+                self.best_value = record[self.best_metric]
+            self.logger.log(
+                record, optimizer_step=self.optimization.optimizer_steps, epoch=self.epoch
+            )
+            logging.info(
+                "epoch %d: train loss %.4g%s",
+                self.epoch,
+                record.get("train/mean/loss", float("nan")),
+                f", val loss {record['val/mean/loss']:.4g}" if "val/mean/loss" in record else "",
+            )
+            self._save(best=is_best)
+        self._save(best=False)
+
+    def _train_epoch(self) -> bool:
+        """Train on the rest of this epoch; False if ``max_steps`` stopped it."""
+        self.train_data.set_epoch(self.epoch)
+        self.train_data.sampler.load_state_dict(self._sampler_position)
+        self._resume_sampler_state = None
+        start = time.perf_counter()
+        n_samples = 0
+        progress = self._progress_bar()
+        for batch in self.train_data.loader:
+            batch_index = self.train_data.sampler.state_dict()["batches_done"]
+            out = self.trainable.train_on_batch(
+                batch,
+                self.optimization,
+                where=f"epoch {self.epoch}, batch {batch_index}",
+            )
+            n = _batch_size(batch) * self.dist.world_size
+            n_samples += n
+            self._epoch_metrics.record_all(out.metrics, count=n)
+            step = self.optimization.optimizer_steps
+            if progress is not None:
+                progress.update(1)
+            if not out.skipped and step % self.batch_log_interval == 0:
+                elapsed = time.perf_counter() - start
+                batch_metrics = {f"batch_{k}": v for k, v in out.metrics.items()}
+                batch_metrics["lr"] = self.optimization.learning_rate
+                batch_metrics["samples_per_second"] = n_samples / max(elapsed, 1e-9)
+                self.logger.log(batch_metrics, optimizer_step=step, epoch=self.epoch)
+            if (
+                self.checkpoint_every_n_steps is not None
+                and step % self.checkpoint_every_n_steps == 0
+            ):
+                self._save(best=False)
+            if self.max_steps is not None and step >= self.max_steps:
+                if progress is not None:
+                    progress.close()
+                return self.train_data.sampler.state_dict()["batches_done"] >= (
+                    self.train_data.n_batches
+                )
+        if progress is not None:
+            progress.close()
+        return True
+
+    @property
+    def _sampler_position(self) -> dict[str, int]:
+        return self._resume_sampler_state or {
+            "epoch": self.epoch,
+            "batches_done": 0,
+        }
+
+    def _progress_bar(self) -> Any:
+        import sys
+
+        if not self.dist.is_root or not sys.stdout.isatty():
+            return None
+        from tqdm import tqdm
+
+        done = self.train_data.sampler.state_dict()["batches_done"]
+        return tqdm(
+            total=self.train_data.n_batches,
+            initial=done,
+            desc=f"epoch {self.epoch + 1}/{self.max_epochs}",
+            leave=False,
+        )
+
+    def _validate(self) -> dict[str, float]:
+        if self.validation_data is None:
+            return {}
+        self.validation_data.set_epoch(0)
+        aggregator = MeanAggregator()
+        for batch in self.validation_data.loader:
+            out = self.trainable.validate_on_batch(batch)
+            aggregator.record_all(out.metrics, count=_batch_size(batch))
+        return {f"val/mean/{k}": v for k, v in aggregator.get_means(self.dist).items()}
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly."""
+        sampler_state = self.train_data.sampler.state_dict()
+        if sampler_state["batches_done"] >= self.train_data.n_batches:
+            sampler_state = {"epoch": self.epoch, "batches_done": 0}
+        return {
+            "config": self.run_config,
+            "trainable": self.trainable.get_state(),
+            "optimization": self.optimization.get_state(),
+            "trainer": {
+                "epoch": self.epoch,
+                "best_value": self.best_value,
+                "sampler": sampler_state,
+                "epoch_metrics": self._epoch_metrics.get_state(),
+                "rng": get_rng_state(),
+            },
+        }
+
+    def _save(self, *, best: bool) -> None:
+        if not self.save_checkpoints:
+            return
+        state = self.get_state()
+        if self.dist.is_root:
+            save_checkpoint(state, self.latest_checkpoint_path)
+            if best:
+                save_checkpoint(state, self.checkpoint_dir / BEST_CHECKPOINT)
+        self.dist.barrier()
+
+    def resume(self, path: Path) -> None:
+        """Continue from checkpoint ``path``."""
+        state = load_checkpoint(path)
+        self.trainable.load_state(state["trainable"])
+        self.optimization.load_state(state["optimization"])
+        trainer_state = state["trainer"]
+        self.epoch = int(trainer_state["epoch"])
+        self.best_value = float(trainer_state["best_value"])
+        self._resume_sampler_state = dict(trainer_state["sampler"])
+        self._epoch_metrics = MeanAggregator()
+        self._epoch_metrics.load_state(trainer_state["epoch_metrics"])
+        set_rng_state(trainer_state["rng"])
+        logging.info(
+            "resumed from %s at epoch %d, optimizer step %d",
+            path,
+            self.epoch,
+            self.optimization.optimizer_steps,
+        )

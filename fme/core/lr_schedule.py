@@ -41,7 +41,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim import lr_scheduler as torch_lr
@@ -406,14 +406,15 @@ def _number(
             " (YAML reads 1e-5 as text; write 1.0e-5)" if isinstance(value, str) else ""
         )
         raise ValueError(f"{path} must be {kind}, got {value!r}{hint}")
-    if not math.isfinite(value):
+    number = float(cast(float, value))
+    if not math.isfinite(number):
         raise ValueError(f"{path} must be finite, got {value!r}")
     if minimum is not None:
-        if exclusive and value <= minimum:
+        if exclusive and number <= minimum:
             raise ValueError(f"{path} must be > {minimum}, got {value!r}")
-        if not exclusive and value < minimum:
+        if not exclusive and number < minimum:
             raise ValueError(f"{path} must be >= {minimum}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _validate_shorthand(type_: str, kwargs: Mapping[str, Any], *, path: str) -> None:

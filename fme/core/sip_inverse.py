@@ -11,10 +11,13 @@ y_goal``? Two generic strategies need only a differentiable ``P``:
 
 Both treat dim 0 as the batch and require ``P`` to act on every sample
 independently (no batch statistics): per-sample Jacobians and Hessians are then
-the diagonal blocks of the derivatives of the batch-summed function, which
-``torch.func.jacrev`` (internally a ``vmap`` over cotangents) computes with the
-physics evaluated on the whole batch at once. This keeps physics functions that
-close over batched context (forcings, an input state) usable.
+the diagonal blocks of the derivatives of the batch-summed function. They are
+computed as ``vmap``-ed vector-Jacobian products over the cotangent basis
+(``torch.autograd.grad(..., is_grads_batched=True)``, what ``torch.func.jacrev``
+does) with the physics evaluated once on the whole batch, so physics functions
+that close over batched context (forcings, an input state) work unchanged. Plain
+autograd is used instead of ``torch.func.grad``/``jacrev`` because their first
+call imports ``torch._dynamo`` (seconds of start-up) for no numerical gain.
 
 Cost: ``newton_inverse`` builds an ``n × n`` Hessian per sample (``n`` the
 number of elements of one sample of ``x``) and eigendecomposes it; use it for
@@ -48,6 +51,31 @@ def _check_goal(y: torch.Tensor, y_goal: torch.Tensor) -> None:
         )
 
 
+def _batched_vjp(
+    output: torch.Tensor, x: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
+    """Rows ``∂output[:, i] / ∂x`` for every column ``i`` of ``output`` ``[B, k]``.
+
+    One vector-Jacobian product per column, vmapped over the cotangents
+    (``is_grads_batched``). Returns ``[k, B, n]``.
+    """
+    k = output.shape[-1]
+    if not output.requires_grad:  # output does not depend on x at all
+        return x.new_zeros(k, *x.shape)
+    basis = torch.eye(k, dtype=output.dtype, device=output.device)
+    cotangents = basis.unsqueeze(1).expand(k, *output.shape)
+    (rows,) = torch.autograd.grad(
+        output,
+        x,
+        grad_outputs=cotangents,
+        is_grads_batched=True,
+        create_graph=create_graph,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    return rows
+
+
 def per_sample_jacobian(physics: Physics, x: torch.Tensor) -> torch.Tensor:
     """The Jacobian ``∂P(x)_b / ∂x_b`` of every sample, flattened.
 
@@ -59,11 +87,12 @@ def per_sample_jacobian(physics: Physics, x: torch.Tensor) -> torch.Tensor:
         Tensor of shape ``[B, m, n]`` with ``m`` and ``n`` the per-sample sizes
         of the output and the input.
     """
-    x_flat = x.detach().reshape(x.shape[0], -1)
-    flat = _flat_physics(physics, x.shape)
-    # jacobian of the batch sum: [m, B, n]; sample b only feeds output b.
-    jac = torch.func.jacrev(lambda v: flat(v).sum(dim=0))(x_flat)
-    return jac.permute(1, 0, 2)
+    with torch.enable_grad():
+        x_flat = x.detach().reshape(x.shape[0], -1).requires_grad_(True)
+        y = _flat_physics(physics, x.shape)(x_flat)
+        # sample b only feeds output b, so row i of the batch-summed Jacobian
+        # holds every sample's own row i.
+        return _batched_vjp(y, x_flat).permute(1, 0, 2).detach()
 
 
 def per_sample_gradient_and_hessian(
@@ -77,11 +106,13 @@ def per_sample_gradient_and_hessian(
         x_flat: point of shape ``[B, n]``.
 
     Returns:
-        ``(g, H)`` of shapes ``[B, n]`` and ``[B, n, n]``.
+        ``(g, H)`` of shapes ``[B, n]`` and ``[B, n, n]``, detached.
     """
-    grad_fn = torch.func.grad(lambda v: loss(v).sum())
-    hess = torch.func.jacrev(lambda v: grad_fn(v).sum(dim=0))(x_flat)  # [n, B, n]
-    return grad_fn(x_flat), hess.permute(1, 0, 2)
+    with torch.enable_grad():
+        v = x_flat.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(v).sum(), v, create_graph=True)
+        hessian = _batched_vjp(grad, v)  # [n, B, n]
+    return grad.detach(), hessian.permute(1, 0, 2).detach()
 
 
 def saddle_free_newton_step(

@@ -289,3 +289,16 @@ def test_shape_mismatch_is_reported():
     x = torch.ones(2, 2, dtype=DTYPE)
     with pytest.raises(ValueError, match="y_target has shape"):
         sip_proxy_target(x, torch.ones(2, 3, dtype=DTYPE), physics=_simple_physics)
+
+
+def test_newton_with_constant_physics_does_not_move():
+    def physics(x: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(x)
+
+    x = torch.tensor([[1.0, 2.0]], dtype=DTYPE)
+    torch.testing.assert_close(
+        newton_inverse(x, torch.zeros(1, 2, dtype=DTYPE), physics=physics), x
+    )
+    torch.testing.assert_close(
+        gauss_newton_inverse(x, torch.zeros(1, 2, dtype=DTYPE), physics=physics), x
+    )

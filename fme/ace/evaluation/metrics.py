@@ -74,6 +74,9 @@ class RolloutMetricsAggregator:
         self._conserved_names = list(dict.fromkeys(conserved_names))
         self._n_lead_times = n_lead_times
         self._device = torch.device(device)
+        # Renormalised in float64 so a constant field has exactly its value as mean.
+        weights = gridded_operations.area_weights.to(torch.float64)
+        self._area_weights = weights / weights.sum()
         self._sums = self._zero_state()
 
     @property
@@ -135,7 +138,7 @@ class RolloutMetricsAggregator:
             corrections=corrections,
         )
         leads = slice(lead_start - 1, lead_start - 1 + n_leads)
-        gm = self._ops.area_weighted_mean
+        gm = self._global_mean
         for i, name in enumerate(self._names):
             pred = prediction[name].to(torch.float64)
             tgt = target[name].to(torch.float64)
@@ -162,6 +165,12 @@ class RolloutMetricsAggregator:
         self._sums["count"][leads] += batch_size
         if corrections is not None:
             self._sums["correction_count"][leads] += batch_size
+
+    def _global_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Area-weighted mean over the last two dims, in float64."""
+        if self._area_weights.device != x.device:
+            self._area_weights = self._area_weights.to(x.device)
+        return (x * self._area_weights).sum(dim=(-2, -1))
 
     def _check_chunk(
         self,

@@ -1,0 +1,1 @@
+"""Evaluation entry point: ``python -m fme.ace.evaluate CONFIG.yaml``."""

@@ -1,0 +1,3 @@
+from fme.ace.evaluate.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Long rollouts from initial conditions, scored against data."""

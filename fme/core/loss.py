@@ -1,0 +1,943 @@
+"""Losses in the loss-normalised space: configs, per-channel losses, step losses.
+
+Layers, each usable alone:
+
+- a ``LossFunction`` reduces packed tensors to one loss per channel;
+- ``WeightedMappingLoss`` normalises ``{name: tensor}`` dicts with the loss
+  normaliser, packs them into channels, masks NaN targets and ``data_mask``,
+  applies per-point scalings and per-variable weights, and adds the optional
+  global-mean term, returning a ``LossOutput``;
+- ``StepLoss`` adds the per-step weight ``1 / sqrt(1 + c * step)``;
+- ``StepOutputLoss`` computes the loss of one stepper step from its
+  ``StepOutput``: ensemble unfolding, pre-corrector optimisation and the
+  corrector regularisation (configured in ``fme.core.corrector.loss``).
+
+Layouts: targets are ``[batch, lat, lon]`` per variable. Predictions are either
+``[batch, lat, lon]`` (one member) or ``[batch, n_ensemble, lat, lon]``.
+Internally predictions are packed to ``[batch, member, channel, lat, lon]``.
+Non-ensemble losses compare every member with the target and average over
+members; ``EnsembleLoss`` scores the ensemble as a whole.
+"""
+
+import abc
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from fme.core.gridded_ops import LatLonOperations
+from fme.core.loss_scaling import LossScaling, LossScalingConfig, combined_weights
+from fme.core.name_and_prefix_matcher import NameAndPrefixMatcher
+from fme.core.normalizer import StandardNormalizer
+from fme.core.tensors import TensorDict, TensorMapping
+
+LOSS_TYPES = ("MSE", "L1", "LpLoss", "AreaWeightedMSE", "EnsembleLoss", "NaN")
+GLOBAL_MEAN_LOSS_TYPES = ("LpLoss",)
+_ALLOWED_KWARGS: dict[str, tuple[str, ...]] = {
+    "MSE": (),
+    "L1": (),
+    "LpLoss": ("p",),
+    "AreaWeightedMSE": (),
+    "EnsembleLoss": ("crps_weight", "energy_score_weight"),
+    "NaN": (),
+}
+MAIN_TERM = "main"
+GLOBAL_MEAN_TERM = "global_mean"
+REGULARIZATION_TERM = "corrector_regularization"
+
+
+def _number(field: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}.{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _validate_loss(field: str, type_: str, kwargs: Mapping[str, Any]) -> None:
+    if type_ not in LOSS_TYPES:
+        raise ValueError(f"{field}: got type {type_!r}; allowed: {list(LOSS_TYPES)}")
+    allowed = _ALLOWED_KWARGS[type_]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{field} kwargs: unknown key(s) {unknown} for type {type_!r}; "
+            f"allowed: {list(allowed)}"
+        )
+    values = {k: _number(f"{field} kwargs", k, v) for k, v in kwargs.items()}
+    if values.get("p", 2.0) < 1:
+        raise ValueError(f"{field} kwargs.p must be >= 1, got {values['p']}")
+    if type_ == "EnsembleLoss":
+        crps = values.get("crps_weight", 1.0)
+        energy = values.get("energy_score_weight", 0.0)
+        if crps < 0 or energy < 0 or crps + energy <= 0:
+            raise ValueError(
+                f"{field} kwargs: crps_weight and energy_score_weight must be >= 0 "
+                f"with a positive sum, got {crps} and {energy}"
+            )
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """A loss function: its type and keyword arguments.
+
+    Attributes:
+        type: one of ``MSE``, ``L1``, ``LpLoss`` (relative Lp norm
+            ``||x - y||_p / ||y||_p`` per sample and channel, kwargs ``p``,
+            default 2), ``AreaWeightedMSE`` (needs grid area weights),
+            ``EnsembleLoss`` (fair CRPS over ensemble members, kwargs
+            ``crps_weight`` default 1 and ``energy_score_weight`` default 0;
+            needs ``n_ensemble >= 2``), ``NaN`` (always NaN, for tests).
+        kwargs: keyword arguments of the loss type (see ``type``).
+    """
+
+    type: str = "MSE"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _validate_loss("loss", self.type, self.kwargs)
+
+    @property
+    def requires_ensemble(self) -> bool:
+        """Whether this loss needs several ensemble members."""
+        return self.type == "EnsembleLoss"
+
+    def build(self, *, gridded_ops: LatLonOperations | None = None) -> "LossFunction":
+        """The loss function; ``AreaWeightedMSE`` raises without ``gridded_ops``."""
+        kw = {k: float(v) for k, v in self.kwargs.items()}
+        if self.type == "MSE":
+            return MSELoss()
+        if self.type == "L1":
+            return L1Loss()
+        if self.type == "LpLoss":
+            return LpLoss(p=kw.get("p", 2.0))
+        if self.type == "AreaWeightedMSE":
+            if gridded_ops is None:
+                raise ValueError(
+                    "loss type 'AreaWeightedMSE' needs grid area weights, but no "
+                    "gridded operations were given to build()"
+                )
+            return AreaWeightedMSELoss(gridded_ops)
+        if self.type == "EnsembleLoss":
+            return EnsembleLoss(
+                crps_weight=kw.get("crps_weight", 1.0),
+                energy_score_weight=kw.get("energy_score_weight", 0.0),
+            )
+        return NaNLoss()
+
+
+@dataclasses.dataclass
+class StepLossConfig:
+    """ACE's ``stepper_training.loss`` block plus per-point scalings.
+
+    Attributes:
+        type: loss type, see ``LossConfig.type``.
+        kwargs: keyword arguments of the loss type.
+        global_mean_type: if set (only ``LpLoss``), add a loss on the area-weighted
+            global means: the relative Lp norm over the vector of per-channel
+            global means, per sample and member. Needs grid area weights.
+        global_mean_kwargs: keyword arguments of the global-mean loss.
+        global_mean_weight: multiplies the global-mean term. Must be >= 0.
+        weights: per-variable multipliers of the channel losses (default 1);
+            names must be output variables. Must be >= 0.
+        sqrt_loss_step_decay_constant: ``c >= 0``; forward step ``step``
+            (0-based) is weighted ``1 / sqrt(1 + c * step)``; 0 weighs all
+            steps equally.
+        scaling: per-point scalings of the main term (not the global-mean term),
+            multiplied together.
+    """
+
+    type: str = "MSE"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    global_mean_type: str | None = None
+    global_mean_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    global_mean_weight: float = 1.0
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    sqrt_loss_step_decay_constant: float = 0.0
+    scaling: list[LossScalingConfig] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        _validate_loss("loss", self.type, self.kwargs)
+        if self.global_mean_type is not None:
+            if self.global_mean_type not in GLOBAL_MEAN_LOSS_TYPES:
+                raise ValueError(
+                    f"loss.global_mean_type: got {self.global_mean_type!r}; allowed: "
+                    f"{list(GLOBAL_MEAN_LOSS_TYPES)} or null"
+                )
+            _validate_loss(
+                "loss.global_mean", self.global_mean_type, self.global_mean_kwargs
+            )
+        elif self.global_mean_kwargs:
+            raise ValueError(
+                "loss.global_mean_kwargs is set but loss.global_mean_type is null"
+            )
+        if not self.global_mean_weight >= 0:
+            raise ValueError(
+                f"loss.global_mean_weight must be >= 0, got {self.global_mean_weight}"
+            )
+        bad = {k: v for k, v in self.weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"loss.weights must be >= 0, got {bad}")
+        if not self.sqrt_loss_step_decay_constant >= 0:
+            raise ValueError(
+                "loss.sqrt_loss_step_decay_constant must be >= 0, got "
+                f"{self.sqrt_loss_step_decay_constant}"
+            )
+
+    @property
+    def requires_ensemble(self) -> bool:
+        """Whether the loss needs ``n_ensemble >= 2`` (a stochastic module)."""
+        return self.type == "EnsembleLoss"
+
+    def build(
+        self,
+        *,
+        out_names: Sequence[str],
+        normalizer: StandardNormalizer,
+        gridded_ops: LatLonOperations | None = None,
+    ) -> "StepLoss":
+        """The step loss over ``out_names`` in the space of the loss ``normalizer``.
+
+        Raises:
+            ValueError: for weights of unknown variables, or a loss type, global
+                mean or scaling that needs ``gridded_ops`` when it is None.
+        """
+        unknown = sorted(set(self.weights) - set(out_names))
+        if unknown:
+            raise ValueError(
+                f"loss.weights: {unknown} are not output variables; allowed: "
+                f"{list(out_names)}"
+            )
+        global_mean = None
+        if self.global_mean_type is not None:
+            if gridded_ops is None:
+                raise ValueError(
+                    "loss.global_mean_type needs grid area weights, but no gridded "
+                    "operations were given to build()"
+                )
+            p = _number("loss.global_mean_kwargs", "p", self.global_mean_kwargs.get("p", 2))
+            global_mean = GlobalMeanLpLoss(gridded_ops, p=p)
+        loss = WeightedMappingLoss(
+            loss=LossConfig(self.type, self.kwargs).build(gridded_ops=gridded_ops),
+            names=out_names,
+            normalizer=normalizer,
+            weights=self.weights,
+            scalings=[s.build(out_names, gridded_ops) for s in self.scaling],
+            global_mean=global_mean,
+            global_mean_weight=self.global_mean_weight,
+        )
+        return StepLoss(
+            loss=loss, sqrt_loss_step_decay_constant=self.sqrt_loss_step_decay_constant
+        )
+
+
+# ---------------------------------------------------------------- loss functions
+
+
+def _fold_members(x: torch.Tensor, n_members: int) -> torch.Tensor:
+    """Repeat ``[B, ...]`` to ``[B * n_members, ...]``, index ``b * n_members + e``."""
+    if n_members == 1:
+        return x
+    return x[:, None].expand(x.shape[0], n_members, *x.shape[1:]).flatten(0, 1)
+
+
+def _masked_channel_mean(
+    values: torch.Tensor, denominator_weights: torch.Tensor, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``sum(v * w * s) / sum(w)`` over all dims but dim 1.
+
+    Returns the channel means ``[C]`` and whether each channel had any weight.
+    """
+    w = denominator_weights.expand_as(values)
+    dims = [d for d in range(values.dim()) if d != 1]
+    weighted = values * w if scale is None else values * w * scale
+    numerator = weighted.sum(dim=dims)
+    denominator = w.sum(dim=dims)
+    active = denominator > 0
+    safe = torch.where(active, denominator, torch.ones_like(denominator))
+    return torch.where(active, numerator / safe, torch.zeros_like(numerator)), active
+
+
+def _mean_over_valid_samples(
+    values: torch.Tensor, has: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``[N, C]`` values over the samples where ``has``; per channel."""
+    count = has.sum(dim=0)
+    total = torch.where(has, values, torch.zeros_like(values)).sum(dim=0)
+    return total / count.clamp(min=1), count > 0
+
+
+class LossFunction(abc.ABC):
+    """Reduces packed, loss-normalised tensors to one loss per channel."""
+
+    supports_scaling: bool = True
+    requires_ensemble: bool = False
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        scalings: Sequence[LossScaling] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel losses.
+
+        Args:
+            predict: ``[batch, member, channel, lat, lon]``.
+            target: ``[batch, channel, lat, lon]`` with NaNs already replaced.
+            valid: ``[batch, channel, lat, lon]``, 1 where the point counts.
+            scalings: detached per-point weights multiplying the integrand.
+
+        Returns:
+            The loss per channel ``[C]`` and whether each channel had any valid
+            point ``[C]`` (bool).
+        """
+
+
+class _PointwiseLoss(LossFunction):
+    """A pointwise loss averaged over valid points and ensemble members."""
+
+    @abc.abstractmethod
+    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss at every point."""
+
+    def base_weights(self, like: torch.Tensor) -> torch.Tensor | float:
+        """Weights of the mean before masking (1 for a plain mean)."""
+        return 1.0
+
+    def __call__(self, predict, target, valid, scalings=()):
+        n_members = predict.shape[1]
+        p = predict.flatten(0, 1)
+        t = _fold_members(target, n_members)
+        v = _fold_members(valid, n_members)
+        scale = combined_weights(scalings, p, t)
+        return _masked_channel_mean(self.pointwise(p, t), v * self.base_weights(p), scale)
+
+
+class MSELoss(_PointwiseLoss):
+    """Mean squared error over valid points."""
+
+    def pointwise(self, predict, target):
+        return (predict - target) ** 2
+
+
+class L1Loss(_PointwiseLoss):
+    """Mean absolute error over valid points."""
+
+    def pointwise(self, predict, target):
+        return (predict - target).abs()
+
+
+class AreaWeightedMSELoss(MSELoss):
+    """Squared error averaged with cell-area weights over valid points.
+
+    Args:
+        gridded_ops: provides the ``[lat, lon]`` area weights.
+    """
+
+    def __init__(self, gridded_ops: LatLonOperations):
+        self.area_weights = gridded_ops.area_weights
+
+    def base_weights(self, like):
+        return self.area_weights.to(device=like.device, dtype=like.dtype)
+
+
+class LpLoss(LossFunction):
+    """Relative Lp error ``||x - y||_p / ||y||_p`` per sample, member and channel.
+
+    The norm runs over (lat, lon) at valid points; scaling weights ``s`` weight
+    both norms, ``(sum s |x - y|^p / sum s |y|^p)^(1/p)``. The ratio is
+    averaged over members and over samples with a valid point. A target that
+    is zero at every valid point gives an infinite loss.
+
+    Args:
+        p: order of the norm, >= 1.
+    """
+
+    def __init__(self, p: float = 2.0):
+        self.p = p
+
+    def __call__(self, predict, target, valid, scalings=()):
+        n_members = predict.shape[1]
+        x = predict.flatten(0, 1)
+        y = _fold_members(target, n_members)
+        v = _fold_members(valid, n_members)
+        scale = combined_weights(scalings, x, y)
+        w = v if scale is None else v * scale
+        root_w = w.pow(1.0 / self.p)
+        diff = torch.linalg.vector_norm(root_w * (x - y), ord=self.p, dim=(-2, -1))
+        norm = torch.linalg.vector_norm(root_w * y, ord=self.p, dim=(-2, -1))
+        has = v.sum(dim=(-2, -1)) > 0
+        ratio = diff / torch.where(has, norm, torch.ones_like(norm))
+        return _mean_over_valid_samples(ratio, has)
+
+
+class EnsembleLoss(LossFunction):
+    """Fair (unbiased) CRPS over ensemble members, optionally plus energy score.
+
+    Pointwise fair CRPS with ``m`` members ``x_i`` and target ``y``:
+    ``mean_i |x_i - y| - 1 / (2 m (m - 1)) * sum_{i != j} |x_i - x_j|``, averaged
+    over valid points (scalings multiply this integrand; they see the ensemble
+    mean as prediction). The energy score uses the same formula with the
+    root-mean-square over the valid (lat, lon) points of a sample in place of
+    ``|.|``, averaged over samples; it does not support scalings.
+
+    Args:
+        crps_weight: multiplies the CRPS.
+        energy_score_weight: multiplies the energy score.
+    """
+
+    requires_ensemble = True
+
+    def __init__(self, *, crps_weight: float = 1.0, energy_score_weight: float = 0.0):
+        self.crps_weight = crps_weight
+        self.energy_score_weight = energy_score_weight
+        self.supports_scaling = energy_score_weight == 0
+
+    @staticmethod
+    def _fair_score(members: torch.Tensor, target: torch.Tensor, distance) -> torch.Tensor:
+        m = members.shape[1]
+        skill = sum(distance(members[:, i] - target) for i in range(m)) / m
+        spread = sum(
+            distance(members[:, i] - members[:, j])
+            for i in range(m)
+            for j in range(i + 1, m)
+        )
+        return skill - spread / (m * (m - 1))
+
+    def __call__(self, predict, target, valid, scalings=()):
+        if predict.shape[1] < 2:
+            raise ValueError(
+                "EnsembleLoss needs predictions with n_ensemble >= 2 members, got "
+                f"{predict.shape[1]}"
+            )
+        crps = self._fair_score(predict, target, torch.abs)
+        scale = combined_weights(scalings, predict.mean(dim=1), target)
+        loss, active = _masked_channel_mean(crps, valid, scale)
+        loss = self.crps_weight * loss
+        if self.energy_score_weight > 0:
+            count = valid.sum(dim=(-2, -1), keepdim=True)
+            root_w = (valid / count.clamp(min=1)).sqrt()
+
+            def rms(x: torch.Tensor) -> torch.Tensor:
+                return torch.linalg.vector_norm(root_w * x, ord=2, dim=(-2, -1))
+
+            energy = self._fair_score(predict, target, rms)
+            energy_loss, _ = _mean_over_valid_samples(energy, count[..., 0, 0] > 0)
+            loss = loss + self.energy_score_weight * energy_loss
+        return loss, active
+
+
+class NaNLoss(LossFunction):
+    """Always NaN in every channel (to test NaN handling downstream)."""
+
+    def __call__(self, predict, target, valid, scalings=()):
+        n_channels = predict.shape[2]
+        nan = predict.sum() * float("nan")
+        return nan.expand(n_channels), torch.ones(
+            n_channels, dtype=torch.bool, device=predict.device
+        )
+
+
+class GlobalMeanLpLoss:
+    """Relative Lp error of area-weighted global means, as a vector over channels.
+
+    Per sample and member, global means are taken over the valid points of each
+    channel (the same points for prediction and target); the relative Lp norm
+    runs over channels, weighted by the per-variable weights (inactive channels
+    weigh 0). The result is averaged over members and samples with a valid
+    channel.
+
+    Args:
+        gridded_ops: provides the ``[lat, lon]`` area weights.
+        p: order of the norm, >= 1.
+    """
+
+    def __init__(self, gridded_ops: LatLonOperations, *, p: float = 2.0):
+        self.area_weights = gridded_ops.area_weights
+        self.p = p
+
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        channel_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scalar loss; layouts as for ``LossFunction``, ``channel_weights`` ``[C]``."""
+        area = self.area_weights.to(device=target.device, dtype=target.dtype)
+        weights = valid * area
+        denominator = weights.sum(dim=(-2, -1))
+        has = denominator > 0
+        safe = torch.where(has, denominator, torch.ones_like(denominator))
+        mean_target = (weights * target).sum(dim=(-2, -1)) / safe
+        mean_predict = (weights[:, None] * predict).sum(dim=(-2, -1)) / safe[:, None]
+        root_w = (has * channel_weights).pow(1.0 / self.p)
+        diff = torch.linalg.vector_norm(
+            root_w[:, None] * (mean_predict - mean_target[:, None]), ord=self.p, dim=-1
+        )
+        norm = torch.linalg.vector_norm(root_w * mean_target, ord=self.p, dim=-1)
+        sample_has = (root_w > 0).any(dim=-1)
+        norm = torch.where(sample_has, norm, torch.ones_like(norm))
+        ratio = (diff / norm[:, None]).mean(dim=1)
+        ratio = torch.where(sample_has, ratio, torch.zeros_like(ratio))
+        return ratio.sum() / sample_has.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------ loss output
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """A loss reduced to one value per channel, plus optional scalar terms.
+
+    Attributes:
+        names: channel (variable) names.
+        channel_losses: ``[C]`` losses, with per-variable and step weights
+            applied; 0 for inactive channels.
+        active: ``[C]`` bool, channels with at least one valid point.
+        extra_terms: further scalar terms by name (e.g. ``"global_mean"``),
+            already weighted, added to the total.
+    """
+
+    names: list[str]
+    channel_losses: torch.Tensor
+    active: torch.Tensor
+    extra_terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def channel_mean(self) -> torch.Tensor:
+        """Mean of the channel losses over active channels (0 if none is active)."""
+        zeros = torch.zeros_like(self.channel_losses)
+        total = torch.where(self.active, self.channel_losses, zeros).sum()
+        return total / self.active.sum().clamp(min=1)
+
+    def total(self) -> torch.Tensor:
+        """The scalar loss: channel mean plus the extra terms."""
+        total = self.channel_mean()
+        for term in self.extra_terms.values():
+            total = total + term
+        return total
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """``{"main": channel_mean(), **extra_terms}``; they sum to ``total()``."""
+        return {MAIN_TERM: self.channel_mean(), **self.extra_terms}
+
+    def get_channel_losses(self) -> dict[str, torch.Tensor]:
+        """Loss per active channel by variable name."""
+        active = self.active.tolist()
+        return {n: self.channel_losses[i] for i, n in enumerate(self.names) if active[i]}
+
+    def with_term_weights(self, weights: Mapping[str, float | torch.Tensor]) -> "LossOutput":
+        """A copy with each named term (``"main"`` and extra terms) multiplied."""
+        return LossOutput(
+            names=self.names,
+            channel_losses=self.channel_losses * weights.get(MAIN_TERM, 1.0),
+            active=self.active,
+            extra_terms={
+                k: v * weights.get(k, 1.0) for k, v in self.extra_terms.items()
+            },
+        )
+
+    def scaled(self, factor: float | torch.Tensor) -> "LossOutput":
+        """A copy with every term multiplied by ``factor``."""
+        return self.with_term_weights(
+            {MAIN_TERM: factor, **{k: factor for k in self.extra_terms}}
+        )
+
+
+# --------------------------------------------------------------- mapping losses
+
+
+class WeightedMappingLoss:
+    """A loss over ``{name: tensor}`` dicts in loss-normalised space.
+
+    Predictions and targets are normalised, packed into channels in the order
+    of ``names``, compared with ``loss``; NaN targets and points excluded by
+    ``data_mask`` do not count (means divide by the number of valid points), a
+    channel without valid points is inactive. Channel losses are multiplied by
+    ``weights`` before the mean over active channels.
+
+    Args:
+        loss: reduces packed tensors to per-channel losses.
+        names: the variables, in packing order.
+        normalizer: the loss normaliser; must know every name.
+        weights: per-variable multipliers, default 1.
+        scalings: per-point scalings of ``loss`` (its integrand).
+        global_mean: optional global-mean loss, a term named ``"global_mean"``.
+        global_mean_weight: multiplies the global-mean term.
+    """
+
+    def __init__(
+        self,
+        *,
+        loss: LossFunction,
+        names: Sequence[str],
+        normalizer: StandardNormalizer,
+        weights: Mapping[str, float] | None = None,
+        scalings: Sequence[LossScaling] = (),
+        global_mean: GlobalMeanLpLoss | None = None,
+        global_mean_weight: float = 1.0,
+    ):
+        if not names:
+            raise ValueError("a loss needs at least one variable name")
+        missing = [n for n in names if n not in normalizer.means]
+        if missing:
+            raise ValueError(f"the loss normaliser has no statistics for {missing}")
+        if scalings and not loss.supports_scaling:
+            raise ValueError(
+                f"loss scaling is not supported by {type(loss).__name__} with these "
+                "settings (the energy score is not pointwise); remove 'scaling' or "
+                "the energy score"
+            )
+        self.loss = loss
+        self.names = list(names)
+        self.normalizer = normalizer
+        weights = weights or {}
+        self.channel_weights = torch.tensor([float(weights.get(n, 1.0)) for n in names])
+        self.scalings = list(scalings)
+        self.global_mean = global_mean
+        self.global_mean_weight = global_mean_weight
+
+    def _pack(
+        self, predict: TensorMapping, target: TensorMapping
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        for role, tensors in (("prediction", predict), ("target", target)):
+            missing = [n for n in self.names if n not in tensors]
+            if missing:
+                raise ValueError(f"loss: {role} has no data for {missing}")
+        names = self.names
+        norm_target = self.normalizer.normalize({n: target[n] for n in names})
+        norm_predict = self.normalizer.normalize({n: predict[n] for n in names})
+        target_dim = norm_target[names[0]].dim()
+        members = []
+        for n in names:
+            x = norm_predict[n]
+            if x.dim() == target_dim:
+                x = x[:, None]
+            elif x.dim() != target_dim + 1:
+                raise ValueError(
+                    f"loss: prediction of {n!r} has shape {tuple(x.shape)}; expected "
+                    f"the target's {tuple(target[n].shape)} or [batch, n_ensemble, "
+                    "...]"
+                )
+            members.append(x)
+        packed_target = torch.stack([norm_target[n] for n in names], dim=1)
+        return torch.stack(members, dim=2), packed_target
+
+    @staticmethod
+    def _valid(target: torch.Tensor, data_mask: torch.Tensor | None) -> torch.Tensor:
+        valid = (~torch.isnan(target)).to(target.dtype)
+        if data_mask is None:
+            return valid
+        batch, n_channels = target.shape[:2]
+        if data_mask.shape not in ((batch,), (batch, n_channels)):
+            raise ValueError(
+                f"data_mask must be [batch] or [batch, channel] = [{batch}] or "
+                f"[{batch}, {n_channels}], got {tuple(data_mask.shape)}"
+            )
+        mask = (data_mask != 0).to(device=target.device, dtype=target.dtype)
+        mask = mask[:, None] if mask.dim() == 1 else mask
+        return valid * mask[:, :, None, None]
+
+    def __call__(
+        self,
+        predict: TensorMapping,
+        target: TensorMapping,
+        data_mask: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """The loss of ``predict`` against ``target``.
+
+        Args:
+            predict: ``{name: [batch, lat, lon]}`` or ``[batch, n_ensemble, ...]``.
+            target: ``{name: [batch, lat, lon]}``, NaN where there is no data.
+            data_mask: optional ``[batch]`` or ``[batch, channel]`` 0/1 tensor of
+                the samples (and channels, in ``names`` order) that count.
+        """
+        packed_predict, packed_target = self._pack(predict, target)
+        valid = self._valid(packed_target, data_mask)
+        filled = torch.nan_to_num(packed_target, nan=0.0)
+        losses, active = self.loss(packed_predict, filled, valid, self.scalings)
+        weights = self.channel_weights.to(device=losses.device, dtype=losses.dtype)
+        extra = {}
+        if self.global_mean is not None:
+            term = self.global_mean(packed_predict, filled, valid, weights)
+            extra[GLOBAL_MEAN_TERM] = self.global_mean_weight * term
+        return LossOutput(self.names, losses * weights, active, extra)
+
+
+class StepLoss:
+    """A ``WeightedMappingLoss`` weighted by forward-step index.
+
+    Step ``step`` (0-based) is weighted ``1 / sqrt(1 + c * step)`` with
+    ``c = sqrt_loss_step_decay_constant``; ``c = 0`` weighs every step 1.
+
+    Args:
+        loss: the loss of one step.
+        sqrt_loss_step_decay_constant: ``c >= 0``.
+    """
+
+    def __init__(
+        self, *, loss: WeightedMappingLoss, sqrt_loss_step_decay_constant: float = 0.0
+    ):
+        self.loss = loss
+        self.sqrt_loss_step_decay_constant = sqrt_loss_step_decay_constant
+
+    @property
+    def names(self) -> list[str]:
+        """The variables the loss compares."""
+        return self.loss.names
+
+    @property
+    def normalizer(self) -> StandardNormalizer:
+        """The loss normaliser."""
+        return self.loss.normalizer
+
+    @property
+    def requires_ensemble(self) -> bool:
+        """Whether the loss needs ``n_ensemble >= 2``."""
+        return self.loss.loss.requires_ensemble
+
+    @property
+    def has_global_mean(self) -> bool:
+        """Whether the output carries a ``"global_mean"`` term."""
+        return self.loss.global_mean is not None
+
+    def step_weight(self, step: int) -> float:
+        """``1 / sqrt(1 + c * step)``."""
+        return 1.0 / math.sqrt(1.0 + self.sqrt_loss_step_decay_constant * step)
+
+    def __call__(
+        self,
+        predict: TensorMapping,
+        target: TensorMapping,
+        step: int,
+        data_mask: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """The weighted loss of forward step ``step``; see ``WeightedMappingLoss``."""
+        return self.loss(predict, target, data_mask).scaled(self.step_weight(step))
+
+
+# ------------------------------------------------------------ step-output loss
+
+
+class StepOutputLike(Protocol):
+    """What the loss reads from a stepper's ``StepOutput``."""
+
+    output: TensorDict
+    uncorrected: TensorDict
+
+
+@dataclasses.dataclass
+class StepOutputLossResult:
+    """The loss of one step, by part.
+
+    Attributes:
+        main: the main (step) loss, with per-term multipliers applied.
+        regularization: the corrector penalty times its weight (and multiplier),
+            or None when not configured.
+        regularization_output: the unweighted penalty per corrected channel,
+            or None when not configured.
+    """
+
+    main: LossOutput
+    regularization: torch.Tensor | None = None
+    regularization_output: LossOutput | None = None
+
+    def total(self) -> torch.Tensor:
+        """``main.total() + regularization`` (just ``main.total()`` without it)."""
+        total = self.main.total()
+        return total if self.regularization is None else total + self.regularization
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """Weighted terms by name (``main``, ``global_mean``,
+        ``corrector_regularization`` as configured); they sum to ``total()``."""
+        terms = self.main.terms()
+        if self.regularization is not None:
+            terms[REGULARIZATION_TERM] = self.regularization
+        return terms
+
+
+class StepOutputLoss:
+    """The loss of one stepper step, aware of the corrector.
+
+    Always built: without corrector-loss features it passes the corrected
+    output to ``step_loss``. Step tensors are ``[batch * n_ensemble, lat, lon]``
+    in sample-major order (index ``b * n_ensemble + e``) and are unfolded to
+    ``[batch, n_ensemble, lat, lon]``; targets are ``[batch, lat, lon]``.
+
+    - Pre-corrector optimisation (``precorrector_exclude`` not None): the main
+      loss sees, for every variable in ``step_output.uncorrected`` not matched
+      by the matcher, the uncorrected value instead of the corrected one.
+    - Regularisation (``regularization`` not None): the correction
+      ``output - uncorrected`` of each corrected variable, divided by the loss
+      std, is compared with zero by ``regularization`` (no step decay); the
+      channel mean runs over corrected channels only, then is multiplied by
+      ``regularization_weight``.
+
+    Both can be combined: the main loss then scores the uncorrected prediction
+    while the penalty keeps the corrections small. ``step_output`` is never
+    modified.
+
+    Args:
+        step_loss: the main loss.
+        n_ensemble: members per sample in the step tensors.
+        precorrector_exclude: variables whose corrected value stays in the main
+            loss; None disables pre-corrector optimisation.
+        regularization: loss of the normalised correction against zero
+            (its normaliser divides by the loss std only).
+        regularization_weight: multiplies the penalty.
+    """
+
+    def __init__(
+        self,
+        *,
+        step_loss: StepLoss,
+        n_ensemble: int = 1,
+        precorrector_exclude: NameAndPrefixMatcher | None = None,
+        regularization: WeightedMappingLoss | None = None,
+        regularization_weight: float = 1.0,
+    ):
+        if n_ensemble < 1:
+            raise ValueError(f"n_ensemble must be >= 1, got {n_ensemble}")
+        if step_loss.requires_ensemble and n_ensemble < 2:
+            raise ValueError(
+                "loss type 'EnsembleLoss' needs n_ensemble >= 2 (and a stochastic "
+                f"module), got n_ensemble={n_ensemble}"
+            )
+        self.step_loss = step_loss
+        self.n_ensemble = n_ensemble
+        self.precorrector_exclude = precorrector_exclude
+        self.regularization = regularization
+        self.regularization_weight = regularization_weight
+        self._exclusions_checked = False
+
+    @property
+    def needs_uncorrected_grad(self) -> bool:
+        """Whether the loss differentiates through ``uncorrected``."""
+        return self.precorrector_exclude is not None or self.regularization is not None
+
+    @property
+    def term_names(self) -> list[str]:
+        """Names of the terms ``StepOutputLossResult.terms()`` will hold."""
+        names = [MAIN_TERM]
+        if self.step_loss.has_global_mean:
+            names.append(GLOBAL_MEAN_TERM)
+        if self.regularization is not None:
+            names.append(REGULARIZATION_TERM)
+        return names
+
+    def _unfold(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.n_ensemble == 1:
+            return x
+        if x.shape[0] != batch * self.n_ensemble:
+            raise ValueError(
+                f"step tensors must have batch * n_ensemble = {batch} * "
+                f"{self.n_ensemble} rows, got {x.shape[0]}"
+            )
+        return x.reshape(batch, self.n_ensemble, *x.shape[1:])
+
+    def _check_exclusions(self, corrected: Sequence[str]) -> None:
+        if self._exclusions_checked or not corrected:
+            return
+        self._exclusions_checked = True
+        assert self.precorrector_exclude is not None
+        unmatched = self.precorrector_exclude.unmatched_entries(corrected)
+        if unmatched:
+            warnings.warn(
+                "precorrector_optimization.exclude_names_and_prefixes: "
+                f"{unmatched} match no variable the corrector changed "
+                f"({sorted(corrected)}); check for typos",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _main_prediction(self, step_output: StepOutputLike) -> TensorDict:
+        prediction = dict(step_output.output)
+        if self.precorrector_exclude is not None:
+            self._check_exclusions(list(step_output.uncorrected))
+            for name, value in step_output.uncorrected.items():
+                if not self.precorrector_exclude.matches(name):
+                    prediction[name] = value
+        return prediction
+
+    def _penalty(
+        self,
+        step_output: StepOutputLike,
+        target_step: TensorMapping,
+        data_mask: torch.Tensor | None,
+    ) -> LossOutput:
+        assert self.regularization is not None
+        names = self.regularization.names
+        batch = target_step[names[0]].shape[0]
+        corrections = {
+            n: self._unfold(step_output.output[n] - step_output.uncorrected[n], batch)
+            for n in names
+            if n in step_output.uncorrected
+        }
+        zeros = torch.zeros_like(target_step[names[0]])
+        filler = next(iter(corrections.values()), zeros)
+        filler = torch.zeros_like(filler)
+        predict = {n: corrections.get(n, filler) for n in names}
+        corrected = torch.tensor([n in corrections for n in names], device=zeros.device)
+        mask = corrected[None, :].expand(batch, len(names)).to(zeros.dtype)
+        if data_mask is not None:
+            sample_mask = (data_mask != 0).to(device=zeros.device, dtype=zeros.dtype)
+            mask = mask * (sample_mask[:, None] if sample_mask.dim() == 1 else sample_mask)
+        return self.regularization(predict, {n: zeros for n in names}, mask)
+
+    def __call__(
+        self,
+        step_output: StepOutputLike,
+        target_step: TensorMapping,
+        step: int,
+        data_mask: torch.Tensor | None = None,
+        term_weights: Mapping[str, float | torch.Tensor] | None = None,
+    ) -> StepOutputLossResult:
+        """The loss of one step.
+
+        Args:
+            step_output: the stepper's output, ``[batch * n_ensemble, lat, lon]``.
+            target_step: ``{name: [batch, lat, lon]}``.
+            step: 0-based forward-step index (for the step decay).
+            data_mask: optional ``[batch]`` or ``[batch, channel]`` 0/1 mask.
+            term_weights: optional multipliers by term name (see
+                ``term_names``), applied after reduction; default 1.
+        """
+        term_weights = term_weights or {}
+        unknown = sorted(set(term_weights) - set(self.term_names))
+        if unknown:
+            raise ValueError(
+                f"term_weights: unknown term(s) {unknown}; this loss has "
+                f"{self.term_names}"
+            )
+        names = self.step_loss.names
+        batch = target_step[names[0]].shape[0]
+        prediction = self._main_prediction(step_output)
+        predict = {n: self._unfold(prediction[n], batch) for n in names}
+        main = self.step_loss(predict, target_step, step, data_mask)
+        if term_weights:
+            main = main.with_term_weights(term_weights)
+        if self.regularization is None:
+            return StepOutputLossResult(main=main)
+        penalty = self._penalty(step_output, target_step, data_mask)
+        weight = self.regularization_weight * term_weights.get(REGULARIZATION_TERM, 1.0)
+        return StepOutputLossResult(
+            main=main, regularization=weight * penalty.total(), regularization_output=penalty
+        )
+
+    def correction_rms(self, step_output: StepOutputLike) -> dict[str, torch.Tensor]:
+        """Detached ``sqrt(mean((correction / std)^2))`` per corrected loss variable.
+
+        Uses the loss normaliser's std; computed whether or not the loss
+        regularises the correction.
+        """
+        stds = self.step_loss.normalizer.stds
+        result = {}
+        for name in self.step_loss.names:
+            if name in step_output.uncorrected:
+                correction = step_output.output[name] - step_output.uncorrected[name]
+                std = stds[name].to(device=correction.device, dtype=correction.dtype)
+                result[name] = (correction.detach() / std).pow(2).mean().sqrt()
+        return result

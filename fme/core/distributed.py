@@ -56,7 +56,9 @@ class DistributedContext:
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend not in ("nccl", "gloo"):
-            raise ValueError(f"distributed backend must be 'nccl' or 'gloo', got {backend!r}")
+            raise ValueError(
+                f"distributed backend must be 'nccl' or 'gloo', got {backend!r}"
+            )
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if backend == "nccl":
             device = torch.device("cuda", local_rank)
@@ -64,7 +66,9 @@ class DistributedContext:
         else:
             device = torch.device("cpu")
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+            dist.init_process_group(
+                backend=backend, timeout=datetime.timedelta(minutes=10)
+            )
         return cls(
             rank=dist.get_rank(),
             world_size=dist.get_world_size(),

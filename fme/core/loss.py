@@ -216,7 +216,9 @@ class StepLossConfig:
                     "loss.global_mean_type needs grid area weights, but no gridded "
                     "operations were given to build()"
                 )
-            p = _number("loss.global_mean_kwargs", "p", self.global_mean_kwargs.get("p", 2))
+            p = _number(
+                "loss.global_mean_kwargs", "p", self.global_mean_kwargs.get("p", 2)
+            )
             global_mean = GlobalMeanLpLoss(gridded_ops, p=p)
         loss = WeightedMappingLoss(
             loss=LossConfig(self.type, self.kwargs).build(gridded_ops=gridded_ops),
@@ -313,7 +315,9 @@ class _PointwiseLoss(LossFunction):
         t = _fold_members(target, n_members)
         v = _fold_members(valid, n_members)
         scale = combined_weights(scalings, p, t)
-        return _masked_channel_mean(self.pointwise(p, t), v * self.base_weights(p), scale)
+        return _masked_channel_mean(
+            self.pointwise(p, t), v * self.base_weights(p), scale
+        )
 
 
 class MSELoss(_PointwiseLoss):
@@ -397,7 +401,9 @@ class EnsembleLoss(LossFunction):
         self.supports_scaling = energy_score_weight == 0
 
     @staticmethod
-    def _fair_score(members: torch.Tensor, target: torch.Tensor, distance) -> torch.Tensor:
+    def _fair_score(
+        members: torch.Tensor, target: torch.Tensor, distance
+    ) -> torch.Tensor:
         m = members.shape[1]
         skill = sum(distance(members[:, i] - target) for i in range(m)) / m
         spread = sum(
@@ -527,9 +533,13 @@ class LossOutput:
     def get_channel_losses(self) -> dict[str, torch.Tensor]:
         """Loss per active channel by variable name."""
         active = self.active.tolist()
-        return {n: self.channel_losses[i] for i, n in enumerate(self.names) if active[i]}
+        return {
+            n: self.channel_losses[i] for i, n in enumerate(self.names) if active[i]
+        }
 
-    def with_term_weights(self, weights: Mapping[str, float | torch.Tensor]) -> "LossOutput":
+    def with_term_weights(
+        self, weights: Mapping[str, float | torch.Tensor]
+    ) -> "LossOutput":
         """A copy with each named term (``"main"`` and extra terms) multiplied."""
         return LossOutput(
             names=self.names,
@@ -884,7 +894,9 @@ class StepOutputLoss:
         mask = corrected[None, :].expand(batch, len(names)).to(zeros.dtype)
         if data_mask is not None:
             sample_mask = (data_mask != 0).to(device=zeros.device, dtype=zeros.dtype)
-            mask = mask * (sample_mask[:, None] if sample_mask.dim() == 1 else sample_mask)
+            mask = mask * (
+                sample_mask[:, None] if sample_mask.dim() == 1 else sample_mask
+            )
         return self.regularization(predict, {n: zeros for n in names}, mask)
 
     def __call__(
@@ -924,7 +936,9 @@ class StepOutputLoss:
         penalty = self._penalty(step_output, target_step, data_mask)
         weight = self.regularization_weight * term_weights.get(REGULARIZATION_TERM, 1.0)
         return StepOutputLossResult(
-            main=main, regularization=weight * penalty.total(), regularization_output=penalty
+            main=main,
+            regularization=weight * penalty.total(),
+            regularization_output=penalty,
         )
 
     def correction_rms(self, step_output: StepOutputLike) -> dict[str, torch.Tensor]:

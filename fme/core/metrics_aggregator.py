@@ -18,7 +18,9 @@ class MeanAggregator:
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, float] = defaultdict(float)
 
-    def record(self, name: str, value: float | torch.Tensor, count: float = 1.0) -> None:
+    def record(
+        self, name: str, value: float | torch.Tensor, count: float = 1.0
+    ) -> None:
         """Add one observation of ``name`` that stands for ``count`` samples."""
         self._sums[name] += float(value) * count
         self._counts[name] += count

@@ -50,7 +50,9 @@ class LoggingConfig:
                 f"logging.batch_log_interval must be >= 1, got {self.batch_log_interval}"
             )
 
-    def configure_python_logging(self, experiment_dir: Path, dist: DistributedContext) -> None:
+    def configure_python_logging(
+        self, experiment_dir: Path, dist: DistributedContext
+    ) -> None:
         """Set up the root logger: screen and file on rank 0, warnings elsewhere."""
         root = logging.getLogger()
         for handler in list(root.handlers):

@@ -39,4 +39,6 @@ class NameAndPrefixMatcher:
     def unmatched_entries(self, names: Iterable[str]) -> list[str]:
         """Entries that select none of ``names`` (typo protection)."""
         names = list(names)
-        return [e for e in self.entries if not any(self.entry_matches(e, n) for n in names)]
+        return [
+            e for e in self.entries if not any(self.entry_matches(e, n) for n in names)
+        ]

@@ -27,8 +27,12 @@ class StandardNormalizer:
         for name, std in stds.items():
             if not torch.all(std > 0):
                 raise ValueError(f"std of {name!r} must be positive, got {std}")
-        self.means: TensorDict = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in means.items()}
-        self.stds: TensorDict = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in stds.items()}
+        self.means: TensorDict = {
+            k: torch.as_tensor(v, dtype=torch.float32) for k, v in means.items()
+        }
+        self.stds: TensorDict = {
+            k: torch.as_tensor(v, dtype=torch.float32) for k, v in stds.items()
+        }
 
     @property
     def names(self) -> list[str]:
@@ -95,13 +99,17 @@ class NormalizationConfig:
     stds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        has_paths = self.global_means_path is not None or self.global_stds_path is not None
+        has_paths = (
+            self.global_means_path is not None or self.global_stds_path is not None
+        )
         if has_paths and (self.means or self.stds):
             raise ValueError(
                 "normalization: give either global_means_path/global_stds_path "
                 "or explicit means/stds, not both"
             )
-        if has_paths and (self.global_means_path is None or self.global_stds_path is None):
+        if has_paths and (
+            self.global_means_path is None or self.global_stds_path is None
+        ):
             raise ValueError(
                 "normalization: global_means_path and global_stds_path go together"
             )
@@ -163,9 +171,7 @@ class NetworkAndLossNormalizationConfig:
 
     def __post_init__(self):
         if self.loss is not None and self.residual is not None:
-            raise ValueError(
-                "normalization: set at most one of 'loss' and 'residual'"
-            )
+            raise ValueError("normalization: set at most one of 'loss' and 'residual'")
 
     def get_network_normalizer(self, names: Iterable[str]) -> StandardNormalizer:
         """The normaliser applied around the network."""

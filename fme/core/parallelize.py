@@ -26,7 +26,9 @@ def wrap_data_parallel(
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
-def no_sync_context(module: torch.nn.Module) -> Callable[[], AbstractContextManager[Any]]:
+def no_sync_context(
+    module: torch.nn.Module,
+) -> Callable[[], AbstractContextManager[Any]]:
     """A factory of contexts that skip DDP's gradient all-reduce (no-op otherwise)."""
     if isinstance(module, DistributedDataParallel):
         return module.no_sync

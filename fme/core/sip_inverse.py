@@ -110,7 +110,11 @@ def per_sample_gradient_and_hessian(
     """
     with torch.enable_grad():
         v = x_flat.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(v).sum(), v, create_graph=True)
+        total = loss(v).sum()
+        if not total.requires_grad:  # loss does not depend on x at all
+            zeros = torch.zeros_like(v)
+            return zeros, zeros.unsqueeze(-1).expand(*v.shape, v.shape[-1])
+        (grad,) = torch.autograd.grad(total, v, create_graph=True)
         hessian = _batched_vjp(grad, v)  # [n, B, n]
     return grad.detach(), hessian.permute(1, 0, 2).detach()
 
@@ -146,7 +150,11 @@ def saddle_free_newton_step(
     n = grad.shape[-1]
     tol = n * torch.finfo(curvature.dtype).eps * curvature.amax(dim=-1, keepdim=True)
     curvature = curvature + damping
-    singular = curvature <= tol if damping == 0.0 else torch.zeros_like(evals, dtype=torch.bool)
+    singular = (
+        curvature <= tol
+        if damping == 0.0
+        else torch.zeros_like(evals, dtype=torch.bool)
+    )
     components = torch.einsum("bni,bn->bi", evecs, grad)
     step = -components / torch.where(singular, torch.ones_like(curvature), curvature)
     step = torch.where(singular, torch.zeros_like(step), step)

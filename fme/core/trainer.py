@@ -155,17 +155,24 @@ class Trainer:
             extra = self.end_of_epoch(self.epoch) if self.end_of_epoch else {}
             record = {**train_means, **val_means, **extra}
             record["lr"] = self.optimization.learning_rate
-            is_best = self.best_metric in record and record[self.best_metric] < self.best_value
+            is_best = (
+                self.best_metric in record
+                and record[self.best_metric] < self.best_value
+            )
             if is_best:
                 self.best_value = record[self.best_metric]
             self.logger.log(
-                record, optimizer_step=self.optimization.optimizer_steps, epoch=self.epoch
+                record,
+                optimizer_step=self.optimization.optimizer_steps,
+                epoch=self.epoch,
             )
             logging.info(
                 "epoch %d: train loss %.4g%s",
                 self.epoch,
                 record.get("train/mean/loss", float("nan")),
-                f", val loss {record['val/mean/loss']:.4g}" if "val/mean/loss" in record else "",
+                f", val loss {record['val/mean/loss']:.4g}"
+                if "val/mean/loss" in record
+                else "",
             )
             self._save(best=is_best)
         self._save(best=False)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from fme.ace.data.loader import DataLoaderConfig
+from fme.ace.inference.inline import InlineInferenceConfig
 from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
@@ -46,6 +47,8 @@ class TrainConfig:
             ``val/mean/main_loss`` ignores regularisation terms and weights.
         distributed_backend: ``gloo`` or ``nccl``; None picks ``nccl`` with
             CUDA, ``gloo`` otherwise.
+        inference: a short rollout scored every few epochs (``inference/...``
+            metrics; usable as ``best_checkpoint_metric``).
     """
 
     experiment_dir: str
@@ -64,6 +67,7 @@ class TrainConfig:
     checkpoint_every_n_steps: int | None = None
     best_checkpoint_metric: str = "val/mean/loss"
     distributed_backend: str | None = None
+    inference: InlineInferenceConfig | None = None
 
     def __post_init__(self):
         if self.max_epochs < 1:
@@ -76,6 +80,11 @@ class TrainConfig:
             raise ValueError(
                 f"distributed_backend {self.distributed_backend!r} is unknown; "
                 "allowed: null (automatic), gloo, nccl"
+            )
+        if self.best_checkpoint_metric.startswith("inference/") and self.inference is None:
+            raise ValueError(
+                f"best_checkpoint_metric {self.best_checkpoint_metric!r} needs an "
+                "inference section; add one or use val/mean/loss"
             )
         if not self.best_checkpoint_metric.startswith(("val/", "inference/")):
             raise ValueError(

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from fme.ace.data.loader import GriddedData, build_data_loader
+from fme.ace.inference.inline import InlineInference
 from fme.ace.stepper.train_stepper import TrainStepper
 from fme.ace.train.config import TrainConfig, load_train_config
 from fme.core.config_loading import ConfigError, to_dict
@@ -72,6 +73,9 @@ def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
     optimization = config.optimization.build(
         stepper.step.module.parameters(), no_sync=no_sync_context(stepper.step.module)
     )
+    end_of_epoch = None
+    if config.inference is not None:
+        end_of_epoch = InlineInference(config.inference, stepper=stepper, dist=dist)
     n_params = sum(p.numel() for p in optimization.parameters)
     logging.info("training %d parameters", n_params)
     logger = MetricsLogger(
@@ -97,6 +101,7 @@ def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
         run_config=to_dict(config),
         best_metric=config.best_checkpoint_metric,
         batch_log_interval=config.logging.batch_log_interval,
+        end_of_epoch=end_of_epoch,
     )
 
 

@@ -1,0 +1,87 @@
+"""Pointwise (1x1) channel mixing and the ``Linear1x1`` module."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fme.ace.models.registry import MODULE_REGISTRY
+
+
+class PointwiseLinear(nn.Module):
+    """The same affine map of channels at every grid point (a 1x1 convolution).
+
+    ``y[b, o, i, j] = sum_c weight[o, c] * x[b, c, i, j] + bias[o]``.
+
+    Implemented as a batched matrix product rather than ``nn.Conv2d`` because
+    the CPU backward of a 1x1 convolution is several times slower.
+
+    Args:
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        bias: whether to add a learned bias per output channel.
+        init_gain: weights start as N(0, init_gain / in_channels), so an input of
+            unit variance gives an output of variance ``init_gain``. The bias
+            starts at zero.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bias: bool = True,
+        init_gain: float = 1.0,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        std = math.sqrt(init_gain / in_channels)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels) * std)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"bias={self.bias is not None}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[batch, in_channels, lat, lon]`` to ``[batch, out_channels, ...]``."""
+        batch, _, n_lat, n_lon = x.shape
+        flat = x.reshape(batch, self.in_channels, n_lat * n_lon)
+        weight = self.weight.expand(batch, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(weight, flat)
+        else:
+            bias = self.bias.view(1, -1, 1).expand(batch, -1, n_lat * n_lon)
+            out = torch.baddbmm(bias, weight, flat)
+        return out.view(batch, self.out_channels, n_lat, n_lon)
+
+
+@MODULE_REGISTRY.register("Linear1x1")
+@dataclass
+class Linear1x1Config:
+    """A single pointwise linear map of channels, for tests with analytic gradients.
+
+    The built module has parameters ``weight`` of shape
+    ``[n_out_channels, n_in_channels]`` and, if ``bias``, ``bias`` of shape
+    ``[n_out_channels]``: ``n_in * n_out + n_out * bias`` parameters.
+
+    Attributes:
+        bias: whether to add a learned bias per output channel.
+    """
+
+    bias: bool = True
+
+    def build(
+        self,
+        *,
+        n_in_channels: int,
+        n_out_channels: int,
+        img_shape: tuple[int, int],
+    ) -> nn.Module:
+        """Build the module; ``img_shape`` is not needed by a pointwise map."""
+        del img_shape
+        return PointwiseLinear(n_in_channels, n_out_channels, bias=self.bias)

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from fme.core.normalizer import (
+    NetworkAndLossNormalizationConfig,
+    NormalizationConfig,
+    StandardNormalizer,
+)
+
+
+def _write_scalars(path, values):
+    xr.Dataset({k: ((), np.float64(v)) for k, v in values.items()}).to_netcdf(path)
+
+
+def test_normalize_denormalize_analytic_and_inverse():
+    normalizer = StandardNormalizer(
+        means={"a": torch.tensor(2.0), "b": torch.tensor(-1.0)},
+        stds={"a": torch.tensor(4.0), "b": torch.tensor(0.5)},
+    )
+    x = {"a": torch.tensor([2.0, 6.0]), "b": torch.tensor([0.0, -1.5])}
+    normed = normalizer.normalize(x)
+    torch.testing.assert_close(normed["a"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(normed["b"], torch.tensor([2.0, -1.0]))
+    back = normalizer.denormalize(normed)
+    for k in x:
+        torch.testing.assert_close(back[k], x[k])
+    rebuilt = StandardNormalizer.from_state(normalizer.get_state())
+    torch.testing.assert_close(rebuilt.normalize(x)["b"], normed["b"])
+
+
+def test_non_positive_std_rejected():
+    with pytest.raises(ValueError, match="std of 'a' must be positive"):
+        StandardNormalizer(means={"a": torch.tensor(0.0)}, stds={"a": torch.tensor(0.0)})
+
+
+def test_files_and_residual_scaling(tmp_path):
+    _write_scalars(tmp_path / "means.nc", {"a": 1.0, "b": 2.0, "f": 3.0})
+    _write_scalars(tmp_path / "stds.nc", {"a": 10.0, "b": 20.0, "f": 30.0})
+    _write_scalars(tmp_path / "res.nc", {"a": 0.1, "b": 0.2, "f": 0.3})
+    paths = {
+        "global_means_path": str(tmp_path / "means.nc"),
+        "global_stds_path": str(tmp_path / "stds.nc"),
+    }
+    config = NetworkAndLossNormalizationConfig(
+        network=NormalizationConfig(**paths),
+        residual=NormalizationConfig(
+            global_means_path=str(tmp_path / "means.nc"),
+            global_stds_path=str(tmp_path / "res.nc"),
+        ),
+    )
+    network = config.get_network_normalizer(["a", "b", "f"])
+    assert float(network.stds["b"]) == 20.0
+    # b is diagnostic (not residual-scaled); a is prognostic
+    loss = config.get_loss_normalizer(["a", "b"], residual_scaled_names=["a"])
+    assert float(loss.stds["a"]) == pytest.approx(0.1)
+    assert float(loss.stds["b"]) == 20.0
+    assert float(loss.means["a"]) == 1.0
+
+
+def test_missing_variable_in_file_named(tmp_path):
+    _write_scalars(tmp_path / "m.nc", {"a": 1.0})
+    config = NormalizationConfig(
+        global_means_path=str(tmp_path / "m.nc"), global_stds_path=str(tmp_path / "m.nc")
+    )
+    with pytest.raises(ValueError, match=r"no statistics for \['zz'\]"):
+        config.build(["a", "zz"])
+
+
+def test_paths_must_come_together():
+    with pytest.raises(ValueError, match="go together"):
+        NormalizationConfig(global_means_path="x.nc")

@@ -23,7 +23,7 @@ import abc
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -309,7 +309,13 @@ class _PointwiseLoss(LossFunction):
         """Weights of the mean before masking (1 for a plain mean)."""
         return 1.0
 
-    def __call__(self, predict, target, valid, scalings=()):
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        scalings: Sequence[LossScaling] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_members = predict.shape[1]
         p = predict.flatten(0, 1)
         t = _fold_members(target, n_members)
@@ -323,14 +329,14 @@ class _PointwiseLoss(LossFunction):
 class MSELoss(_PointwiseLoss):
     """Mean squared error over valid points."""
 
-    def pointwise(self, predict, target):
+    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (predict - target) ** 2
 
 
 class L1Loss(_PointwiseLoss):
     """Mean absolute error over valid points."""
 
-    def pointwise(self, predict, target):
+    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (predict - target).abs()
 
 
@@ -344,7 +350,7 @@ class AreaWeightedMSELoss(MSELoss):
     def __init__(self, gridded_ops: LatLonOperations):
         self.area_weights = gridded_ops.area_weights
 
-    def base_weights(self, like):
+    def base_weights(self, like: torch.Tensor) -> torch.Tensor | float:
         return self.area_weights.to(device=like.device, dtype=like.dtype)
 
 
@@ -363,7 +369,13 @@ class LpLoss(LossFunction):
     def __init__(self, p: float = 2.0):
         self.p = p
 
-    def __call__(self, predict, target, valid, scalings=()):
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        scalings: Sequence[LossScaling] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_members = predict.shape[1]
         x = predict.flatten(0, 1)
         y = _fold_members(target, n_members)
@@ -402,18 +414,28 @@ class EnsembleLoss(LossFunction):
 
     @staticmethod
     def _fair_score(
-        members: torch.Tensor, target: torch.Tensor, distance
+        members: torch.Tensor,
+        target: torch.Tensor,
+        distance: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         m = members.shape[1]
-        skill = sum(distance(members[:, i] - target) for i in range(m)) / m
-        spread = sum(
-            distance(members[:, i] - members[:, j])
-            for i in range(m)
-            for j in range(i + 1, m)
-        )
-        return skill - spread / (m * (m - 1))
+        # running sums: memory stays at one field whatever the ensemble size
+        skill = distance(members[:, 0] - target)
+        for i in range(1, m):
+            skill = skill + distance(members[:, i] - target)
+        spread = torch.zeros_like(skill)
+        for i in range(m):
+            for j in range(i + 1, m):
+                spread = spread + distance(members[:, i] - members[:, j])
+        return skill / m - spread / (m * (m - 1))
 
-    def __call__(self, predict, target, valid, scalings=()):
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        scalings: Sequence[LossScaling] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if predict.shape[1] < 2:
             raise ValueError(
                 "EnsembleLoss needs predictions with n_ensemble >= 2 members, got "
@@ -439,7 +461,13 @@ class EnsembleLoss(LossFunction):
 class NaNLoss(LossFunction):
     """Always NaN in every channel (to test NaN handling downstream)."""
 
-    def __call__(self, predict, target, valid, scalings=()):
+    def __call__(
+        self,
+        predict: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        scalings: Sequence[LossScaling] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_channels = predict.shape[2]
         nan = predict.sum() * float("nan")
         return nan.expand(n_channels), torch.ones(
@@ -860,7 +888,7 @@ class StepOutputLoss:
                 f"{unmatched} match no variable the corrector changed "
                 f"({sorted(corrected)}); check for typos",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _main_prediction(self, step_output: StepOutputLike) -> TensorDict:

@@ -183,28 +183,28 @@ def test_book_simple_example_inverse_simulator():
 
 def test_book_simple_example_sgd_on_proxy_loss_matches_inverse_steps():
     # One SGD step with learning rate 1 on the ½‖x − x̃‖² proxy moves x to x̃.
-    x = torch.tensor([[3.0, 3.0]], dtype=DTYPE, requires_grad=True)
-    optimizer = torch.optim.SGD([x], lr=1.0)
+    # (plain SGD by hand: torch.optim's first use costs seconds of imports)
+    x = torch.tensor([[3.0, 3.0]], dtype=DTYPE)
     config = SIPConfig(inverse="analytic", eta=0.3)
     zero = torch.zeros(1, 2, dtype=DTYPE)
     for _ in range(10):
-        optimizer.zero_grad()
-        config.proxy_loss(
+        x.requires_grad_(True)
+        loss = config.proxy_loss(
             x, zero, physics=_simple_physics, analytic_inverse=_simple_inverse
-        ).backward()
-        optimizer.step()
+        )
+        (grad,) = torch.autograd.grad(loss, x)
+        x = (x - 1.0 * grad).detach()
     expected = torch.tensor([[3 * 0.7**10, 3 * 0.7**5]], dtype=DTYPE)
     torch.testing.assert_close(x.detach(), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_book_simple_example_gradient_descent():
     # GD with η = 0.01 on L = ‖y‖² = x0² + x1⁴ from (3, 3), ten steps
-    x = torch.tensor([3.0, 3.0], dtype=DTYPE, requires_grad=True)
-    optimizer = torch.optim.SGD([x], lr=0.01)
+    x = torch.tensor([3.0, 3.0], dtype=DTYPE)
     for _ in range(10):
-        optimizer.zero_grad()
-        _simple_physics(x[None]).pow(2).sum().backward()
-        optimizer.step()
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(_simple_physics(x[None]).pow(2).sum(), x)
+        x = (x - 0.01 * grad).detach()
     torch.testing.assert_close(
         x.detach(), torch.tensor([2.451, 0.962], dtype=DTYPE), rtol=0, atol=1e-3
     )

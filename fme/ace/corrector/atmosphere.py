@@ -301,6 +301,16 @@ class AtmosphereCorrector(CorrectorABC, CorrectorInverse):
                 if name not in self.changed_names:
                     self.changed_names.append(name)
 
+    @property
+    def conserved_names(self) -> list[str]:
+        """Variables whose area-weighted global mean the corrector conserves."""
+        return [
+            name
+            for operation in self.operations
+            if isinstance(operation, ShiftToGlobalMean | RescaleToGlobalMean)
+            for name in operation.changed_names
+        ]
+
     def _states(
         self, input_data: TensorMapping, gen_data: TensorMapping
     ) -> list[TensorDict]:

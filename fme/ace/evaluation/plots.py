@@ -171,7 +171,7 @@ def _plot_per_variable(
 
 
 def plot_rmse_vs_lead(
-    curves: dict[str, list[float]], *, timestep_hours: float, out_path: Path
+    curves: dict[str, list[float]], timestep_hours: float, out_path: Path
 ) -> Path:
     """RMSE against lead time, one panel per variable.
 
@@ -195,7 +195,7 @@ def plot_rmse_vs_lead(
 
 
 def plot_global_mean_drift(
-    curves: dict[str, list[float]], *, timestep_hours: float, out_path: Path
+    curves: dict[str, list[float]], timestep_hours: float, out_path: Path
 ) -> Path:
     """Drift of the global mean from the initial condition against lead time.
 
@@ -219,7 +219,6 @@ def plot_global_mean_drift(
 
 
 def plot_field_map(
-    *,
     prediction: np.ndarray,
     target: np.ndarray,
     lat: np.ndarray,

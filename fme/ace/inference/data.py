@@ -32,7 +32,9 @@ class StartIndices:
 
     def as_indices(self) -> list[int]:
         """The window indices of the initial conditions."""
-        return [self.first + i * self.interval for i in range(self.n_initial_conditions)]
+        return [
+            self.first + i * self.interval for i in range(self.n_initial_conditions)
+        ]
 
 
 @dataclasses.dataclass

@@ -28,7 +28,9 @@ class InlineInferenceConfig:
     def __post_init__(self):
         for name in ("n_forward_steps", "forward_steps_in_memory", "every_n_epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"inference.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"inference.{name} must be >= 1, got {getattr(self, name)}"
+                )
 
 
 def conserved_names(stepper: Stepper) -> list[str]:
@@ -47,7 +49,11 @@ class InlineInference:
     """
 
     def __init__(
-        self, config: InlineInferenceConfig, *, stepper: Stepper, dist: DistributedContext
+        self,
+        config: InlineInferenceConfig,
+        *,
+        stepper: Stepper,
+        dist: DistributedContext,
     ):
         self.config = config
         self.stepper = stepper
@@ -69,6 +75,7 @@ class InlineInference:
             names=self.stepper.out_names,
             conserved_names=conserved_names(self.stepper),
             n_lead_times=self.config.n_forward_steps,
+            device=self.dist.device,
         )
         batch = self.data.batch()
         if batch is not None:

@@ -15,9 +15,18 @@ def _stack(outputs: list[StepOutput], names: list[str]) -> TensorDict:
 
 
 def _stack_corrections(outputs: list[StepOutput]) -> TensorDict:
-    names = outputs[0].uncorrected.keys()
+    """Corrections per variable over the chunk; zero where a step left it alone."""
+    names = list(dict.fromkeys(n for o in outputs for n in o.uncorrected))
     return {
-        n: torch.stack([o.output[n] - o.uncorrected[n] for o in outputs], dim=1)
+        n: torch.stack(
+            [
+                o.output[n] - o.uncorrected[n]
+                if n in o.uncorrected
+                else torch.zeros_like(o.output[n])
+                for o in outputs
+            ],
+            dim=1,
+        )
         for n in names
     }
 
@@ -77,7 +86,9 @@ def run_rollout(
             prediction=prediction,
             target=target,
             initial_condition=initial_all,
-            corrections=_stack_corrections(chunk) if chunk[0].uncorrected else None,
+            corrections=(
+                _stack_corrections(chunk) if any(o.uncorrected for o in chunk) else None
+            ),
         )
         if writer is not None:
             writer.append(

@@ -47,7 +47,9 @@ def make_coordinate() -> HybridSigmaPressureCoordinate:
     )
 
 
-def make_state(seed: int, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+def make_state(
+    seed: int, dtype: torch.dtype = torch.float64
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
 
     def randn(scale: float, offset: float = 0.0) -> torch.Tensor:
@@ -124,7 +126,8 @@ def test_force_positive_clamps_at_zero(seed):
     assert set(out) == {"PRATEsfc"}
     assert out["PRATEsfc"].min() >= 0
     torch.testing.assert_close(
-        out["PRATEsfc"], torch.where(gen_data["PRATEsfc"] > 0, gen_data["PRATEsfc"], 0.0)
+        out["PRATEsfc"],
+        torch.where(gen_data["PRATEsfc"] > 0, gen_data["PRATEsfc"], 0.0),
     )
 
 

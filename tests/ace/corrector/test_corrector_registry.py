@@ -50,7 +50,9 @@ def test_empty_config_is_allowed():
 
 
 def test_unknown_type_lists_allowed_types():
-    with pytest.raises(ValueError, match="'ace'.*allowed: \\['atmosphere_corrector'\\]"):
+    with pytest.raises(
+        ValueError, match="'ace'.*allowed: \\['atmosphere_corrector'\\]"
+    ):
         CorrectorSelector(type="ace")
 
 

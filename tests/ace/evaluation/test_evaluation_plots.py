@@ -40,7 +40,7 @@ def test_importing_plots_does_not_import_matplotlib():
 
 
 def test_training_curves_and_loss_weights(tmp_path):
-    records = []
+    records: list[dict] = []
     for step in range(1, 21):
         records.append(
             {
@@ -88,7 +88,11 @@ def test_rmse_and_drift_vs_lead(tmp_path):
         "global_mean_drift/a": [0.0, -0.01, 0.02],
         "target_global_mean_drift/a": [0.0, 0.0, 0.01],
     }
-    rmse_path = plot_rmse_vs_lead(curves, timestep_hours=6.0, out_path=tmp_path / "r.png")
+    rmse_path = plot_rmse_vs_lead(
+        curves,
+        6.0,
+        tmp_path / "r.png",  # positional, as the evaluate CLI calls it
+    )
     drift_path = plot_global_mean_drift(
         curves, timestep_hours=6.0, out_path=tmp_path / "sub" / "d.png"
     )
@@ -117,11 +121,4 @@ def test_field_map(tmp_path):
     )
     assert_png(path)
     with pytest.raises(ValueError, match="lat, lon"):
-        plot_field_map(
-            prediction=prediction.T,
-            target=target,
-            lat=lat,
-            lon=lon,
-            name="a",
-            out_path=tmp_path / "bad.png",
-        )
+        plot_field_map(prediction.T, target, lat, lon, "a", tmp_path / "bad.png")

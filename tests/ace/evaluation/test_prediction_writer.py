@@ -67,7 +67,10 @@ def test_round_trip_through_xarray(tmp_path):
         [PREDICTION_FILENAME, TARGET_FILENAME]
     )
 
-    for filename, expected in ((PREDICTION_FILENAME, prediction), (TARGET_FILENAME, target)):
+    for filename, expected in (
+        (PREDICTION_FILENAME, prediction),
+        (TARGET_FILENAME, target),
+    ):
         with xr.open_dataset(tmp_path / filename) as ds:
             for name in ("a", "b"):
                 assert ds[name].dims == ("sample", "lead", "lat", "lon")

@@ -130,7 +130,9 @@ def test_skill_of_persistence_is_zero_and_of_perfect_forecast_is_one():
     ic = {k: v[:, 0] + 0.5 for k, v in random_fields(9).items()}
     persistence = {k: v[:, None].expand(-1, 4, -1, -1) for k, v in ic.items()}
     agg = make_aggregator()
-    agg.record(lead_start=1, prediction=persistence, target=target, initial_condition=ic)
+    agg.record(
+        lead_start=1, prediction=persistence, target=target, initial_condition=ic
+    )
     m = agg.get_metrics()
     assert m["skill/a"] == pytest.approx(0.0, abs=1e-12)
     assert m["skill/b/lead_4"] == pytest.approx(0.0, abs=1e-12)
@@ -212,7 +214,9 @@ def test_correction_rms():
 def test_partial_leads_curves_and_summaries():
     target = random_fields(14, n_leads=2)
     ic = {k: v[:, 0] for k, v in target.items()}
-    prediction = {k: v + torch.tensor([1.0, 3.0])[None, :, None, None] for k, v in target.items()}
+    prediction = {
+        k: v + torch.tensor([1.0, 3.0])[None, :, None, None] for k, v in target.items()
+    }
     agg = make_aggregator(n_lead_times=5)
     agg.record(lead_start=2, prediction=prediction, target=target, initial_condition=ic)
     curves = agg.get_curves()
@@ -243,7 +247,9 @@ def test_merge_and_reduce_states_sum_before_dividing():
         target={k: v[1:] for k, v in target.items()},
         initial_condition={k: v[1:] for k, v in ic.items()},
     )
-    both.record(lead_start=1, prediction=prediction, target=target, initial_condition=ic)
+    both.record(
+        lead_start=1, prediction=prediction, target=target, initial_condition=ic
+    )
     first.merge_state(second.get_state())
     expected = both.get_metrics()
     for key, value in first.get_metrics().items():

@@ -1,0 +1,523 @@
+"""The Spherical Fourier Neural Operator network (SFNO), on torch-harmonics.
+
+Architecture (Bonev et al. 2023, as configured in ACE)::
+
+    [input, noise] -> encoder (1x1) -> + position embedding
+      -> num_layers x SFNO block
+      -> concat [features, input, noise] (big skip) -> decoder (1x1) -> output
+
+    SFNO block(x):
+        x_norm = norm0(x)
+        coeffs = SHT(x_norm)                 # data or internal grid
+        y = ISHT(W_l coeffs) + inner_skip(r) # r = x_norm resampled to output grid
+        y = mlp(norm1(activation(y)))
+        return y + r
+
+The first block reads the data grid and the last one writes it; in between the
+features live on a Legendre-Gauss grid of ``img_shape // scale_factor``, as in
+ACE. Spectral transforms keep coefficients in an "m-major" real layout
+``[mmax, lmax, batch * channels * 2]`` so that the Legendre transforms are
+single batched matrix products over m and the channel mixing a single batched
+complex product over l: no Python loops over degrees or orders.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch_harmonics as th
+from torch import nn
+
+from fme.ace.models.pointwise import PointwiseLinear
+from fme.ace.models.registry import MODULE_REGISTRY
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+_GRIDS = ("equiangular", "legendre-gauss")
+_INTERNAL_GRID = "legendre-gauss"
+_OPERATOR_TYPES = ("dhconv", "diagonal")
+_FILTER_TYPES = ("linear",)
+_NORMALIZATIONS = ("instance_norm", "none")
+
+
+class SphericalHarmonicTransform(nn.Module):
+    """Real spherical harmonic transform (orthonormal, Condon-Shortley phase).
+
+    Same coefficients as ``torch_harmonics.RealSHT`` (whose quadrature and
+    Legendre tables it uses), returned in the m-major real layout.
+
+    Args:
+        nlat: number of latitudes of the grid.
+        nlon: number of longitudes of the grid.
+        lmax: number of degrees kept (0 <= l < lmax).
+        mmax: number of orders kept (0 <= m < mmax), at most ``nlon // 2 + 1``.
+        grid: "equiangular" or "legendre-gauss".
+    """
+
+    def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
+        super().__init__()
+        self.nlat, self.nlon, self.lmax, self.mmax, self.grid = (
+            nlat,
+            nlon,
+            lmax,
+            mmax,
+            grid,
+        )
+        reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
+        # torch-harmonics scales the forward-normalised rfft by 2 pi; fold it in.
+        table = 2.0 * math.pi * reference.weights  # [mmax, lmax, nlat]
+        self.register_buffer("table", table.float().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform ``[batch, channels, nlat, nlon]`` real values.
+
+        Returns:
+            Coefficients of shape ``[mmax, lmax, batch * channels * 2]`` where
+            the last axis is (batch, channel, real/imaginary part).
+        """
+        batch, channels = x.shape[:2]
+        fourier = torch.fft.rfft(x, dim=-1, norm="forward")[..., : self.mmax]
+        # [b, c, k, m, 2] -> [m, k, (b c 2)]: the one copy of the forward pass.
+        fourier = torch.view_as_real(fourier).permute(3, 2, 0, 1, 4)
+        fourier = fourier.reshape(self.mmax, self.nlat, batch * channels * 2)
+        return torch.bmm(self.table, fourier)
+
+
+class InverseSphericalHarmonicTransform(nn.Module):
+    """Inverse of :class:`SphericalHarmonicTransform`, from the m-major layout.
+
+    Same values as ``torch_harmonics.InverseRealSHT``, whose Legendre tables it
+    uses. The imaginary parts of the m=0 (and Nyquist) coefficients are ignored,
+    as they must be for a real field.
+
+    Args:
+        nlat: number of latitudes of the output grid.
+        nlon: number of longitudes of the output grid.
+        lmax: number of degrees of the input coefficients.
+        mmax: number of orders of the input coefficients.
+        grid: "equiangular" or "legendre-gauss".
+    """
+
+    def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
+        super().__init__()
+        self.nlat, self.nlon, self.lmax, self.mmax, self.grid = (
+            nlat,
+            nlon,
+            lmax,
+            mmax,
+            grid,
+        )
+        reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
+        table = reference.pct.transpose(1, 2)  # [mmax, nlat, lmax]
+        self.register_buffer("table", table.float().contiguous(), persistent=False)
+        self._has_nyquist = nlon % 2 == 0 and mmax > nlon // 2
+
+    def forward(
+        self, coeffs: torch.Tensor, *, batch: int, channels: int
+    ) -> torch.Tensor:
+        """Synthesise ``[batch, channels, nlat, nlon]`` from m-major coefficients.
+
+        Args:
+            coeffs: ``[mmax, lmax, batch * channels * 2]`` coefficients.
+            batch: the batch size packed in the last axis of ``coeffs``.
+            channels: the number of channels packed in the last axis.
+        """
+        values = torch.bmm(self.table, coeffs)  # [m, k, (b c 2)]
+        values = values.view(self.mmax, self.nlat, batch, channels, 2)
+        values[0, ..., 1] = 0.0
+        if self._has_nyquist:
+            values[self.nlon // 2, ..., 1] = 0.0
+        fourier = torch.view_as_complex(values.permute(2, 3, 1, 0, 4))
+        return torch.fft.irfft(fourier, n=self.nlon, dim=-1, norm="forward")
+
+
+class SpectralConvS2(nn.Module):
+    """Spherical convolution: SHT, learned complex channel mixing, inverse SHT.
+
+    ``operator_type="dhconv"`` (Driscoll-Healy): the mixing matrix depends on the
+    degree l only, so the operator commutes with rotations about the polar axis
+    and maps each spherical harmonic Y_l^m to a combination of Y_l^m across
+    channels. ``"diagonal"``: one matrix per (l, m).
+
+    The parameter ``weight`` is the real view of the complex weights, contracted
+    over its first (input channel) axis: shape ``[in_channels, out_channels,
+    lmax, 2]`` for dhconv and ``[in_channels, out_channels, lmax, mmax, 2]`` for
+    diagonal, the last axis being (real, imaginary).
+
+    Args:
+        forward_transform: the SHT of the input grid.
+        inverse_transform: the inverse SHT of the output grid (same lmax, mmax).
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        operator_type: "dhconv" or "diagonal".
+        init_gain: complex weights start with E|w|^2 = init_gain / in_channels,
+            preserving the variance of a unit-variance input times init_gain.
+    """
+
+    def __init__(
+        self,
+        *,
+        forward_transform: SphericalHarmonicTransform,
+        inverse_transform: InverseSphericalHarmonicTransform,
+        in_channels: int,
+        out_channels: int,
+        operator_type: str = "dhconv",
+        init_gain: float = 1.0,
+    ):
+        super().__init__()
+        if (forward_transform.lmax, forward_transform.mmax) != (
+            inverse_transform.lmax,
+            inverse_transform.mmax,
+        ):
+            raise ValueError("forward and inverse transforms must share lmax and mmax")
+        if operator_type not in _OPERATOR_TYPES:
+            raise ValueError(
+                f"operator_type must be one of {_OPERATOR_TYPES}, got {operator_type!r}"
+            )
+        self.forward_transform = forward_transform
+        self.inverse_transform = inverse_transform
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.operator_type = operator_type
+        self.lmax = forward_transform.lmax
+        self.mmax = forward_transform.mmax
+        modes = [self.lmax] if operator_type == "dhconv" else [self.lmax, self.mmax]
+        # real and imaginary parts each carry half the variance
+        std = math.sqrt(init_gain / in_channels / 2.0)
+        self.weight = nn.Parameter(
+            torch.randn(in_channels, out_channels, *modes, 2) * std
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"lmax={self.lmax}, mmax={self.mmax}, operator_type={self.operator_type}"
+        )
+
+    def mix(self, coeffs: torch.Tensor, *, batch: int) -> torch.Tensor:
+        """Apply the learned weights to m-major coefficients of the input channels.
+
+        Args:
+            coeffs: ``[mmax, lmax, batch * in_channels * 2]``.
+            batch: the batch size packed in the last axis of ``coeffs``.
+
+        Returns:
+            ``[mmax, lmax, batch * out_channels * 2]`` coefficients.
+        """
+        n_m, n_l, n_in, n_out = self.mmax, self.lmax, self.in_channels, self.out_channels
+        spec = torch.view_as_complex(coeffs.view(n_m, n_l, batch, n_in, 2))
+        weight = torch.view_as_complex(self.weight)
+        if self.operator_type == "dhconv":
+            # one [in, out] matrix per l, shared by all m: rows are (m, batch)
+            rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
+            mixed = torch.bmm(rows, weight.permute(2, 0, 1))
+        else:
+            rows = spec.transpose(0, 1).reshape(n_l * n_m, batch, n_in)
+            mixed = torch.bmm(rows, weight.permute(2, 3, 0, 1).reshape(-1, n_in, n_out))
+        mixed = mixed.view(n_l, n_m, batch, n_out).transpose(0, 1)
+        return torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convolve ``[batch, in_channels, lat, lon]`` on the input grid.
+
+        Returns:
+            The convolved field on the output grid and the input's coefficients
+            (m-major layout), for resampling a skip connection.
+        """
+        batch = x.shape[0]
+        coeffs = self.forward_transform(x)
+        out = self.inverse_transform(
+            self.mix(coeffs, batch=batch), batch=batch, channels=self.out_channels
+        )
+        return out, coeffs
+
+
+def _normalization(kind: str, channels: int) -> nn.Module:
+    if kind == "instance_norm":
+        return nn.InstanceNorm2d(channels, eps=1e-6, affine=True)
+    return nn.Identity()
+
+
+class SFNOBlock(nn.Module):
+    """One SFNO block: norm, spectral conv + 1x1 skip, activation, norm, MLP.
+
+    Args:
+        forward_transform: the SHT of the block's input grid.
+        inverse_transform: the inverse SHT of the block's output grid.
+        embed_dim: number of channels.
+        operator_type: "dhconv" or "diagonal".
+        activation: the activation module class.
+        normalization: "instance_norm" or "none".
+        use_mlp: whether to apply a two-layer pointwise MLP at the end.
+        mlp_ratio: hidden width of the MLP relative to ``embed_dim``.
+    """
+
+    def __init__(
+        self,
+        *,
+        forward_transform: SphericalHarmonicTransform,
+        inverse_transform: InverseSphericalHarmonicTransform,
+        embed_dim: int,
+        operator_type: str,
+        activation: type[nn.Module],
+        normalization: str,
+        use_mlp: bool,
+        mlp_ratio: float,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.norm0 = _normalization(normalization, embed_dim)
+        self.spectral_conv = SpectralConvS2(
+            forward_transform=forward_transform,
+            inverse_transform=inverse_transform,
+            in_channels=embed_dim,
+            out_channels=embed_dim,
+            operator_type=operator_type,
+        )
+        self.inner_skip = PointwiseLinear(embed_dim, embed_dim)
+        self.activation = activation()
+        self.norm1 = _normalization(normalization, embed_dim)
+        self.mlp: nn.Sequential | None = None
+        if use_mlp:
+            hidden = max(1, int(embed_dim * mlp_ratio))
+            self.mlp = nn.Sequential(
+                PointwiseLinear(embed_dim, hidden, init_gain=2.0),
+                activation(),
+                PointwiseLinear(hidden, embed_dim),
+            )
+        self._resample = (forward_transform.nlat, forward_transform.nlon) != (
+            inverse_transform.nlat,
+            inverse_transform.nlon,
+        ) or forward_transform.grid != inverse_transform.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""
+        x_norm = self.norm0(x)
+        y, coeffs = self.spectral_conv(x_norm)
+        if self._resample:
+            residual = self.spectral_conv.inverse_transform(
+                coeffs, batch=x.shape[0], channels=self.embed_dim
+            )
+        else:
+            residual = x_norm
+        y = self.norm1(self.activation(y + self.inner_skip(residual)))
+        if self.mlp is not None:
+            y = self.mlp(y)
+        return y + residual
+
+
+class SphericalFourierNeuralOperatorNet(nn.Module):
+    """SFNO mapping ``[batch, n_in, lat, lon]`` to ``[batch, n_out, lat, lon]``.
+
+    Built by :class:`SphericalFourierNeuralOperatorConfig`; see its fields.
+    """
+
+    def __init__(
+        self,
+        config: "SphericalFourierNeuralOperatorConfig",
+        *,
+        n_in_channels: int,
+        n_out_channels: int,
+        img_shape: tuple[int, int],
+    ):
+        super().__init__()
+        n_lat, n_lon = img_shape
+        inner_lat, inner_lon = n_lat // config.scale_factor, n_lon // config.scale_factor
+        lmax = int(inner_lat * config.hard_thresholding_fraction)
+        mmax = min(int((inner_lon // 2 + 1) * config.hard_thresholding_fraction), lmax)
+        if lmax < 1 or mmax < 1:
+            raise ValueError(
+                f"img_shape {img_shape} with scale_factor={config.scale_factor} and "
+                f"hard_thresholding_fraction={config.hard_thresholding_fraction} "
+                "keeps no spherical harmonic; use a larger grid or smaller factors"
+            )
+        self.img_shape = (n_lat, n_lon)
+        self.noise_channels = config.noise_channels
+        self.big_skip = config.big_skip
+        activation = _ACTIVATIONS[config.activation_function]
+        embed_dim = config.embed_dim
+        n_in_total = n_in_channels + config.noise_channels
+
+        encoder: list[nn.Module] = []
+        current = n_in_total
+        for _ in range(config.encoder_layers):
+            encoder += [PointwiseLinear(current, embed_dim, init_gain=2.0), activation()]
+            current = embed_dim
+        encoder.append(PointwiseLinear(current, embed_dim, bias=False))
+        self.encoder = nn.Sequential(*encoder)
+
+        self.pos_embed: nn.Parameter | None = None
+        if config.pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, n_lat, n_lon))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+        data = dict(nlat=n_lat, nlon=n_lon, grid=config.grid, lmax=lmax, mmax=mmax)
+        inner = dict(
+            nlat=inner_lat, nlon=inner_lon, grid=_INTERNAL_GRID, lmax=lmax, mmax=mmax
+        )
+        # One instance per distinct grid, shared by the blocks that use it.
+        shts: dict[tuple, SphericalHarmonicTransform] = {}
+        ishts: dict[tuple, InverseSphericalHarmonicTransform] = {}
+
+        def sht(kw: dict) -> SphericalHarmonicTransform:
+            key = tuple(sorted(kw.items()))
+            if key not in shts:
+                shts[key] = SphericalHarmonicTransform(**kw)
+            return shts[key]
+
+        def isht(kw: dict) -> InverseSphericalHarmonicTransform:
+            key = tuple(sorted(kw.items()))
+            if key not in ishts:
+                ishts[key] = InverseSphericalHarmonicTransform(**kw)
+            return ishts[key]
+
+        self.blocks = nn.ModuleList(
+            SFNOBlock(
+                forward_transform=sht(data if i == 0 else inner),
+                inverse_transform=isht(data if i == config.num_layers - 1 else inner),
+                embed_dim=embed_dim,
+                operator_type=config.operator_type,
+                activation=activation,
+                normalization=config.normalization_layer,
+                use_mlp=config.use_mlp,
+                mlp_ratio=config.mlp_ratio,
+            )
+            for i in range(config.num_layers)
+        )
+
+        decoder: list[nn.Module] = []
+        current = embed_dim + (n_in_total if config.big_skip else 0)
+        for _ in range(config.encoder_layers):
+            decoder += [PointwiseLinear(current, embed_dim, init_gain=2.0), activation()]
+            current = embed_dim
+        decoder.append(PointwiseLinear(current, n_out_channels, bias=False))
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[batch, n_in_channels, lat, lon]`` to ``[batch, n_out, lat, lon]``.
+
+        With ``noise_channels > 0`` every call draws fresh standard-normal noise
+        (from torch's global generator), so the output is random.
+        """
+        if tuple(x.shape[-2:]) != self.img_shape:
+            raise ValueError(
+                f"expected input of (lat, lon) shape {self.img_shape}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        if self.noise_channels > 0:
+            noise = torch.randn(
+                x.shape[0],
+                self.noise_channels,
+                *self.img_shape,
+                device=x.device,
+                dtype=x.dtype,
+            )
+            x = torch.cat([x, noise], dim=1)
+        h = self.encoder(x)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed
+        for block in self.blocks:
+            h = block(h)
+        if self.big_skip:
+            h = torch.cat([h, x], dim=1)
+        return self.decoder(h)
+
+
+@MODULE_REGISTRY.register("SphericalFourierNeuralOperatorNet")
+@dataclass
+class SphericalFourierNeuralOperatorConfig:
+    """Configuration of the SFNO network (keys and meanings as in ACE).
+
+    Attributes:
+        embed_dim: number of feature channels inside the network.
+        num_layers: number of SFNO blocks (>= 1).
+        filter_type: kind of spectral filter; only "linear" (a learned linear
+            operator on the coefficients) is available.
+        operator_type: "dhconv" (weights per degree l, shared across orders m:
+            rotation-equivariant about the polar axis) or "diagonal" (weights
+            per (l, m)).
+        scale_factor: the blocks between the first and the last one work on a
+            Legendre-Gauss grid of ``img_shape // scale_factor``.
+        hard_thresholding_fraction: fraction in (0, 1] of the degrees and
+            orders kept by the spectral convolutions.
+        use_mlp: whether each block ends with a two-layer pointwise MLP.
+        mlp_ratio: hidden width of that MLP relative to ``embed_dim``.
+        activation_function: "gelu", "relu" or "silu".
+        encoder_layers: number of hidden (1x1 convolution + activation) layers
+            of the encoder and of the decoder, before their final linear layer.
+        pos_embed: whether to add a learned position embedding (one value per
+            channel and grid point) after the encoder. Without it (and without
+            noise), shifting the input in longitude by a multiple of
+            ``scale_factor`` grid points shifts the output alike.
+        big_skip: whether the decoder also sees the network input.
+        normalization_layer: "instance_norm" or "none".
+        grid: the data grid, "equiangular" (poles included) or "legendre-gauss".
+        noise_channels: number of standard-normal noise channels appended to
+            the input on every call, making the network stochastic (needed for
+            ensemble losses such as CRPS). 0 gives a deterministic network.
+    """
+
+    embed_dim: int = 256
+    num_layers: int = 12
+    filter_type: str = "linear"
+    operator_type: str = "dhconv"
+    scale_factor: int = 1
+    hard_thresholding_fraction: float = 1.0
+    use_mlp: bool = True
+    mlp_ratio: float = 2.0
+    activation_function: str = "gelu"
+    encoder_layers: int = 1
+    pos_embed: bool = True
+    big_skip: bool = True
+    normalization_layer: str = "instance_norm"
+    grid: str = "equiangular"
+    noise_channels: int = 0
+
+    def __post_init__(self):
+        for name, minimum in [
+            ("embed_dim", 1),
+            ("num_layers", 1),
+            ("scale_factor", 1),
+            ("encoder_layers", 0),
+            ("noise_channels", 0),
+        ]:
+            value = getattr(self, name)
+            if value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        if not 0.0 < self.hard_thresholding_fraction <= 1.0:
+            raise ValueError(
+                "hard_thresholding_fraction must be in (0, 1], got "
+                f"{self.hard_thresholding_fraction}"
+            )
+        if self.mlp_ratio <= 0.0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name, allowed in [
+            ("filter_type", _FILTER_TYPES),
+            ("operator_type", _OPERATOR_TYPES),
+            ("activation_function", tuple(_ACTIVATIONS)),
+            ("normalization_layer", _NORMALIZATIONS),
+            ("grid", _GRIDS),
+        ]:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {list(allowed)}, got {value!r}"
+                )
+
+    def build(
+        self,
+        *,
+        n_in_channels: int,
+        n_out_channels: int,
+        img_shape: tuple[int, int],
+    ) -> nn.Module:
+        """Build the network for the given channel counts and (lat, lon) shape."""
+        return SphericalFourierNeuralOperatorNet(
+            self,
+            n_in_channels=n_in_channels,
+            n_out_channels=n_out_channels,
+            img_shape=img_shape,
+        )

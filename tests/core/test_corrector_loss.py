@@ -1,0 +1,428 @@
+"""StepOutputLoss and the corrector-loss configs."""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fme.core.config_loading import ConfigError, from_dict_strict
+from fme.core.corrector.loss import (
+    CorrectorLossConfig,
+    CorrectorRegularizationConfig,
+    PreCorrectorOptimizationConfig,
+    build_step_output_loss,
+)
+from fme.core.loss import LossConfig, StepLossConfig, StepOutputLoss
+from fme.core.normalizer import StandardNormalizer
+from fme.core.tensors import TensorDict
+
+NAMES = ["a", "b_0", "b_1", "c"]
+MEANS = {"a": 1.0, "b_0": -2.0, "b_1": 0.5, "c": 3.0}
+STDS = {"a": 2.0, "b_0": 0.5, "b_1": 4.0, "c": 1.5}
+CORRECTED = ["b_0", "b_1", "c"]
+B, H, W = 2, 3, 4
+
+
+@dataclasses.dataclass
+class FakeStepOutput:
+    output: TensorDict
+    uncorrected: TensorDict = dataclasses.field(default_factory=dict)
+
+
+def make_normalizer() -> StandardNormalizer:
+    return StandardNormalizer(
+        means={k: torch.tensor(v) for k, v in MEANS.items()},
+        stds={k: torch.tensor(v) for k, v in STDS.items()},
+    )
+
+
+def randn(seed: int, *shape: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def make_step(batch: int = B, corrected=CORRECTED) -> FakeStepOutput:
+    output = {n: randn(i, batch, H, W) for i, n in enumerate(NAMES)}
+    uncorrected = {
+        n: output[n] + randn(20 + i, batch, H, W) for i, n in enumerate(NAMES)
+    }
+    return FakeStepOutput(output, {n: uncorrected[n] for n in corrected})
+
+
+def make_target(batch: int = B) -> TensorDict:
+    return {n: randn(40 + i, batch, H, W) for i, n in enumerate(NAMES)}
+
+
+def build(
+    corrector_loss: CorrectorLossConfig | None,
+    step_loss: StepLossConfig | None = None,
+    n_ensemble: int = 1,
+) -> StepOutputLoss:
+    normalizer = make_normalizer()
+    main = (step_loss or StepLossConfig()).build(out_names=NAMES, normalizer=normalizer)
+    return build_step_output_loss(
+        corrector_loss,
+        step_loss=main,
+        normalizer=normalizer,
+        out_names=NAMES,
+        n_ensemble=n_ensemble,
+    )
+
+
+def hand_mse(predict: TensorDict, target: TensorDict) -> float:
+    return np.mean(
+        [(((predict[n] - target[n]) / STDS[n]) ** 2).mean().item() for n in NAMES]
+    )
+
+
+def precorrector(exclude=()) -> CorrectorLossConfig:
+    return CorrectorLossConfig(
+        precorrector_optimization=PreCorrectorOptimizationConfig(list(exclude))
+    )
+
+
+def regularization(weight: float = 1.0) -> CorrectorLossConfig:
+    return CorrectorLossConfig(
+        regularization=CorrectorRegularizationConfig(weight=weight)
+    )
+
+
+def test_pass_through_equals_step_loss_on_corrected_output():
+    step, target = make_step(), make_target()
+    loss = build(None)
+    result = loss(step, target, step=0)
+    assert result.regularization is None
+    assert not loss.needs_uncorrected_grad
+    np.testing.assert_allclose(result.total().item(), hand_mse(step.output, target))
+    assert set(result.terms()) == {"main"}
+
+
+def test_precorrector_swaps_prediction_except_excluded():
+    step, target = make_step(), make_target()
+    result = build(precorrector(exclude=["c"]))(step, target, step=0)
+    expected_prediction = {
+        "a": step.output["a"],
+        "b_0": step.uncorrected["b_0"],
+        "b_1": step.uncorrected["b_1"],
+        "c": step.output["c"],
+    }
+    np.testing.assert_allclose(
+        result.total().item(), hand_mse(expected_prediction, target), rtol=1e-12
+    )
+    assert result.regularization is None
+
+
+def test_prefix_exclusion_keeps_all_levels_corrected():
+    step, target = make_step(), make_target()
+    result = build(precorrector(exclude=["b_"]))(step, target, step=0)
+    expected_prediction = {**step.output, "c": step.uncorrected["c"]}
+    np.testing.assert_allclose(
+        result.total().item(), hand_mse(expected_prediction, target), rtol=1e-12
+    )
+
+
+def test_step_output_not_mutated():
+    step, target = make_step(), make_target()
+    output_before = dict(step.output)
+    uncorrected_before = {k: v.clone() for k, v in step.uncorrected.items()}
+    values_before = {k: v.clone() for k, v in step.output.items()}
+    config = CorrectorLossConfig(
+        precorrector_optimization=PreCorrectorOptimizationConfig(),
+        regularization=CorrectorRegularizationConfig(),
+    )
+    build(config)(step, target, step=0)
+    assert step.output.keys() == output_before.keys()
+    for k, v in step.output.items():
+        assert v is output_before[k]
+        torch.testing.assert_close(v, values_before[k])
+    for k, v in step.uncorrected.items():
+        torch.testing.assert_close(v, uncorrected_before[k])
+
+
+def analytic_penalty(step: FakeStepOutput) -> float:
+    return np.mean(
+        [
+            (((step.output[n] - step.uncorrected[n]) / STDS[n]) ** 2).mean().item()
+            for n in step.uncorrected
+        ]
+    )
+
+
+def test_regularization_is_analytic_corrected_channel_mean():
+    step, target = make_step(), make_target()
+    result = build(regularization(weight=0.7))(step, target, step=0)
+    penalty = analytic_penalty(step)
+    np.testing.assert_allclose(result.regularization.item(), 0.7 * penalty, rtol=1e-12)
+    # the main loss still scores the corrected output
+    np.testing.assert_allclose(
+        result.main.total().item(), hand_mse(step.output, target), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        result.total().item(),
+        result.main.total().item() + result.regularization.item(),
+        rtol=1e-12,
+    )
+    assert set(result.regularization_output.get_channel_losses()) == set(CORRECTED)
+
+
+def test_corrected_channel_scale_vs_all_channel_mean():
+    corrected = ["b_0", "b_1"]
+    step, target = make_step(corrected=corrected), make_target()
+    penalty = build(regularization())(step, target, step=0).regularization.item()
+    per_channel = [
+        (((step.output[n] - step.uncorrected[n]) / STDS[n]) ** 2).mean().item()
+        for n in corrected
+    ]
+    # uncorrected channels have zero correction; an all-channel mean counts them
+    all_channel_mean = sum(per_channel) / len(NAMES)
+    np.testing.assert_allclose(penalty, sum(per_channel) / len(corrected), rtol=1e-12)
+    np.testing.assert_allclose(
+        all_channel_mean, penalty * len(corrected) / len(NAMES), rtol=1e-12
+    )
+    assert penalty > all_channel_mean
+
+
+def test_regularization_without_corrections_is_zero():
+    step, target = make_step(corrected=[]), make_target()
+    result = build(regularization())(step, target, step=0)
+    assert result.regularization.item() == 0.0
+
+
+def test_regularization_has_no_step_decay_but_main_does():
+    step, target = make_step(), make_target()
+    loss = build(regularization(), StepLossConfig(sqrt_loss_step_decay_constant=1.0))
+    first, later = loss(step, target, step=0), loss(step, target, step=3)
+    np.testing.assert_allclose(first.regularization.item(), later.regularization.item())
+    np.testing.assert_allclose(
+        later.main.total().item(), first.main.total().item() / 2.0, rtol=1e-12
+    )
+
+
+def test_regularization_respects_sample_mask():
+    step, target = make_step(), make_target()
+    mask = torch.tensor([1.0, 0.0])
+    result = build(regularization())(step, target, step=0, data_mask=mask)
+    first = FakeStepOutput(
+        {k: v[:1] for k, v in step.output.items()},
+        {k: v[:1] for k, v in step.uncorrected.items()},
+    )
+    np.testing.assert_allclose(
+        result.regularization.item(), analytic_penalty(first), rtol=1e-12
+    )
+
+
+def test_penalty_gradient_is_analytic():
+    step, target = make_step(), make_target()
+    for d in (step.output, step.uncorrected):
+        for v in d.values():
+            v.requires_grad_()
+    weight = 0.4
+    result = build(regularization(weight))(step, target, step=0)
+    result.regularization.backward()
+    n_points = B * H * W
+    for n in CORRECTED:
+        correction = (step.output[n] - step.uncorrected[n]).detach()
+        expected = weight / len(CORRECTED) * 2 * correction / STDS[n] ** 2 / n_points
+        torch.testing.assert_close(step.output[n].grad, expected)
+        torch.testing.assert_close(step.uncorrected[n].grad, -expected)
+    assert step.output["a"].grad is None
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (None, False),
+        (precorrector(), True),
+        (regularization(), True),
+        (
+            CorrectorLossConfig(
+                precorrector_optimization=PreCorrectorOptimizationConfig(),
+                regularization=CorrectorRegularizationConfig(),
+            ),
+            True,
+        ),
+    ],
+)
+def test_needs_uncorrected_grad(config, expected):
+    assert build(config).needs_uncorrected_grad is expected
+
+
+def test_combined_features():
+    step, target = make_step(), make_target()
+    config = CorrectorLossConfig(
+        precorrector_optimization=PreCorrectorOptimizationConfig(["a"]),
+        regularization=CorrectorRegularizationConfig(weight=2.0),
+    )
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        result = build(config)(step, target, step=0)
+    main = hand_mse({**step.output, **step.uncorrected}, target)
+    np.testing.assert_allclose(result.main.total().item(), main, rtol=1e-12)
+    np.testing.assert_allclose(
+        result.total().item(), main + 2.0 * analytic_penalty(step), rtol=1e-12
+    )
+    terms = result.terms()
+    assert set(terms) == {"main", "corrector_regularization"}
+    np.testing.assert_allclose(
+        sum(terms.values()).item(), result.total().item(), rtol=1e-12
+    )
+
+
+def test_ensemble_unfolding_is_sample_major():
+    n_ens = 2
+    step, target = make_step(batch=B * n_ens), make_target()
+    loss = build(None, StepLossConfig(type="EnsembleLoss"), n_ensemble=n_ens)
+    result = loss(step, target, step=0)
+    expected = []
+    for n in NAMES:
+        x = step.output[n].numpy() / STDS[n]
+        y = target[n].numpy() / STDS[n]
+        crps = []
+        for b in range(B):
+            m0, m1 = x[b * n_ens], x[b * n_ens + 1]
+            crps.append(
+                (np.abs(m0 - y[b]) + np.abs(m1 - y[b])) / 2 - np.abs(m0 - m1) / 2
+            )
+        expected.append(np.mean(crps))
+    np.testing.assert_allclose(result.total().item(), np.mean(expected), rtol=1e-12)
+
+
+def test_ensemble_regularization_averages_members():
+    n_ens = 2
+    step, target = make_step(batch=B * n_ens), make_target()
+    result = build(regularization(), n_ensemble=n_ens)(step, target, step=0)
+    np.testing.assert_allclose(
+        result.regularization.item(), analytic_penalty(step), rtol=1e-12
+    )
+
+
+def test_wrong_ensemble_batch_size():
+    step, target = make_step(batch=3), make_target()
+    with pytest.raises(ValueError, match="n_ensemble"):
+        build(None, n_ensemble=2)(step, target, step=0)
+
+
+def test_ensemble_loss_needs_two_members_at_build():
+    with pytest.raises(ValueError, match="n_ensemble >= 2"):
+        build(None, StepLossConfig(type="EnsembleLoss"), n_ensemble=1)
+
+
+def test_unmatched_exclusion_warns_exactly_once():
+    step, target = make_step(), make_target()
+    loss = build(precorrector(exclude=["a", "c"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss(make_step(corrected=[]), target, step=0)  # nothing corrected yet
+        for i in range(3):
+            loss(step, target, step=i)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1
+    assert "['a']" in messages[0]
+
+
+def test_matched_exclusions_do_not_warn():
+    step, target = make_step(), make_target()
+    loss = build(precorrector(exclude=["b", "c"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss(step, target, step=0)
+    assert caught == []
+
+
+def test_exclusion_matching_no_output_fails_at_build():
+    with pytest.raises(ValueError, match="match no output variable"):
+        build(precorrector(exclude=["tyop"]))
+
+
+def test_term_weights():
+    step, target = make_step(), make_target()
+    loss = build(regularization(weight=0.5), StepLossConfig())
+    plain = loss(step, target, step=0)
+    weighted = loss(
+        step,
+        target,
+        step=0,
+        term_weights={"main": 3.0, "corrector_regularization": torch.tensor(0.1)},
+    )
+    terms = weighted.terms()
+    np.testing.assert_allclose(
+        terms["main"].item(), 3.0 * plain.terms()["main"].item(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        terms["corrector_regularization"].item(),
+        0.1 * plain.regularization.item(),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        weighted.total().item(), sum(terms.values()).item(), rtol=1e-12
+    )
+    assert loss.term_names == ["main", "corrector_regularization"]
+    with pytest.raises(ValueError, match="global_mean"):
+        loss(step, target, step=0, term_weights={"global_mean": 1.0})
+
+
+def test_correction_rms_even_without_regularization():
+    step = make_step()
+    rms = build(None).correction_rms(step)
+    assert set(rms) == set(CORRECTED)
+    for n in CORRECTED:
+        correction = (step.output[n] - step.uncorrected[n]) / STDS[n]
+        np.testing.assert_allclose(
+            rms[n].item(), np.sqrt((correction.numpy() ** 2).mean()), rtol=1e-12
+        )
+        assert not rms[n].requires_grad
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_both_none_is_an_error():
+    with pytest.raises(ValueError, match="precorrector_optimization and/or"):
+        CorrectorLossConfig()
+
+
+def test_precorrector_target_must_be_raw():
+    with pytest.raises(ValueError, match=r"allowed: \['raw'\]"):
+        PreCorrectorOptimizationConfig(target="inverse")
+
+
+@pytest.mark.parametrize("type_", ["EnsembleLoss", "NaN", "LpLoss"])
+def test_regularization_rejects_loss_types(type_):
+    with pytest.raises(ValueError, match="regularization.loss.type"):
+        CorrectorRegularizationConfig(loss=LossConfig(type=type_))
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0])
+def test_regularization_rejects_non_positive_weight(weight):
+    with pytest.raises(ValueError, match="regularization.weight"):
+        CorrectorRegularizationConfig(weight=weight)
+
+
+def test_strict_load():
+    data = {
+        "precorrector_optimization": {"exclude_names_and_prefixes": ["a"]},
+        "regularization": {"loss": {"type": "L1", "kwargs": {}}, "weight": 0.5},
+    }
+    config = from_dict_strict(CorrectorLossConfig, data)
+    assert config.regularization.loss.type == "L1"
+    assert config.precorrector_optimization.exclude_names_and_prefixes == ["a"]
+    assert config.precorrector_optimization.target == "raw"
+    with pytest.raises(ConfigError, match="weigth"):
+        from_dict_strict(CorrectorLossConfig, {"regularization": {"weigth": 0.5}})
+    with pytest.raises(ConfigError, match="global_mean_type"):
+        from_dict_strict(
+            CorrectorLossConfig,
+            {"regularization": {"loss": {"type": "MSE", "global_mean_type": "LpLoss"}}},
+        )
+    with pytest.raises(ConfigError, match="and/or"):
+        from_dict_strict(CorrectorLossConfig, {})
+    with pytest.raises(ConfigError, match="EnsembleLoss"):
+        from_dict_strict(
+            CorrectorLossConfig, {"regularization": {"loss": {"type": "EnsembleLoss"}}}
+        )
+
+
+def test_default_regularization_loss_is_mse():
+    assert CorrectorRegularizationConfig().loss.type == "MSE"

@@ -1,8 +1,9 @@
-"""Losses in the loss-normalised space: configs, per-channel losses, step losses.
+"""Losses in the loss-normalised space: step-loss config, mapping and step losses.
 
 Layers, each usable alone:
 
-- a ``LossFunction`` reduces packed tensors to one loss per channel;
+- a ``LossFunction`` (``fme.core.loss_functions``, configured by
+  ``LossConfig``) reduces packed tensors to one loss per channel;
 - ``WeightedMappingLoss`` normalises ``{name: tensor}`` dicts with the loss
   normaliser, packs them into channels, masks NaN targets and ``data_mask``,
   applies per-point scalings and per-variable weights, and adds the optional
@@ -15,116 +16,35 @@ Layers, each usable alone:
 Layouts: targets are ``[batch, lat, lon]`` per variable. Predictions are either
 ``[batch, lat, lon]`` (one member) or ``[batch, n_ensemble, lat, lon]``.
 Internally predictions are packed to ``[batch, member, channel, lat, lon]``.
-Non-ensemble losses compare every member with the target and average over
-members; ``EnsembleLoss`` scores the ensemble as a whole.
+
+``LossConfig`` is re-exported here for ``from fme.core.loss import LossConfig``.
 """
 
-import abc
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 
 from fme.core.gridded_ops import LatLonOperations
-from fme.core.loss_scaling import LossScaling, LossScalingConfig, combined_weights
+from fme.core.loss_functions import (
+    GLOBAL_MEAN_LOSS_TYPES,
+    GlobalMeanLpLoss,
+    LossConfig,
+    LossFunction,
+    kwarg_number,
+    validate_loss,
+)
+from fme.core.loss_scaling import LossScaling, LossScalingConfig
 from fme.core.name_and_prefix_matcher import NameAndPrefixMatcher
 from fme.core.normalizer import StandardNormalizer
 from fme.core.tensors import TensorDict, TensorMapping
 
-LOSS_TYPES = ("MSE", "L1", "LpLoss", "AreaWeightedMSE", "EnsembleLoss", "NaN")
-GLOBAL_MEAN_LOSS_TYPES = ("LpLoss",)
-_ALLOWED_KWARGS: dict[str, tuple[str, ...]] = {
-    "MSE": (),
-    "L1": (),
-    "LpLoss": ("p",),
-    "AreaWeightedMSE": (),
-    "EnsembleLoss": ("crps_weight", "energy_score_weight"),
-    "NaN": (),
-}
 MAIN_TERM = "main"
 GLOBAL_MEAN_TERM = "global_mean"
 REGULARIZATION_TERM = "corrector_regularization"
-
-
-def _number(field: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field}.{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _validate_loss(field: str, type_: str, kwargs: Mapping[str, Any]) -> None:
-    if type_ not in LOSS_TYPES:
-        raise ValueError(f"{field}: got type {type_!r}; allowed: {list(LOSS_TYPES)}")
-    allowed = _ALLOWED_KWARGS[type_]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{field} kwargs: unknown key(s) {unknown} for type {type_!r}; "
-            f"allowed: {list(allowed)}"
-        )
-    values = {k: _number(f"{field} kwargs", k, v) for k, v in kwargs.items()}
-    if values.get("p", 2.0) < 1:
-        raise ValueError(f"{field} kwargs.p must be >= 1, got {values['p']}")
-    if type_ == "EnsembleLoss":
-        crps = values.get("crps_weight", 1.0)
-        energy = values.get("energy_score_weight", 0.0)
-        if crps < 0 or energy < 0 or crps + energy <= 0:
-            raise ValueError(
-                f"{field} kwargs: crps_weight and energy_score_weight must be >= 0 "
-                f"with a positive sum, got {crps} and {energy}"
-            )
-
-
-@dataclasses.dataclass
-class LossConfig:
-    """A loss function: its type and keyword arguments.
-
-    Attributes:
-        type: one of ``MSE``, ``L1``, ``LpLoss`` (relative Lp norm
-            ``||x - y||_p / ||y||_p`` per sample and channel, kwargs ``p``,
-            default 2), ``AreaWeightedMSE`` (needs grid area weights),
-            ``EnsembleLoss`` (fair CRPS over ensemble members, kwargs
-            ``crps_weight`` default 1 and ``energy_score_weight`` default 0;
-            needs ``n_ensemble >= 2``), ``NaN`` (always NaN, for tests).
-        kwargs: keyword arguments of the loss type (see ``type``).
-    """
-
-    type: str = "MSE"
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        _validate_loss("loss", self.type, self.kwargs)
-
-    @property
-    def requires_ensemble(self) -> bool:
-        """Whether this loss needs several ensemble members."""
-        return self.type == "EnsembleLoss"
-
-    def build(self, *, gridded_ops: LatLonOperations | None = None) -> "LossFunction":
-        """The loss function; ``AreaWeightedMSE`` raises without ``gridded_ops``."""
-        kw = {k: float(v) for k, v in self.kwargs.items()}
-        if self.type == "MSE":
-            return MSELoss()
-        if self.type == "L1":
-            return L1Loss()
-        if self.type == "LpLoss":
-            return LpLoss(p=kw.get("p", 2.0))
-        if self.type == "AreaWeightedMSE":
-            if gridded_ops is None:
-                raise ValueError(
-                    "loss type 'AreaWeightedMSE' needs grid area weights, but no "
-                    "gridded operations were given to build()"
-                )
-            return AreaWeightedMSELoss(gridded_ops)
-        if self.type == "EnsembleLoss":
-            return EnsembleLoss(
-                crps_weight=kw.get("crps_weight", 1.0),
-                energy_score_weight=kw.get("energy_score_weight", 0.0),
-            )
-        return NaNLoss()
 
 
 @dataclasses.dataclass
@@ -158,15 +78,17 @@ class StepLossConfig:
     scaling: list[LossScalingConfig] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        _validate_loss("loss", self.type, self.kwargs)
+        validate_loss(field="loss", type_=self.type, kwargs=self.kwargs)
         if self.global_mean_type is not None:
             if self.global_mean_type not in GLOBAL_MEAN_LOSS_TYPES:
                 raise ValueError(
                     f"loss.global_mean_type: got {self.global_mean_type!r}; allowed: "
                     f"{list(GLOBAL_MEAN_LOSS_TYPES)} or null"
                 )
-            _validate_loss(
-                "loss.global_mean", self.global_mean_type, self.global_mean_kwargs
+            validate_loss(
+                field="loss.global_mean",
+                type_=self.global_mean_type,
+                kwargs=self.global_mean_kwargs,
             )
         elif self.global_mean_kwargs:
             raise ValueError(
@@ -216,8 +138,10 @@ class StepLossConfig:
                     "loss.global_mean_type needs grid area weights, but no gridded "
                     "operations were given to build()"
                 )
-            p = _number(
-                "loss.global_mean_kwargs", "p", self.global_mean_kwargs.get("p", 2)
+            p = kwarg_number(
+                field="loss.global_mean_kwargs",
+                key="p",
+                value=self.global_mean_kwargs.get("p", 2),
             )
             global_mean = GlobalMeanLpLoss(gridded_ops, p=p)
         loss = WeightedMappingLoss(
@@ -234,292 +158,6 @@ class StepLossConfig:
         )
 
 
-# ---------------------------------------------------------------- loss functions
-
-
-def _fold_members(x: torch.Tensor, n_members: int) -> torch.Tensor:
-    """Repeat ``[B, ...]`` to ``[B * n_members, ...]``, index ``b * n_members + e``."""
-    if n_members == 1:
-        return x
-    return x[:, None].expand(x.shape[0], n_members, *x.shape[1:]).flatten(0, 1)
-
-
-def _masked_channel_mean(
-    values: torch.Tensor, denominator_weights: torch.Tensor, scale: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``sum(v * w * s) / sum(w)`` over all dims but dim 1.
-
-    Returns the channel means ``[C]`` and whether each channel had any weight.
-    """
-    w = denominator_weights.expand_as(values)
-    dims = [d for d in range(values.dim()) if d != 1]
-    weighted = values * w if scale is None else values * w * scale
-    numerator = weighted.sum(dim=dims)
-    denominator = w.sum(dim=dims)
-    active = denominator > 0
-    safe = torch.where(active, denominator, torch.ones_like(denominator))
-    return torch.where(active, numerator / safe, torch.zeros_like(numerator)), active
-
-
-def _mean_over_valid_samples(
-    values: torch.Tensor, has: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``[N, C]`` values over the samples where ``has``; per channel."""
-    count = has.sum(dim=0)
-    total = torch.where(has, values, torch.zeros_like(values)).sum(dim=0)
-    return total / count.clamp(min=1), count > 0
-
-
-class LossFunction(abc.ABC):
-    """Reduces packed, loss-normalised tensors to one loss per channel."""
-
-    supports_scaling: bool = True
-    requires_ensemble: bool = False
-
-    @abc.abstractmethod
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        scalings: Sequence[LossScaling] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel losses.
-
-        Args:
-            predict: ``[batch, member, channel, lat, lon]``.
-            target: ``[batch, channel, lat, lon]`` with NaNs already replaced.
-            valid: ``[batch, channel, lat, lon]``, 1 where the point counts.
-            scalings: detached per-point weights multiplying the integrand.
-
-        Returns:
-            The loss per channel ``[C]`` and whether each channel had any valid
-            point ``[C]`` (bool).
-        """
-
-
-class _PointwiseLoss(LossFunction):
-    """A pointwise loss averaged over valid points and ensemble members."""
-
-    @abc.abstractmethod
-    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss at every point."""
-
-    def base_weights(self, like: torch.Tensor) -> torch.Tensor | float:
-        """Weights of the mean before masking (1 for a plain mean)."""
-        return 1.0
-
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        scalings: Sequence[LossScaling] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_members = predict.shape[1]
-        p = predict.flatten(0, 1)
-        t = _fold_members(target, n_members)
-        v = _fold_members(valid, n_members)
-        scale = combined_weights(scalings, p, t)
-        return _masked_channel_mean(
-            self.pointwise(p, t), v * self.base_weights(p), scale
-        )
-
-
-class MSELoss(_PointwiseLoss):
-    """Mean squared error over valid points."""
-
-    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (predict - target) ** 2
-
-
-class L1Loss(_PointwiseLoss):
-    """Mean absolute error over valid points."""
-
-    def pointwise(self, predict: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (predict - target).abs()
-
-
-class AreaWeightedMSELoss(MSELoss):
-    """Squared error averaged with cell-area weights over valid points.
-
-    Args:
-        gridded_ops: provides the ``[lat, lon]`` area weights.
-    """
-
-    def __init__(self, gridded_ops: LatLonOperations):
-        self.area_weights = gridded_ops.area_weights
-
-    def base_weights(self, like: torch.Tensor) -> torch.Tensor | float:
-        return self.area_weights.to(device=like.device, dtype=like.dtype)
-
-
-class LpLoss(LossFunction):
-    """Relative Lp error ``||x - y||_p / ||y||_p`` per sample, member and channel.
-
-    The norm runs over (lat, lon) at valid points; scaling weights ``s`` weight
-    both norms, ``(sum s |x - y|^p / sum s |y|^p)^(1/p)``. The ratio is
-    averaged over members and over samples with a valid point. A target that
-    is zero at every valid point gives an infinite loss.
-
-    Args:
-        p: order of the norm, >= 1.
-    """
-
-    def __init__(self, p: float = 2.0):
-        self.p = p
-
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        scalings: Sequence[LossScaling] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_members = predict.shape[1]
-        x = predict.flatten(0, 1)
-        y = _fold_members(target, n_members)
-        v = _fold_members(valid, n_members)
-        scale = combined_weights(scalings, x, y)
-        w = v if scale is None else v * scale
-        root_w = w.pow(1.0 / self.p)
-        diff = torch.linalg.vector_norm(root_w * (x - y), ord=self.p, dim=(-2, -1))
-        norm = torch.linalg.vector_norm(root_w * y, ord=self.p, dim=(-2, -1))
-        has = v.sum(dim=(-2, -1)) > 0
-        ratio = diff / torch.where(has, norm, torch.ones_like(norm))
-        return _mean_over_valid_samples(ratio, has)
-
-
-class EnsembleLoss(LossFunction):
-    """Fair (unbiased) CRPS over ensemble members, optionally plus energy score.
-
-    Pointwise fair CRPS with ``m`` members ``x_i`` and target ``y``:
-    ``mean_i |x_i - y| - 1 / (2 m (m - 1)) * sum_{i != j} |x_i - x_j|``, averaged
-    over valid points (scalings multiply this integrand; they see the ensemble
-    mean as prediction). The energy score uses the same formula with the
-    root-mean-square over the valid (lat, lon) points of a sample in place of
-    ``|.|``, averaged over samples; it does not support scalings.
-
-    Args:
-        crps_weight: multiplies the CRPS.
-        energy_score_weight: multiplies the energy score.
-    """
-
-    requires_ensemble = True
-
-    def __init__(self, *, crps_weight: float = 1.0, energy_score_weight: float = 0.0):
-        self.crps_weight = crps_weight
-        self.energy_score_weight = energy_score_weight
-        self.supports_scaling = energy_score_weight == 0
-
-    @staticmethod
-    def _fair_score(
-        members: torch.Tensor,
-        target: torch.Tensor,
-        distance: Callable[[torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
-        m = members.shape[1]
-        # running sums: memory stays at one field whatever the ensemble size
-        skill = distance(members[:, 0] - target)
-        for i in range(1, m):
-            skill = skill + distance(members[:, i] - target)
-        spread = torch.zeros_like(skill)
-        for i in range(m):
-            for j in range(i + 1, m):
-                spread = spread + distance(members[:, i] - members[:, j])
-        return skill / m - spread / (m * (m - 1))
-
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        scalings: Sequence[LossScaling] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if predict.shape[1] < 2:
-            raise ValueError(
-                "EnsembleLoss needs predictions with n_ensemble >= 2 members, got "
-                f"{predict.shape[1]}"
-            )
-        crps = self._fair_score(predict, target, torch.abs)
-        scale = combined_weights(scalings, predict.mean(dim=1), target)
-        loss, active = _masked_channel_mean(crps, valid, scale)
-        loss = self.crps_weight * loss
-        if self.energy_score_weight > 0:
-            count = valid.sum(dim=(-2, -1), keepdim=True)
-            root_w = (valid / count.clamp(min=1)).sqrt()
-
-            def rms(x: torch.Tensor) -> torch.Tensor:
-                return torch.linalg.vector_norm(root_w * x, ord=2, dim=(-2, -1))
-
-            energy = self._fair_score(predict, target, rms)
-            energy_loss, _ = _mean_over_valid_samples(energy, count[..., 0, 0] > 0)
-            loss = loss + self.energy_score_weight * energy_loss
-        return loss, active
-
-
-class NaNLoss(LossFunction):
-    """Always NaN in every channel (to test NaN handling downstream)."""
-
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        scalings: Sequence[LossScaling] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_channels = predict.shape[2]
-        nan = predict.sum() * float("nan")
-        return nan.expand(n_channels), torch.ones(
-            n_channels, dtype=torch.bool, device=predict.device
-        )
-
-
-class GlobalMeanLpLoss:
-    """Relative Lp error of area-weighted global means, as a vector over channels.
-
-    Per sample and member, global means are taken over the valid points of each
-    channel (the same points for prediction and target); the relative Lp norm
-    runs over channels, weighted by the per-variable weights (inactive channels
-    weigh 0). The result is averaged over members and samples with a valid
-    channel.
-
-    Args:
-        gridded_ops: provides the ``[lat, lon]`` area weights.
-        p: order of the norm, >= 1.
-    """
-
-    def __init__(self, gridded_ops: LatLonOperations, *, p: float = 2.0):
-        self.area_weights = gridded_ops.area_weights
-        self.p = p
-
-    def __call__(
-        self,
-        predict: torch.Tensor,
-        target: torch.Tensor,
-        valid: torch.Tensor,
-        channel_weights: torch.Tensor,
-    ) -> torch.Tensor:
-        """Scalar loss; layouts as for ``LossFunction``, ``channel_weights`` ``[C]``."""
-        area = self.area_weights.to(device=target.device, dtype=target.dtype)
-        weights = valid * area
-        denominator = weights.sum(dim=(-2, -1))
-        has = denominator > 0
-        safe = torch.where(has, denominator, torch.ones_like(denominator))
-        mean_target = (weights * target).sum(dim=(-2, -1)) / safe
-        mean_predict = (weights[:, None] * predict).sum(dim=(-2, -1)) / safe[:, None]
-        root_w = (has * channel_weights).pow(1.0 / self.p)
-        diff = torch.linalg.vector_norm(
-            root_w[:, None] * (mean_predict - mean_target[:, None]), ord=self.p, dim=-1
-        )
-        norm = torch.linalg.vector_norm(root_w * mean_target, ord=self.p, dim=-1)
-        sample_has = (root_w > 0).any(dim=-1)
-        norm = torch.where(sample_has, norm, torch.ones_like(norm))
-        ratio = (diff / norm[:, None]).mean(dim=1)
-        ratio = torch.where(sample_has, ratio, torch.zeros_like(ratio))
-        return ratio.sum() / sample_has.sum().clamp(min=1)
-
-
 # ------------------------------------------------------------------ loss output
 
 
@@ -527,61 +165,76 @@ class GlobalMeanLpLoss:
 class LossOutput:
     """A loss reduced to one value per channel, plus optional scalar terms.
 
+    Each named term (``"main"``, the channel mean, and every extra term) has a
+    raw value (reduced, before its term weight) and a term weight; ``terms()``
+    holds their products, which sum to ``total()``.
+
     Attributes:
         names: channel (variable) names.
-        channel_losses: ``[C]`` losses, with per-variable and step weights
-            applied; 0 for inactive channels.
+        channel_losses: ``[C]`` losses with per-variable and step weights
+            applied, before the ``"main"`` term weight; 0 for inactive channels.
         active: ``[C]`` bool, channels with at least one valid point.
         extra_terms: further scalar terms by name (e.g. ``"global_mean"``),
-            already weighted, added to the total.
+            raw (before their term weight).
+        term_weights: weight of each term by name; missing terms weigh 1.
     """
 
     names: list[str]
     channel_losses: torch.Tensor
     active: torch.Tensor
     extra_terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    term_weights: dict[str, float | torch.Tensor] = dataclasses.field(
+        default_factory=dict
+    )
+
+    def _weight(self, name: str) -> float | torch.Tensor:
+        return self.term_weights.get(name, 1.0)
 
     def channel_mean(self) -> torch.Tensor:
-        """Mean of the channel losses over active channels (0 if none is active)."""
+        """Raw ``"main"`` term: mean of ``channel_losses`` over active channels
+        (0 if none is active)."""
         zeros = torch.zeros_like(self.channel_losses)
         total = torch.where(self.active, self.channel_losses, zeros).sum()
         return total / self.active.sum().clamp(min=1)
 
+    def raw_terms(self) -> dict[str, torch.Tensor]:
+        """Every term reduced but before its term weight."""
+        return {MAIN_TERM: self.channel_mean(), **self.extra_terms}
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """Every term times its term weight; they sum to ``total()``."""
+        return {k: v * self._weight(k) for k, v in self.raw_terms().items()}
+
     def total(self) -> torch.Tensor:
-        """The scalar loss: channel mean plus the extra terms."""
-        total = self.channel_mean()
-        for term in self.extra_terms.values():
+        """The scalar loss: the sum of the weighted terms."""
+        terms = list(self.terms().values())
+        total = terms[0]
+        for term in terms[1:]:
             total = total + term
         return total
 
-    def terms(self) -> dict[str, torch.Tensor]:
-        """``{"main": channel_mean(), **extra_terms}``; they sum to ``total()``."""
-        return {MAIN_TERM: self.channel_mean(), **self.extra_terms}
-
     def get_channel_losses(self) -> dict[str, torch.Tensor]:
-        """Loss per active channel by variable name."""
+        """Loss per active channel by variable name, times the ``"main"`` weight."""
         active = self.active.tolist()
+        weight = self._weight(MAIN_TERM)
         return {
-            n: self.channel_losses[i] for i, n in enumerate(self.names) if active[i]
+            n: self.channel_losses[i] * weight
+            for i, n in enumerate(self.names)
+            if active[i]
         }
 
     def with_term_weights(
         self, weights: Mapping[str, float | torch.Tensor]
     ) -> "LossOutput":
-        """A copy with each named term (``"main"`` and extra terms) multiplied."""
-        return LossOutput(
-            names=self.names,
-            channel_losses=self.channel_losses * weights.get(MAIN_TERM, 1.0),
-            active=self.active,
-            extra_terms={
-                k: v * weights.get(k, 1.0) for k, v in self.extra_terms.items()
-            },
-        )
+        """A copy whose term weights are replaced by ``weights`` where given."""
+        return dataclasses.replace(self, term_weights={**self.term_weights, **weights})
 
     def scaled(self, factor: float | torch.Tensor) -> "LossOutput":
-        """A copy with every term multiplied by ``factor``."""
-        return self.with_term_weights(
-            {MAIN_TERM: factor, **{k: factor for k in self.extra_terms}}
+        """A copy with every raw term (and channel loss) multiplied by ``factor``."""
+        return dataclasses.replace(
+            self,
+            channel_losses=self.channel_losses * factor,
+            extra_terms={k: v * factor for k, v in self.extra_terms.items()},
         )
 
 
@@ -698,11 +351,13 @@ class WeightedMappingLoss:
         filled = torch.nan_to_num(packed_target, nan=0.0)
         losses, active = self.loss(packed_predict, filled, valid, self.scalings)
         weights = self.channel_weights.to(device=losses.device, dtype=losses.dtype)
-        extra = {}
+        extra: dict[str, torch.Tensor] = {}
+        term_weights: dict[str, float | torch.Tensor] = {}
         if self.global_mean is not None:
             term = self.global_mean(packed_predict, filled, valid, weights)
-            extra[GLOBAL_MEAN_TERM] = self.global_mean_weight * term
-        return LossOutput(self.names, losses * weights, active, extra)
+            extra[GLOBAL_MEAN_TERM] = term
+            term_weights[GLOBAL_MEAN_TERM] = self.global_mean_weight
+        return LossOutput(self.names, losses * weights, active, extra, term_weights)
 
 
 class StepLoss:
@@ -772,11 +427,12 @@ class StepOutputLossResult:
     """The loss of one step, by part.
 
     Attributes:
-        main: the main (step) loss, with per-term multipliers applied.
-        regularization: the corrector penalty times its weight (and multiplier),
-            or None when not configured.
-        regularization_output: the unweighted penalty per corrected channel,
-            or None when not configured.
+        main: the main (step) loss, with its term weights (``"main"``,
+            ``"global_mean"``).
+        regularization: the corrector penalty times its term weight, or None
+            when not configured.
+        regularization_output: the penalty per corrected channel before its
+            term weight, or None when not configured.
     """
 
     main: LossOutput
@@ -794,6 +450,14 @@ class StepOutputLossResult:
         terms = self.main.terms()
         if self.regularization is not None:
             terms[REGULARIZATION_TERM] = self.regularization
+        return terms
+
+    def raw_terms(self) -> dict[str, torch.Tensor]:
+        """The same terms reduced but before their term weights (the step
+        decay is part of the reduction)."""
+        terms = self.main.raw_terms()
+        if self.regularization_output is not None:
+            terms[REGULARIZATION_TERM] = self.regularization_output.total()
         return terms
 
 
@@ -865,6 +529,20 @@ class StepOutputLoss:
         if self.regularization is not None:
             names.append(REGULARIZATION_TERM)
         return names
+
+    @property
+    def base_term_weights(self) -> dict[str, float]:
+        """The configured weight of every term: 1 for ``"main"``,
+        ``global_mean_weight`` and the regularisation ``weight``.
+
+        Passing these as ``term_weights`` reproduces the default loss.
+        """
+        weights = {MAIN_TERM: 1.0}
+        if self.step_loss.has_global_mean:
+            weights[GLOBAL_MEAN_TERM] = self.step_loss.loss.global_mean_weight
+        if self.regularization is not None:
+            weights[REGULARIZATION_TERM] = self.regularization_weight
+        return weights
 
     def _unfold(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         if self.n_ensemble == 1:
@@ -942,8 +620,12 @@ class StepOutputLoss:
             target_step: ``{name: [batch, lat, lon]}``.
             step: 0-based forward-step index (for the step decay).
             data_mask: optional ``[batch]`` or ``[batch, channel]`` 0/1 mask.
-            term_weights: optional multipliers by term name (see
-                ``term_names``), applied after reduction; default 1.
+            term_weights: optional *effective* weight of each named term (see
+                ``term_names``), applied after reduction. A given weight
+                replaces the term's configured weight (``base_term_weights``:
+                1 for ``"main"``, ``global_mean_weight``, the regularisation
+                ``weight``), so a schedule passes ``base * schedule value``;
+                terms not given keep their configured weight.
         """
         term_weights = term_weights or {}
         unknown = sorted(set(term_weights) - set(self.term_names))
@@ -957,12 +639,15 @@ class StepOutputLoss:
         prediction = self._main_prediction(step_output)
         predict = {n: self._unfold(prediction[n], batch) for n in names}
         main = self.step_loss(predict, target_step, step, data_mask)
-        if term_weights:
-            main = main.with_term_weights(term_weights)
+        main_weights = {
+            k: v for k, v in term_weights.items() if k != REGULARIZATION_TERM
+        }
+        if main_weights:
+            main = main.with_term_weights(main_weights)
         if self.regularization is None:
             return StepOutputLossResult(main=main)
         penalty = self._penalty(step_output, target_step, data_mask)
-        weight = self.regularization_weight * term_weights.get(REGULARIZATION_TERM, 1.0)
+        weight = term_weights.get(REGULARIZATION_TERM, self.regularization_weight)
         return StepOutputLossResult(
             main=main,
             regularization=weight * penalty.total(),

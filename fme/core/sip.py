@@ -29,6 +29,7 @@ atmosphere, so the same functions serve a toy problem, a control problem
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 import torch
 
@@ -36,6 +37,8 @@ from fme.core.sip_inverse import Physics, gauss_newton_inverse, newton_inverse
 
 AnalyticInverse = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``P⁻¹(y_goal, x) -> x_tilde``: the pre-image of ``y_goal`` nearest ``x``."""
+
+_F = TypeVar("_F", bound=Callable)
 
 INVERSE_STRATEGIES = ("analytic", "newton", "gauss_newton")
 PROXY_NORMS = ("l2", "l1")
@@ -100,6 +103,26 @@ class SIPConfig:
                     f"{self.inverse!r}; set max_step to null"
                 )
 
+    def proxy_target(
+        self,
+        x: torch.Tensor,
+        y_target: torch.Tensor,
+        *,
+        physics: Physics,
+        analytic_inverse: AnalyticInverse | None = None,
+    ) -> torch.Tensor:
+        """The detached SIP proxy target ``x̃``; see :func:`sip_proxy_target`."""
+        return sip_proxy_target(
+            x,
+            y_target,
+            physics=physics,
+            inverse=self.inverse,
+            eta=self.eta,
+            analytic_inverse=analytic_inverse,
+            damping=self.damping,
+            max_step=self.max_step,
+        )
+
     def proxy_loss(
         self,
         x: torch.Tensor,
@@ -120,15 +143,8 @@ class SIPConfig:
         Returns:
             Scalar proxy loss whose gradient w.r.t. ``x`` is the SIP update.
         """
-        x_tilde = sip_proxy_target(
-            x,
-            y_target,
-            physics=physics,
-            inverse=self.inverse,
-            eta=self.eta,
-            analytic_inverse=analytic_inverse,
-            damping=self.damping,
-            max_step=self.max_step,
+        x_tilde = self.proxy_target(
+            x, y_target, physics=physics, analytic_inverse=analytic_inverse
         )
         return sip_proxy_loss(x, x_tilde, norm=self.proxy_norm)
 
@@ -261,10 +277,10 @@ def multi_step_sip_loss(
     if len(y_targets) != n_steps:
         raise ValueError(f"got {n_steps} predictions but {len(y_targets)} targets")
     physics_list = _per_step(physics, n_steps, "physics")
-    inverse_list = (
+    inverse_list: list[AnalyticInverse | None] = (
         [None] * n_steps
         if analytic_inverse is None
-        else _per_step(analytic_inverse, n_steps, "analytic_inverse")
+        else list(_per_step(analytic_inverse, n_steps, "analytic_inverse"))
     )
     total = xs[0].new_zeros(())
     for x, y_target, p, inv in zip(
@@ -274,10 +290,10 @@ def multi_step_sip_loss(
     return total
 
 
-def _per_step(value, n_steps: int, name: str) -> list:
+def _per_step(value: _F | Sequence[_F], n_steps: int, name: str) -> list[_F]:
     if callable(value):
-        return [value] * n_steps
-    values = list(value)
+        return [cast(_F, value)] * n_steps
+    values = list(cast(Sequence[_F], value))
     if len(values) != n_steps:
         raise ValueError(f"got {len(values)} {name} for {n_steps} steps")
     return values

@@ -130,9 +130,9 @@ def saddle_free_newton_step(
 
     With ``H = Σᵢ λᵢ vᵢ vᵢᵀ`` the step is ``Δx = −Σᵢ (vᵢ·g) / (|λᵢ| + damping) vᵢ``.
     Taking ``|λᵢ|`` (Dauphin et al. 2014) turns ascent directions at saddles and
-    maxima into descent directions. Without damping, components whose
-    eigenvalue is zero up to round-off (``|λᵢ| ≤ n·eps·maxⱼ|λⱼ|``, the
-    ``pinv`` rule) get no step, as in a pseudo-inverse. ``max_step`` clamps
+    maxima into descent directions. Components whose damped curvature is zero
+    up to round-off (``|λᵢ| + damping ≤ n·eps·maxⱼ|λⱼ|``, the ``pinv`` rule)
+    get no step, as in a pseudo-inverse. ``max_step`` clamps
     every component ``|Δx·vᵢ|``, which only binds in low-curvature directions.
 
     Args:
@@ -150,11 +150,7 @@ def saddle_free_newton_step(
     n = grad.shape[-1]
     tol = n * torch.finfo(curvature.dtype).eps * curvature.amax(dim=-1, keepdim=True)
     curvature = curvature + damping
-    singular = (
-        curvature <= tol
-        if damping == 0.0
-        else torch.zeros_like(evals, dtype=torch.bool)
-    )
+    singular = curvature <= tol
     components = torch.einsum("bni,bn->bi", evecs, grad)
     step = -components / torch.where(singular, torch.ones_like(curvature), curvature)
     step = torch.where(singular, torch.zeros_like(step), step)

@@ -14,6 +14,7 @@ from fme.core.corrector.loss import (
     PreCorrectorOptimizationConfig,
     build_step_output_loss,
 )
+from fme.core.gridded_ops import LatLonOperations
 from fme.core.loss import LossConfig, StepLossConfig, StepOutputLoss
 from fme.core.normalizer import StandardNormalizer
 from fme.core.tensors import TensorDict
@@ -336,10 +337,14 @@ def test_exclusion_matching_no_output_fails_at_build():
         build(precorrector(exclude=["tyop"]))
 
 
-def test_term_weights():
+def test_term_weights_replace_configured_weights():
     step, target = make_step(), make_target()
     loss = build(regularization(weight=0.5), StepLossConfig())
     plain = loss(step, target, step=0)
+    raw = plain.raw_terms()
+    np.testing.assert_allclose(
+        raw["corrector_regularization"].item(), analytic_penalty(step), rtol=1e-12
+    )
     weighted = loss(
         step,
         target,
@@ -348,11 +353,12 @@ def test_term_weights():
     )
     terms = weighted.terms()
     np.testing.assert_allclose(
-        terms["main"].item(), 3.0 * plain.terms()["main"].item(), rtol=1e-12
+        terms["main"].item(), 3.0 * raw["main"].item(), rtol=1e-12
     )
+    # the given weight replaces the configured 0.5
     np.testing.assert_allclose(
         terms["corrector_regularization"].item(),
-        0.1 * plain.regularization.item(),
+        0.1 * analytic_penalty(step),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
@@ -361,6 +367,38 @@ def test_term_weights():
     assert loss.term_names == ["main", "corrector_regularization"]
     with pytest.raises(ValueError, match="global_mean"):
         loss(step, target, step=0, term_weights={"global_mean": 1.0})
+
+
+def test_base_term_weights_reproduce_default():
+    ops = LatLonOperations.from_latitudes(torch.tensor([-30.0, 0.0, 30.0]), W)
+    normalizer = make_normalizer()
+    step_loss = StepLossConfig(
+        global_mean_type="LpLoss", global_mean_weight=0.25
+    ).build(out_names=NAMES, normalizer=normalizer, gridded_ops=ops)
+    loss = regularization(weight=0.5).build(
+        step_loss=step_loss, normalizer=normalizer, out_names=NAMES
+    )
+    assert loss.base_term_weights == {
+        "main": 1.0,
+        "global_mean": 0.25,
+        "corrector_regularization": 0.5,
+    }
+    step, target = make_step(), make_target()
+    plain = loss(step, target, step=2)
+    same = loss(step, target, step=2, term_weights=loss.base_term_weights)
+    for name, value in plain.terms().items():
+        np.testing.assert_allclose(value.item(), same.terms()[name].item())
+        np.testing.assert_allclose(
+            value.item(),
+            loss.base_term_weights[name] * plain.raw_terms()[name].item(),
+            rtol=1e-12,
+        )
+    doubled = loss(step, target, step=2, term_weights={"global_mean": 0.5})
+    np.testing.assert_allclose(
+        doubled.terms()["global_mean"].item(),
+        2 * plain.terms()["global_mean"].item(),
+        rtol=1e-12,
+    )
 
 
 def test_correction_rms_even_without_regularization():

@@ -40,7 +40,9 @@ def _simple_inverse(y_goal: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def test_linear_physics_update_is_exact_inverse_step(inverse: str, eta: float):
     torch.manual_seed(0)
     # badly scaled linear physics: the SIP step must not care
-    matrix = torch.tensor([[1e-2, 0.0, 0.0], [0.0, 1e2, 0.0], [0.3, 0.0, 1.0]], dtype=DTYPE)
+    matrix = torch.tensor(
+        [[1e-2, 0.0, 0.0], [0.0, 1e2, 0.0], [0.3, 0.0, 1.0]], dtype=DTYPE
+    )
     matrix = matrix @ torch.linalg.qr(torch.randn(3, 3, dtype=DTYPE))[0]
     offset = torch.randn(3, dtype=DTYPE)
     physics = _linear_physics(matrix, offset)
@@ -179,6 +181,13 @@ def test_book_simple_example_inverse_simulator():
         )
     expected = torch.tensor([[3 * 0.7**10, 3 * 0.7**5]], dtype=DTYPE)
     torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
+    config = SIPConfig(inverse="analytic", eta=0.3)
+    x = torch.tensor([[3.0, 3.0]], dtype=DTYPE)
+    for _ in range(10):
+        x = config.proxy_target(
+            x, zero, physics=_simple_physics, analytic_inverse=_simple_inverse
+        )
+    torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_book_simple_example_sgd_on_proxy_loss_matches_inverse_steps():
@@ -252,7 +261,9 @@ def test_multi_step_loss_is_sum_of_steps():
 
 def test_proxy_target_is_detached_and_keeps_graph_out():
     x = torch.tensor([[1.0, 2.0]], dtype=DTYPE, requires_grad=True)
-    x_tilde = sip_proxy_target(x * 2, torch.zeros(1, 2, dtype=DTYPE), physics=_simple_physics)
+    x_tilde = sip_proxy_target(
+        x * 2, torch.zeros(1, 2, dtype=DTYPE), physics=_simple_physics
+    )
     assert not x_tilde.requires_grad
     assert x.grad is None
 

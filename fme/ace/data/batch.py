@@ -40,7 +40,10 @@ class HybridSigmaPressureCoordinate:
         return ak + bk * surface_pressure[..., None]
 
     def vertical_integral(
-        self, integrand: torch.Tensor, surface_pressure: torch.Tensor, gravity: float = 9.80665
+        self,
+        integrand: torch.Tensor,
+        surface_pressure: torch.Tensor,
+        gravity: float = 9.80665,
     ) -> torch.Tensor:
         """Mass-weighted integral ``sum_k x_k * dp_k / g``; integrand is ``[..., n_levels]``."""
         dp = self.interface_pressure(surface_pressure).diff(dim=-1)
@@ -63,7 +66,9 @@ class DatasetInfo:
     lon: torch.Tensor
     timestep: datetime.timedelta
     vertical_coordinate: HybridSigmaPressureCoordinate | None = None
-    variable_metadata: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    variable_metadata: dict[str, dict[str, str]] = dataclasses.field(
+        default_factory=dict
+    )
 
     @property
     def img_shape(self) -> tuple[int, int]:
@@ -104,4 +109,6 @@ class BatchData:
 
     def select_samples(self, start: int, stop: int) -> "BatchData":
         """Samples ``start:stop`` of the batch (a data-parallel rank's shard)."""
-        return BatchData({k: v[start:stop] for k, v in self.data.items()}, self.time[start:stop])
+        return BatchData(
+            {k: v[start:stop] for k, v in self.data.items()}, self.time[start:stop]
+        )

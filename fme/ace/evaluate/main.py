@@ -15,7 +15,12 @@ from fme.ace.inference.inline import conserved_names
 from fme.ace.inference.rollout import run_rollout
 from fme.ace.stepper.stepper import Stepper
 from fme.core.checkpoint import load_checkpoint
-from fme.core.config_loading import ConfigError, apply_overrides, from_dict_strict, load_yaml
+from fme.core.config_loading import (
+    ConfigError,
+    apply_overrides,
+    from_dict_strict,
+    load_yaml,
+)
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
 
@@ -77,7 +82,9 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
     metrics = aggregator.get_metrics()
     (experiment_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     image_paths = _make_plots(config, aggregator, batch, stepper, experiment_dir)
-    logger = MetricsLogger(config=config.logging, experiment_dir=experiment_dir, dist=dist)
+    logger = MetricsLogger(
+        config=config.logging, experiment_dir=experiment_dir, dist=dist
+    )
     logger.log(
         {f"inference/{k}": v for k, v in metrics.items() if "/lead_" not in k},
         optimizer_step=0,

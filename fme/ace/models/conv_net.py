@@ -46,7 +46,8 @@ class ConvNet(nn.Module):
             + [n_out_channels]
         )
         self.convs = nn.ModuleList(
-            nn.Conv2d(c_in, c_out, kernel_size) for c_in, c_out in zip(widths, widths[1:])
+            nn.Conv2d(c_in, c_out, kernel_size)
+            for c_in, c_out in zip(widths, widths[1:])
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

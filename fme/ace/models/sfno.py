@@ -13,23 +13,28 @@ Architecture (Bonev et al. 2023, as configured in ACE)::
         y = mlp(norm1(activation(y)))
         return y + r
 
-The first block reads the data grid and the last one writes it; in between the
-features live on a Legendre-Gauss grid of ``img_shape // scale_factor``, as in
-ACE. Spectral transforms keep coefficients in an "m-major" real layout
-``[mmax, lmax, batch * channels * 2]`` so that the Legendre transforms are
-single batched matrix products over m and the channel mixing a single batched
-complex product over l: no Python loops over degrees or orders.
+The first block reads the data grid and the last one writes it. With
+``scale_factor > 1`` the features in between live on a Legendre-Gauss grid of
+``img_shape // scale_factor`` (as in ACE); with ``scale_factor == 1`` they stay
+on the data grid, so no block has to resample its skip connection (ACE moves to
+a Legendre-Gauss grid of the same size, which costs two extra inverse
+transforms). Coefficients are kept in the m-major layout of
+:mod:`fme.ace.models.sht`, so that the channel mixing is one batched complex
+matrix product over l: no Python loops over degrees or orders.
 """
 
 import math
 from dataclasses import dataclass
 
 import torch
-import torch_harmonics as th
 from torch import nn
 
 from fme.ace.models.pointwise import PointwiseLinear
 from fme.ace.models.registry import MODULE_REGISTRY
+from fme.ace.models.sht import (
+    InverseSphericalHarmonicTransform,
+    SphericalHarmonicTransform,
+)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
@@ -41,97 +46,6 @@ _INTERNAL_GRID = "legendre-gauss"
 _OPERATOR_TYPES = ("dhconv", "diagonal")
 _FILTER_TYPES = ("linear",)
 _NORMALIZATIONS = ("instance_norm", "none")
-
-
-class SphericalHarmonicTransform(nn.Module):
-    """Real spherical harmonic transform (orthonormal, Condon-Shortley phase).
-
-    Same coefficients as ``torch_harmonics.RealSHT`` (whose quadrature and
-    Legendre tables it uses), returned in the m-major real layout.
-
-    Args:
-        nlat: number of latitudes of the grid.
-        nlon: number of longitudes of the grid.
-        lmax: number of degrees kept (0 <= l < lmax).
-        mmax: number of orders kept (0 <= m < mmax), at most ``nlon // 2 + 1``.
-        grid: "equiangular" or "legendre-gauss".
-    """
-
-    def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
-        super().__init__()
-        self.nlat, self.nlon, self.lmax, self.mmax, self.grid = (
-            nlat,
-            nlon,
-            lmax,
-            mmax,
-            grid,
-        )
-        reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
-        # torch-harmonics scales the forward-normalised rfft by 2 pi; fold it in.
-        table = 2.0 * math.pi * reference.weights  # [mmax, lmax, nlat]
-        self.register_buffer("table", table.float().contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform ``[batch, channels, nlat, nlon]`` real values.
-
-        Returns:
-            Coefficients of shape ``[mmax, lmax, batch * channels * 2]`` where
-            the last axis is (batch, channel, real/imaginary part).
-        """
-        batch, channels = x.shape[:2]
-        fourier = torch.fft.rfft(x, dim=-1, norm="forward")[..., : self.mmax]
-        # [b, c, k, m, 2] -> [m, k, (b c 2)]: the one copy of the forward pass.
-        fourier = torch.view_as_real(fourier).permute(3, 2, 0, 1, 4)
-        fourier = fourier.reshape(self.mmax, self.nlat, batch * channels * 2)
-        return torch.bmm(self.table, fourier)
-
-
-class InverseSphericalHarmonicTransform(nn.Module):
-    """Inverse of :class:`SphericalHarmonicTransform`, from the m-major layout.
-
-    Same values as ``torch_harmonics.InverseRealSHT``, whose Legendre tables it
-    uses. The imaginary parts of the m=0 (and Nyquist) coefficients are ignored,
-    as they must be for a real field.
-
-    Args:
-        nlat: number of latitudes of the output grid.
-        nlon: number of longitudes of the output grid.
-        lmax: number of degrees of the input coefficients.
-        mmax: number of orders of the input coefficients.
-        grid: "equiangular" or "legendre-gauss".
-    """
-
-    def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
-        super().__init__()
-        self.nlat, self.nlon, self.lmax, self.mmax, self.grid = (
-            nlat,
-            nlon,
-            lmax,
-            mmax,
-            grid,
-        )
-        reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
-        table = reference.pct.transpose(1, 2)  # [mmax, nlat, lmax]
-        self.register_buffer("table", table.float().contiguous(), persistent=False)
-        self._has_nyquist = nlon % 2 == 0 and mmax > nlon // 2
-
-    def forward(
-        self, coeffs: torch.Tensor, *, batch: int, channels: int
-    ) -> torch.Tensor:
-        """Synthesise ``[batch, channels, nlat, nlon]`` from m-major coefficients.
-
-        Args:
-            coeffs: ``[mmax, lmax, batch * channels * 2]`` coefficients.
-            batch: the batch size packed in the last axis of ``coeffs``.
-            channels: the number of channels packed in the last axis.
-        """
-        values = torch.bmm(self.table, coeffs)  # [m, k, (b c 2)]
-        values = values.view(self.mmax, self.nlat, batch, channels, 2)
-        values[0, ..., 1] = 0.0
-        if self._has_nyquist:
-            values[self.nlon // 2, ..., 1] = 0.0
-        fourier = torch.view_as_complex(values.permute(2, 3, 1, 0, 4))
-        return torch.fft.irfft(fourier, n=self.nlon, dim=-1, norm="forward")
 
 
 class SpectralConvS2(nn.Module):
@@ -207,7 +121,12 @@ class SpectralConvS2(nn.Module):
         Returns:
             ``[mmax, lmax, batch * out_channels * 2]`` coefficients.
         """
-        n_m, n_l, n_in, n_out = self.mmax, self.lmax, self.in_channels, self.out_channels
+        n_m, n_l, n_in, n_out = (
+            self.mmax,
+            self.lmax,
+            self.in_channels,
+            self.out_channels,
+        )
         spec = torch.view_as_complex(coeffs.view(n_m, n_l, batch, n_in, 2))
         weight = torch.view_as_complex(self.weight)
         if self.operator_type == "dhconv":
@@ -325,7 +244,10 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
     ):
         super().__init__()
         n_lat, n_lon = img_shape
-        inner_lat, inner_lon = n_lat // config.scale_factor, n_lon // config.scale_factor
+        inner_lat, inner_lon = (
+            n_lat // config.scale_factor,
+            n_lon // config.scale_factor,
+        )
         lmax = int(inner_lat * config.hard_thresholding_fraction)
         mmax = min(int((inner_lon // 2 + 1) * config.hard_thresholding_fraction), lmax)
         if lmax < 1 or mmax < 1:
@@ -344,7 +266,10 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
         encoder: list[nn.Module] = []
         current = n_in_total
         for _ in range(config.encoder_layers):
-            encoder += [PointwiseLinear(current, embed_dim, init_gain=2.0), activation()]
+            encoder += [
+                PointwiseLinear(current, embed_dim, init_gain=2.0),
+                activation(),
+            ]
             current = embed_dim
         encoder.append(PointwiseLinear(current, embed_dim, bias=False))
         self.encoder = nn.Sequential(*encoder)
@@ -355,9 +280,16 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
         data = dict(nlat=n_lat, nlon=n_lon, grid=config.grid, lmax=lmax, mmax=mmax)
-        inner = dict(
-            nlat=inner_lat, nlon=inner_lon, grid=_INTERNAL_GRID, lmax=lmax, mmax=mmax
-        )
+        if config.scale_factor == 1:
+            inner = data
+        else:
+            inner = dict(
+                nlat=inner_lat,
+                nlon=inner_lon,
+                grid=_INTERNAL_GRID,
+                lmax=lmax,
+                mmax=mmax,
+            )
         # One instance per distinct grid, shared by the blocks that use it.
         shts: dict[tuple, SphericalHarmonicTransform] = {}
         ishts: dict[tuple, InverseSphericalHarmonicTransform] = {}
@@ -391,7 +323,10 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
         decoder: list[nn.Module] = []
         current = embed_dim + (n_in_total if config.big_skip else 0)
         for _ in range(config.encoder_layers):
-            decoder += [PointwiseLinear(current, embed_dim, init_gain=2.0), activation()]
+            decoder += [
+                PointwiseLinear(current, embed_dim, init_gain=2.0),
+                activation(),
+            ]
             current = embed_dim
         decoder.append(PointwiseLinear(current, n_out_channels, bias=False))
         self.decoder = nn.Sequential(*decoder)
@@ -439,8 +374,9 @@ class SphericalFourierNeuralOperatorConfig:
         operator_type: "dhconv" (weights per degree l, shared across orders m:
             rotation-equivariant about the polar axis) or "diagonal" (weights
             per (l, m)).
-        scale_factor: the blocks between the first and the last one work on a
-            Legendre-Gauss grid of ``img_shape // scale_factor``.
+        scale_factor: if > 1, the features between the first and the last
+            block live on a Legendre-Gauss grid of ``img_shape // scale_factor``
+            (and degrees are limited accordingly); 1 keeps the data grid.
         hard_thresholding_fraction: fraction in (0, 1] of the degrees and
             orders kept by the spectral convolutions.
         use_mlp: whether each block ends with a two-layer pointwise MLP.

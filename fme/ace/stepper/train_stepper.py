@@ -140,6 +140,7 @@ class TrainStepperConfig:
             normalizer=stepper.loss_normalizer,
             out_names=stepper.out_names,
             n_ensemble=self.n_ensemble,
+            gridded_ops=gridded_ops,
         )
         schedules = build_loss_weight_schedules(
             self.loss_weight_schedules,
@@ -315,7 +316,7 @@ class TrainStepper:
             total = result.total()
             if optimized:
                 total_loss += float(total.detach())
-                for name, value in result.terms().items():
+                for name, value in result.raw_terms().items():
                     term_sums[name] = term_sums.get(name, 0.0) + float(value.detach())
                 if optimization is not None:
                     optimization.accumulate_loss(total, is_last=i == n_steps - 1)

@@ -81,7 +81,10 @@ class TrainConfig:
                 f"distributed_backend {self.distributed_backend!r} is unknown; "
                 "allowed: null (automatic), gloo, nccl"
             )
-        if self.best_checkpoint_metric.startswith("inference/") and self.inference is None:
+        if (
+            self.best_checkpoint_metric.startswith("inference/")
+            and self.inference is None
+        ):
             raise ValueError(
                 f"best_checkpoint_metric {self.best_checkpoint_metric!r} needs an "
                 "inference section; add one or use val/mean/loss"
@@ -99,7 +102,9 @@ class TrainConfig:
         return Path(self.experiment_dir) / "training_checkpoints"
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(
+    path: str | Path, overrides: list[str] | None = None
+) -> TrainConfig:
     """Read and strictly validate a training YAML, applying ``a.b=value`` overrides."""
     data: dict[str, Any] = apply_overrides(load_yaml(path), overrides or [])
     return from_dict_strict(TrainConfig, data, path="config")

@@ -34,7 +34,9 @@ def build_data(
     train = build_data_loader(config.train_loader, shuffle=True, **common)
     validation = None
     if config.validation is not None:
-        validation = build_data_loader(config.validation.loader, shuffle=False, **common)
+        validation = build_data_loader(
+            config.validation.loader, shuffle=False, **common
+        )
     return train, validation
 
 

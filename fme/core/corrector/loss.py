@@ -21,12 +21,8 @@ from collections.abc import Sequence
 import torch
 
 from fme.core.gridded_ops import LatLonOperations
-from fme.core.loss import (
-    LossConfig,
-    StepLoss,
-    StepOutputLoss,
-    WeightedMappingLoss,
-)
+from fme.core.loss import StepLoss, StepOutputLoss, WeightedMappingLoss
+from fme.core.loss_functions import LossConfig
 from fme.core.loss_scaling import LossScalingConfig
 from fme.core.name_and_prefix_matcher import NameAndPrefixMatcher
 from fme.core.normalizer import StandardNormalizer

@@ -1,0 +1,276 @@
+import copy
+import logging
+
+import pytest
+import torch
+from stepper_builders import STDS, batch, build_stepper, build_train_stepper
+
+from fme.ace.stepper.train_stepper import NonFiniteLossError
+from fme.core.optimization import OptimizationConfig
+
+
+def _sgd(stepper, *, accumulate: bool, lr: float = 1.0):
+    config = OptimizationConfig(
+        optimizer_type="SGD", lr=lr, use_gradient_accumulation=accumulate
+    )
+    return config.build(stepper.step.module.parameters())
+
+
+def _params(stepper) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in stepper.step.module.parameters()]
+
+
+def test_gradient_accumulation_equals_plain_backprop_for_one_step():
+    plain = build_stepper()
+    accumulated = copy.deepcopy(plain)
+    data = batch(n_times=2)
+    out_plain = build_train_stepper(plain).train_on_batch(
+        data, _sgd(plain, accumulate=False)
+    )
+    out_acc = build_train_stepper(accumulated).train_on_batch(
+        data, _sgd(accumulated, accumulate=True)
+    )
+    assert out_plain.metrics["loss"] == pytest.approx(out_acc.metrics["loss"], rel=1e-6)
+    for p, q in zip(_params(plain), _params(accumulated), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_gradient_accumulation_multistep_is_truncated_backprop():
+    """With accumulation each step's gradient stops at its (detached) input."""
+    stepper = build_stepper()
+    reference = copy.deepcopy(stepper)
+    data = batch(n_times=3)
+    train = build_train_stepper(stepper, {"n_forward_steps": 2})
+    before = _params(stepper)
+    train.train_on_batch(data, _sgd(stepper, accumulate=True, lr=0.1))
+    # reference gradient: sum of per-step losses, state detached between steps
+    rollout = reference.rollout(
+        initial_condition={n: data.data[n][:, 0] for n in ["a", "b"]},
+        forcing={"f": data.data["f"]},
+        n_forward_steps=2,
+        detach_uncorrected=True,
+        detach_between_steps=True,
+    )
+    total = torch.zeros(())
+    for i, out in enumerate(rollout):
+        target = {n: data.data[n][:, i + 1] for n in ["a", "b"]}
+        total = total + train.loss(out, target, step=i).total()
+    grads = torch.autograd.grad(total, list(reference.step.module.parameters()))
+    for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
+        assert torch.isfinite(p1).all()
+        torch.testing.assert_close(p1, p0 - 0.1 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_per_step_metrics_and_loss_sum():
+    stepper = build_stepper()
+    train = build_train_stepper(stepper, {"n_forward_steps": 2})
+    out = train.train_on_batch(
+        batch(n_times=3), _sgd(stepper, accumulate=False, lr=0.0 + 1e-9)
+    )
+    m = out.metrics
+    assert m["loss"] == pytest.approx(m["loss_step_0"] + m["loss_step_1"], rel=1e-6)
+    assert {"loss/a", "loss/b", "loss_weight/main"} <= set(m)
+    assert train.loss_weights.t == 1
+
+
+def test_optimize_last_step_only_uses_last_loss():
+    stepper = build_stepper()
+    train = build_train_stepper(
+        stepper, {"n_forward_steps": 2, "optimize_last_step_only": True}
+    )
+    out = train.train_on_batch(
+        batch(n_times=3), _sgd(stepper, accumulate=False, lr=1e-9)
+    )
+    assert out.metrics["loss"] == pytest.approx(out.metrics["loss_step_1"], rel=1e-6)
+
+
+def test_nonfinite_loss_raises_naming_term_step_and_position():
+    stepper = build_stepper()
+    train = build_train_stepper(stepper, {"loss": {"type": "NaN"}})
+    before = _params(stepper)
+    with pytest.raises(
+        NonFiniteLossError, match=r"'main'.*rollout step 0, epoch 3, batch 7"
+    ):
+        train.train_on_batch(
+            batch(), _sgd(stepper, accumulate=False), where="epoch 3, batch 7"
+        )
+    skipping = build_train_stepper(
+        stepper, {"loss": {"type": "NaN"}, "on_nonfinite_loss": "skip_batch"}
+    )
+    out = skipping.train_on_batch(batch(), _sgd(stepper, accumulate=True))
+    assert out.skipped and out.metrics["skipped_batches"] == 1.0
+    for p, q in zip(before, _params(stepper), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_ensemble_repeats_inputs_sample_major():
+    stepper = build_stepper(builder="ConvNet")
+    stepper_config = {"n_ensemble": 2, "loss": {"type": "EnsembleLoss"}}
+    train = build_train_stepper(stepper, stepper_config)
+    data = batch(n_samples=2, n_times=2)
+    initial, forcing = train._rollout_inputs(data, 1)
+    torch.testing.assert_close(initial["a"][0], initial["a"][1])
+    torch.testing.assert_close(initial["a"][2], data.data["a"][1, 0])
+    assert forcing["f"].shape[0] == 4
+
+
+# ---- corrector-aware training -------------------------------------------------
+
+
+def _corrector_stepper(seed: int = 0):
+    return build_stepper(
+        seed=seed,
+        corrector={"conserve_global_mean_names": ["a"], "force_positive_names": []},
+    )
+
+
+def test_corrector_loss_without_corrector_fails_at_build():
+    stepper = build_stepper()
+    with pytest.raises(ValueError, match="add stepper.step.config.corrector"):
+        build_train_stepper(
+            stepper, {"corrector_loss": {"regularization": {"weight": 1.0}}}
+        )
+
+
+def test_precorrector_loss_equals_loss_on_raw_prediction():
+    stepper = _corrector_stepper()
+    train = build_train_stepper(
+        stepper, {"corrector_loss": {"precorrector_optimization": {}}}
+    )
+    plain = build_train_stepper(stepper)
+    data = batch(n_times=2)
+    inputs = {n: data.data[n][:, 0] for n in ["a", "b", "f"]}
+    with torch.no_grad():
+        out = stepper.step.step(
+            inputs, {"f": data.data["f"][:, 1]}, detach_uncorrected=True
+        )
+        raw = {**out.output, **out.uncorrected}
+        target = {n: data.data[n][:, 1] for n in ["a", "b"]}
+        expected = plain.loss.step_loss(raw, target, step=0).total()
+        corrected = plain.loss.step_loss(out.output, target, step=0).total()
+    metrics = train.validate_on_batch(data).metrics
+    assert metrics["loss_step_0"] == pytest.approx(float(expected), rel=1e-6)
+    assert float(expected) != pytest.approx(float(corrected), rel=1e-3)
+
+
+def test_precorrector_exclusion_and_warn_once(caplog):
+    stepper = _corrector_stepper()
+    train = build_train_stepper(
+        stepper,
+        {
+            "corrector_loss": {
+                "precorrector_optimization": {"exclude_names_and_prefixes": ["a", "b"]}
+            }
+        },
+    )
+    plain = build_train_stepper(stepper)
+    data = batch(n_times=3)
+    with pytest.warns(UserWarning, match="'b'") as record:
+        m = train.validate_on_batch(data).metrics
+        train.validate_on_batch(data)
+    assert len([w for w in record if "'b'" in str(w.message)]) == 1
+    # everything corrected is excluded, so the loss is the plain corrected loss
+    assert m["loss_step_0"] == pytest.approx(
+        plain.validate_on_batch(data).metrics["loss_step_0"]
+    )
+
+
+def _regularization_gradient_reference(stepper, data, weight):
+    """The penalty's parameter gradient, computed without StepOutputLoss."""
+    module = stepper.step.module
+    inputs = {n: data.data[n][:, 0] for n in ["a", "b", "f"]}
+    normalizer = stepper.step.normalizer
+    packed = torch.stack(
+        [normalizer.normalize(inputs)[n] for n in ["a", "b", "f"]], dim=1
+    )
+    raw_a = module(packed)[:, 0] * STDS["a"] + 1.0
+    ops = stepper.dataset_info.gridded_operations
+    correction = ops.area_weighted_mean(inputs["a"]) - ops.area_weighted_mean(raw_a)
+    # MSE of the normalised correction, uniform over the grid, one corrected channel
+    penalty = weight * ((correction / STDS["a"]) ** 2).mean()
+    return penalty, torch.autograd.grad(penalty, list(module.parameters()))
+
+
+def test_regularization_gradient_flows_through_correction():
+    stepper = _corrector_stepper()
+    reference = copy.deepcopy(stepper)
+    data = batch(n_times=2)
+    weight = 0.7
+    # main loss weight 0 isolates the penalty's gradient
+    train = build_train_stepper(
+        stepper,
+        {
+            "corrector_loss": {"regularization": {"weight": weight}},
+            "loss_weight_schedules": {"main": {"type": "constant", "value": 0.0}},
+        },
+    )
+    before = _params(stepper)
+    out = train.train_on_batch(data, _sgd(stepper, accumulate=False))
+    penalty, grads = _regularization_gradient_reference(reference, data, weight)
+    assert out.metrics["corrector_regularization_step_0"] == pytest.approx(
+        float(penalty.detach()), rel=1e-5
+    )
+    assert out.metrics["corrector_regularization"] == pytest.approx(
+        float(penalty.detach()), rel=1e-5
+    )
+    assert any(g.abs().sum() > 0 for g in grads)
+    for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
+        torch.testing.assert_close(p1, p0 - g, rtol=1e-5, atol=1e-7)
+
+
+def test_both_features_under_gradient_accumulation_match_reference():
+    stepper = _corrector_stepper(seed=3)
+    reference = copy.deepcopy(stepper)
+    data = batch(n_times=3)
+    training = {
+        "n_forward_steps": 2,
+        "corrector_loss": {
+            "precorrector_optimization": {},
+            "regularization": {"weight": 0.5},
+        },
+    }
+    train = build_train_stepper(stepper, training)
+    before = _params(stepper)
+    out = train.train_on_batch(data, _sgd(stepper, accumulate=True, lr=0.1))
+    # reference: per-step totals on a detached-state rollout with attached uncorrected
+    ref_train = build_train_stepper(reference, training)
+    rollout = reference.rollout(
+        initial_condition={n: data.data[n][:, 0] for n in ["a", "b"]},
+        forcing={"f": data.data["f"]},
+        n_forward_steps=2,
+        detach_uncorrected=False,
+        detach_between_steps=True,
+    )
+    total = torch.zeros(())
+    for i, step_out in enumerate(rollout):
+        target = {n: data.data[n][:, i + 1] for n in ["a", "b"]}
+        result = ref_train.loss(step_out, target, step=i)
+        assert out.metrics[f"loss_step_{i}"] == pytest.approx(
+            float(result.main.total()), rel=1e-5
+        )
+        assert out.metrics[f"corrector_regularization_step_{i}"] == pytest.approx(
+            float(result.regularization), rel=1e-5
+        )
+        total = total + result.total()
+    grads = torch.autograd.grad(total, list(reference.step.module.parameters()))
+    for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
+        torch.testing.assert_close(p1, p0 - 0.1 * g, rtol=1e-5, atol=1e-6)
+    assert "correction_rms/a" in out.metrics
+
+
+def test_correction_rms_logged_without_corrector_loss():
+    stepper = _corrector_stepper()
+    out = build_train_stepper(stepper).validate_on_batch(batch(n_times=2))
+    assert out.metrics["correction_rms/a"] > 0
+    assert "correction_rms/b" not in out.metrics
+
+
+def test_empty_uncorrected_warns_once(caplog):
+    stepper = build_stepper(corrector={"force_positive_names": []})
+    train = build_train_stepper(
+        stepper, {"corrector_loss": {"precorrector_optimization": {}}}
+    )
+    with caplog.at_level(logging.WARNING):
+        train.validate_on_batch(batch())
+        train.validate_on_batch(batch())
+    assert sum("changed no variable" in r.message for r in caplog.records) == 1

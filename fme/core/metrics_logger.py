@@ -58,20 +58,22 @@ class LoggingConfig:
         for handler in list(root.handlers):
             root.removeHandler(handler)
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        handlers: list[logging.Handler] = []
         if not dist.is_root:
             root.setLevel(logging.WARNING)
-            handler: logging.Handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter(f"[rank {dist.rank}] %(message)s"))
-            root.addHandler(handler)
+            rank_handler = logging.StreamHandler(sys.stderr)
+            rank_handler.setFormatter(
+                logging.Formatter(f"[rank {dist.rank}] %(message)s")
+            )
+            root.addHandler(rank_handler)
             return
         root.setLevel(self.level)
         if self.log_to_screen:
-            handler = logging.StreamHandler(sys.stdout)
-            handler.setFormatter(formatter)
-            root.addHandler(handler)
+            handlers.append(logging.StreamHandler(sys.stdout))
         if self.log_to_file:
             experiment_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(experiment_dir / "out.log")
+            handlers.append(logging.FileHandler(experiment_dir / "out.log"))
+        for handler in handlers:
             handler.setFormatter(formatter)
             root.addHandler(handler)
 
@@ -124,7 +126,7 @@ class MetricsLogger:
         if id_file.is_file():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = wandb.util.generate_id()  # type: ignore[attr-defined]
             id_file.write_text(run_id)
         run = wandb.init(
             project=self.config.project,

@@ -18,7 +18,7 @@ import torch
 
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
 
-_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
     "AdamW": torch.optim.AdamW,
     "SGD": torch.optim.SGD,

@@ -9,7 +9,7 @@ import torch
 
 def get_rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and CUDA) generator states as plain data."""
-    numpy_state = np.random.get_state()
+    numpy_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

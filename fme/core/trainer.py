@@ -54,9 +54,14 @@ class ResumableSampler(Protocol):
 class DataSource(Protocol):
     """Batches of one epoch, reseedable per epoch."""
 
-    loader: Iterable[Any]
-    sampler: ResumableSampler
-    n_batches: int
+    @property
+    def loader(self) -> Iterable[Any]: ...
+
+    @property
+    def sampler(self) -> ResumableSampler: ...
+
+    @property
+    def n_batches(self) -> int: ...
 
     def set_epoch(self, epoch: int) -> None: ...
 
@@ -139,7 +144,7 @@ class Trainer:
         )
 
     def train(self) -> None:
-        """Train until ``max_epochs`` (or ``max_steps``), resuming if a checkpoint exists."""
+        """Train until ``max_epochs`` or ``max_steps``, resuming from a checkpoint."""
         if self.latest_checkpoint_path.is_file():
             self.resume(self.latest_checkpoint_path)
         while not self._done():

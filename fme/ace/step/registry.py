@@ -26,7 +26,8 @@ class StepSelector:
     def __post_init__(self):
         if self.type not in _STEP_TYPES:
             raise ValueError(
-                f"stepper.step.type {self.type!r} is unknown; allowed: {sorted(_STEP_TYPES)}"
+                f"stepper.step.type {self.type!r} is unknown; "
+                f"allowed: {sorted(_STEP_TYPES)}"
             )
         self.step_config: SingleModuleStepConfig = from_dict_strict(
             _STEP_TYPES[self.type], self.config, path="stepper.step.config"

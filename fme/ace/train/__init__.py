@@ -1,1 +1,1 @@
-"""Training entry point: ``python -m fme.ace.train CONFIG.yaml [--override k=v ...]``."""
+"""Training entry point: ``python -m fme.ace.train CONFIG.yaml [--override k=v]``."""

@@ -148,26 +148,27 @@ class Optimization:
         """The learning rate the next optimiser step will use."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def accumulate_loss(self, loss: torch.Tensor, *, is_last: bool) -> None:
-        """Take one optimised step's loss.
+    def rollout_step_context(self, *, is_last: bool) -> AbstractContextManager[Any]:
+        """Wrap one rollout step's forward *and* backward in this context.
 
-        Args:
-            loss: a scalar loss with a graph to the parameters.
-            is_last: whether this is the last loss before ``step_weights``;
-                with gradient accumulation every earlier backward runs without
-                gradient synchronisation, so there is one all-reduce per
-                optimiser step.
+        With gradient accumulation every step but the last runs without
+        gradient synchronisation (DDP's ``no_sync`` must cover the forward
+        pass too), so there is exactly one all-reduce per optimiser step.
         """
-        if not self.use_gradient_accumulation:
-            self._pending.append(loss)
-            return
-        sync_context = (
-            contextlib.nullcontext()
-            if is_last or self._no_sync is None
-            else self._no_sync()
-        )
-        with sync_context:
+        if self.use_gradient_accumulation and not is_last and self._no_sync is not None:
+            return self._no_sync()
+        return contextlib.nullcontext()
+
+    def accumulate_loss(self, loss: torch.Tensor) -> None:
+        """Take one optimised rollout step's loss.
+
+        With gradient accumulation it is back-propagated now; otherwise it is
+        kept and back-propagated (summed) in ``step_weights``.
+        """
+        if self.use_gradient_accumulation:
             loss.backward()
+        else:
+            self._pending.append(loss)
 
     def step_weights(self) -> None:
         """Back-propagate pending losses, clip, step the optimiser and the clock."""

@@ -19,7 +19,11 @@ For linear invertible ``P`` this gives ``x̃ − x = η P⁻¹(y* − y)``: the 
 does not depend on how ``P`` scales its directions. ``η`` sets how far along the
 way to the target the inverse is asked to go; the network learning rate sets
 how fast ``θ`` follows the proxy targets (to first order the effective rate is
-their product).
+their product). Every inverse strategy receives the goal ``y + Δy``: the
+``newton`` strategy therefore takes its step on ``½‖P(x) − (y + Δy)‖²``, which
+for ``η = 1`` is the saddle-free Newton step on the training loss itself and
+for ``η < 1`` differs from ``η`` times that step only through the curvature of
+``P`` (identical for linear ``P``).
 
 The API only needs the raw prediction ``x``, a differentiable batch-first
 physics function and the target ``y*``; nothing here knows about the

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 from fme.ace.models.registry import MODULE_REGISTRY
 
 
@@ -47,7 +46,7 @@ class ConvNet(nn.Module):
         )
         self.convs = nn.ModuleList(
             nn.Conv2d(c_in, c_out, kernel_size)
-            for c_in, c_out in zip(widths, widths[1:])
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,10 +56,14 @@ class SpectralConvS2(nn.Module):
     and maps each spherical harmonic Y_l^m to a combination of Y_l^m across
     channels. ``"diagonal"``: one matrix per (l, m).
 
-    The parameter ``weight`` is the real view of the complex weights, contracted
-    over its first (input channel) axis: shape ``[in_channels, out_channels,
-    lmax, 2]`` for dhconv and ``[in_channels, out_channels, lmax, mmax, 2]`` for
-    diagonal, the last axis being (real, imaginary).
+    The parameter ``weight`` is the real view of a batch of complex
+    ``[in_channels, out_channels]`` matrices, one per mode, applied as
+    ``out = sum_in coeff[in] * w[in, out]``: shape ``[lmax, in_channels,
+    out_channels, 2]`` for dhconv and ``[lmax, mmax, in_channels, out_channels,
+    2]`` for diagonal, the last axis being (real, imaginary). (ACE stores the
+    same numbers with the mode axes last; putting them first makes the matrices
+    contiguous for the batched product, which saves a copy of the weights in
+    every forward and backward pass.)
 
     Args:
         forward_transform: the SHT of the input grid.
@@ -98,11 +102,15 @@ class SpectralConvS2(nn.Module):
         self.operator_type = operator_type
         self.lmax = forward_transform.lmax
         self.mmax = forward_transform.mmax
+        self.resamples = (forward_transform.nlat, forward_transform.nlon) != (
+            inverse_transform.nlat,
+            inverse_transform.nlon,
+        ) or forward_transform.grid != inverse_transform.grid
         modes = [self.lmax] if operator_type == "dhconv" else [self.lmax, self.mmax]
         # real and imaginary parts each carry half the variance
         std = math.sqrt(init_gain / in_channels / 2.0)
         self.weight = nn.Parameter(
-            torch.randn(in_channels, out_channels, *modes, 2) * std
+            torch.randn(*modes, in_channels, out_channels, 2) * std
         )
 
     def extra_repr(self) -> str:
@@ -132,26 +140,36 @@ class SpectralConvS2(nn.Module):
         if self.operator_type == "dhconv":
             # one [in, out] matrix per l, shared by all m: rows are (m, batch)
             rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
-            mixed = torch.bmm(rows, weight.permute(2, 0, 1))
+            mixed = torch.bmm(rows, weight)
         else:
             rows = spec.transpose(0, 1).reshape(n_l * n_m, batch, n_in)
-            mixed = torch.bmm(rows, weight.permute(2, 3, 0, 1).reshape(-1, n_in, n_out))
+            mixed = torch.bmm(rows, weight.view(n_l * n_m, n_in, n_out))
         mixed = mixed.view(n_l, n_m, batch, n_out).transpose(0, 1)
         return torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolve ``[batch, in_channels, lat, lon]`` on the input grid.
+        """Convolve ``[batch, in_channels, lat, lon]`` given on the input grid.
+
+        Half-precision inputs are transformed in float32, also under autocast.
 
         Returns:
-            The convolved field on the output grid and the input's coefficients
-            (m-major layout), for resampling a skip connection.
+            The convolved field ``[batch, out_channels, *output grid]`` and the
+            input itself on the output grid (``x`` if the grids are the same,
+            else its spectral resampling), for skip connections.
         """
-        batch = x.shape[0]
-        coeffs = self.forward_transform(x)
-        out = self.inverse_transform(
-            self.mix(coeffs, batch=batch), batch=batch, channels=self.out_channels
-        )
-        return out, coeffs
+        batch, dtype = x.shape[0], x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            coeffs = self.forward_transform(x)
+            out = self.inverse_transform(
+                self.mix(coeffs, batch=batch), batch=batch, channels=self.out_channels
+            )
+            if self.resamples:
+                x = self.inverse_transform(
+                    coeffs, batch=batch, channels=self.in_channels
+                )
+        return out.to(dtype), x.to(dtype)
 
 
 def _normalization(kind: str, channels: int) -> nn.Module:
@@ -172,6 +190,9 @@ class SFNOBlock(nn.Module):
         normalization: "instance_norm" or "none".
         use_mlp: whether to apply a two-layer pointwise MLP at the end.
         mlp_ratio: hidden width of the MLP relative to ``embed_dim``.
+        branch_gain: initial variance of the residual branch per unit variance
+            of its input; below 1 keeps a deep stack without normalization
+            from growing geometrically at initialisation.
     """
 
     def __init__(
@@ -185,9 +206,9 @@ class SFNOBlock(nn.Module):
         normalization: str,
         use_mlp: bool,
         mlp_ratio: float,
+        branch_gain: float = 1.0,
     ):
         super().__init__()
-        self.embed_dim = embed_dim
         self.norm0 = _normalization(normalization, embed_dim)
         self.spectral_conv = SpectralConvS2(
             forward_transform=forward_transform,
@@ -195,8 +216,11 @@ class SFNOBlock(nn.Module):
             in_channels=embed_dim,
             out_channels=embed_dim,
             operator_type=operator_type,
+            init_gain=1.0 if use_mlp else branch_gain,
         )
-        self.inner_skip = PointwiseLinear(embed_dim, embed_dim)
+        self.inner_skip = PointwiseLinear(
+            embed_dim, embed_dim, init_gain=1.0 if use_mlp else branch_gain
+        )
         self.activation = activation()
         self.norm1 = _normalization(normalization, embed_dim)
         self.mlp: nn.Sequential | None = None
@@ -205,23 +229,12 @@ class SFNOBlock(nn.Module):
             self.mlp = nn.Sequential(
                 PointwiseLinear(embed_dim, hidden, init_gain=2.0),
                 activation(),
-                PointwiseLinear(hidden, embed_dim),
+                PointwiseLinear(hidden, embed_dim, init_gain=branch_gain),
             )
-        self._resample = (forward_transform.nlat, forward_transform.nlon) != (
-            inverse_transform.nlat,
-            inverse_transform.nlon,
-        ) or forward_transform.grid != inverse_transform.grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""
-        x_norm = self.norm0(x)
-        y, coeffs = self.spectral_conv(x_norm)
-        if self._resample:
-            residual = self.spectral_conv.inverse_transform(
-                coeffs, batch=x.shape[0], channels=self.embed_dim
-            )
-        else:
-            residual = x_norm
+        y, residual = self.spectral_conv(self.norm0(x))
         y = self.norm1(self.activation(y + self.inner_skip(residual)))
         if self.mlp is not None:
             y = self.mlp(y)
@@ -290,6 +303,10 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
                 lmax=lmax,
                 mmax=mmax,
             )
+        # Without normalization the residual stream would double its variance
+        # in every block; small branches keep it O(1) at initialisation.
+        normalized = config.normalization_layer != "none"
+        branch_gain = 1.0 if normalized else 1.0 / config.num_layers
         # One instance per distinct grid, shared by the blocks that use it.
         shts: dict[tuple, SphericalHarmonicTransform] = {}
         ishts: dict[tuple, InverseSphericalHarmonicTransform] = {}
@@ -316,6 +333,7 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
                 normalization=config.normalization_layer,
                 use_mlp=config.use_mlp,
                 mlp_ratio=config.mlp_ratio,
+                branch_gain=branch_gain,
             )
             for i in range(config.num_layers)
         )

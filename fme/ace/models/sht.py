@@ -18,21 +18,17 @@ import torch_harmonics as th
 from torch import nn
 
 
-def _order_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
-    """``interior`` for orders 0 < m < nlon / 2, 1 for m = 0 and the Nyquist order."""
-    weights = torch.full((mmax,), interior)
-    weights[0] = 1.0
+def _fourier_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
+    """``[mmax, 2]`` factors for the (real, imaginary) parts of Fourier modes.
+
+    ``interior`` for orders 0 < m < nlon / 2; 1 for the real parts and 0 for the
+    imaginary parts of m = 0 and of the Nyquist order, which are real.
+    """
+    weights = torch.full((mmax, 2), interior)
+    weights[0] = torch.tensor([1.0, 0.0])
     if nlon % 2 == 0 and mmax > nlon // 2:
-        weights[nlon // 2] = 1.0
+        weights[nlon // 2] = torch.tensor([1.0, 0.0])
     return weights
-
-
-def _zero_real_only_imag(fourier: torch.Tensor, nlon: int) -> None:
-    """Zero in place the imaginary parts a real field's spectrum cannot have."""
-    parts = torch.view_as_real(fourier)
-    parts[..., 0, 1] = 0.0
-    if nlon % 2 == 0 and fourier.shape[-1] > nlon // 2:
-        parts[..., nlon // 2, 1] = 0.0
 
 
 class _LongitudeFFT(torch.autograd.Function):
@@ -42,25 +38,28 @@ class _LongitudeFFT(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, mmax: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, mmax: int, grad_weights: torch.Tensor
+    ) -> torch.Tensor:
         batch, channels, nlat, nlon = x.shape
         ctx.shape = (batch, channels, nlat, nlon)
+        ctx.save_for_backward(grad_weights)
         fourier = torch.fft.rfft(x, dim=-1, norm="forward")[..., :mmax]
         fourier = torch.view_as_real(fourier).permute(3, 2, 0, 1, 4)
         return fourier.reshape(mmax, nlat, batch * channels * 2)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         batch, channels, nlat, nlon = ctx.shape
         mmax = grad.shape[0]
-        grad = grad.contiguous().view(mmax, nlat, batch, channels, 2)
-        grad = torch.view_as_complex(grad)
         # The adjoint of the truncated one-sided DFT is an inverse real FFT of
-        # the gradient with the interior orders halved (irfft doubles them).
-        weights = _order_weights(mmax, nlon, 0.5).to(grad.device, grad.real.dtype)
-        grad = grad.permute(2, 3, 1, 0) * (weights / nlon)
-        _zero_real_only_imag(grad, nlon)
-        return torch.fft.irfft(grad, n=nlon, dim=-1, norm="forward"), None
+        # the gradient with the interior orders halved (irfft doubles them)
+        # and no imaginary part at m = 0 and Nyquist (irfft ignores it there).
+        grad = grad.contiguous().view(mmax, nlat, batch * channels, 2)
+        (grad_weights,) = ctx.saved_tensors
+        grad = (grad * grad_weights).view(mmax, nlat, batch, channels, 2)
+        grad = torch.view_as_complex(grad).permute(2, 3, 1, 0)
+        return torch.fft.irfft(grad, n=nlon, dim=-1, norm="forward"), None, None
 
 
 class _InverseLongitudeFFT(torch.autograd.Function):
@@ -72,27 +71,42 @@ class _InverseLongitudeFFT(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, modes: torch.Tensor, nlon: int, batch: int, channels: int
+        ctx: Any,
+        modes: torch.Tensor,
+        nlon: int,
+        batch: int,
+        channels: int,
+        grad_weights: torch.Tensor,
     ) -> torch.Tensor:
         mmax, nlat = modes.shape[:2]
-        ctx.mmax, ctx.nlon = mmax, nlon
-        fourier = torch.view_as_complex(modes.view(mmax, nlat, batch, channels, 2))
-        fourier = fourier.permute(2, 3, 1, 0).contiguous()
-        _zero_real_only_imag(fourier, nlon)
+        ctx.mmax = mmax
+        ctx.save_for_backward(grad_weights)
+        fourier = modes.reshape(mmax, nlat, batch, channels, 2)
+        fourier = torch.view_as_complex(fourier).permute(2, 3, 1, 0).contiguous()
+        parts = torch.view_as_real(fourier)
+        parts[..., 0, 1] = 0.0
+        if nlon % 2 == 0 and mmax > nlon // 2:
+            parts[..., nlon // 2, 1] = 0.0
         return torch.fft.irfft(fourier, n=nlon, dim=-1, norm="forward")
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        mmax, nlon = ctx.mmax, ctx.nlon
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None]:
+        mmax = ctx.mmax
+        (grad_weights,) = ctx.saved_tensors
         batch, channels, nlat, _ = grad.shape
         # irfft counts each interior order twice (m and -m): its adjoint is a
         # forward FFT with those orders doubled; m = 0 and Nyquist are real.
-        fourier = torch.fft.rfft(grad, dim=-1)[..., :mmax]
-        weights = _order_weights(mmax, nlon, 2.0).to(grad.device, grad.dtype)
-        fourier = fourier * weights
-        _zero_real_only_imag(fourier, nlon)
-        fourier = torch.view_as_real(fourier).permute(3, 2, 0, 1, 4)
-        return fourier.reshape(mmax, nlat, batch * channels * 2), None, None, None
+        fourier = torch.view_as_real(torch.fft.rfft(grad, dim=-1)[..., :mmax])
+        fourier = (fourier * grad_weights).permute(3, 2, 0, 1, 4)
+        return (
+            fourier.reshape(mmax, nlat, batch * channels * 2),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class SphericalHarmonicTransform(nn.Module):
@@ -107,6 +121,9 @@ class SphericalHarmonicTransform(nn.Module):
             "legendre-gauss".
     """
 
+    table: torch.Tensor
+    fft_grad_weights: torch.Tensor
+
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
@@ -115,6 +132,10 @@ class SphericalHarmonicTransform(nn.Module):
         # torch-harmonics scales the forward-normalised rfft by 2 pi; fold it in.
         table = 2.0 * math.pi * reference.weights  # [mmax, lmax, nlat]
         self.register_buffer("table", table.float().contiguous(), persistent=False)
+        grad_weights = _fourier_weights(mmax, nlon, 0.5) / nlon
+        self.register_buffer(
+            "fft_grad_weights", grad_weights.view(mmax, 1, 1, 2), persistent=False
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -124,7 +145,7 @@ class SphericalHarmonicTransform(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Coefficients ``[mmax, lmax, batch * channels * 2]`` of ``x``."""
-        modes = _LongitudeFFT.apply(x, self.mmax)
+        modes = _LongitudeFFT.apply(x, self.mmax, self.fft_grad_weights)
         return torch.bmm(self.table, modes)
 
 
@@ -139,6 +160,9 @@ class InverseSphericalHarmonicTransform(nn.Module):
         grid: "equiangular" or "legendre-gauss".
     """
 
+    table: torch.Tensor
+    fft_grad_weights: torch.Tensor
+
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
@@ -146,6 +170,9 @@ class InverseSphericalHarmonicTransform(nn.Module):
         reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
         table = reference.pct.transpose(1, 2)  # [mmax, nlat, lmax]
         self.register_buffer("table", table.float().contiguous(), persistent=False)
+        self.register_buffer(
+            "fft_grad_weights", _fourier_weights(mmax, nlon, 2.0), persistent=False
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -164,4 +191,6 @@ class InverseSphericalHarmonicTransform(nn.Module):
             channels: the number of channels packed in the last axis.
         """
         modes = torch.bmm(self.table, coeffs)  # [mmax, nlat, (b c 2)]
-        return _InverseLongitudeFFT.apply(modes, self.nlon, batch, channels)
+        return _InverseLongitudeFFT.apply(
+            modes, self.nlon, batch, channels, self.fft_grad_weights
+        )

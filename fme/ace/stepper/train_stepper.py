@@ -1,7 +1,9 @@
 """Training of a stepper's rollouts: losses per step into one optimiser step."""
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -296,36 +298,77 @@ class TrainStepper:
         metrics = MeanAggregator()
         term_sums: dict[str, float] = {}
         total_loss = 0.0
-        for i, out in enumerate(rollout):
-            self._check_uncorrected(out)
-            target = {n: batch.data[n][:, i + 1] for n in self.stepper.out_names}
-            result = self.loss(out, target, step=i, term_weights=term_weights)
-            bad_term = _first_nonfinite_term(result)
-            if bad_term is not None:
-                message = (
-                    f"loss term {bad_term!r} is not finite at rollout step {i}"
-                    f"{', ' + where if where else ''}"
+        for i in range(n_steps):
+            with (
+                optimization.rollout_step_context(is_last=i == n_steps - 1)
+                if optimization is not None
+                else contextlib.nullcontext()
+            ):
+                outcome = self._run_step(
+                    rollout,
+                    batch,
+                    step=i,
+                    n_steps=n_steps,
+                    optimization=optimization,
+                    term_weights=term_weights,
+                    where=where,
+                    metrics=metrics,
                 )
-                if self.config.on_nonfinite_loss == "raise":
-                    raise NonFiniteLossError(
-                        message + "; training stopped, the last checkpoint is intact"
-                    )
-                logging.warning("%s; skipping the batch", message)
+            if outcome is None:
                 return None
-            optimized = not self.config.optimize_last_step_only or i == n_steps - 1
-            total = result.total()
-            if optimized:
-                total_loss += float(total.detach())
-                for name, value in result.raw_terms().items():
-                    term_sums[name] = term_sums.get(name, 0.0) + float(value.detach())
-                if optimization is not None:
-                    optimization.accumulate_loss(total, is_last=i == n_steps - 1)
-            self._record_step_metrics(metrics, result, out, step=i)
+            total, raw_terms = outcome
+            if total is not None:
+                total_loss += total
+                for name, value in raw_terms.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value
         step_metrics = metrics.get_means()
         step_metrics["loss"] = total_loss
         n_optimized = 1 if self.config.optimize_last_step_only else n_steps
         term_losses = {k: v / n_optimized for k, v in term_sums.items()}
         return step_metrics, term_losses
+
+    def _run_step(
+        self,
+        rollout: Iterator[StepOutput],
+        batch: BatchData,
+        *,
+        step: int,
+        n_steps: int,
+        optimization: Optimization | None,
+        term_weights: dict[str, float],
+        where: str,
+        metrics: MeanAggregator,
+    ) -> tuple[float | None, dict[str, float]] | None:
+        """Forward, loss and (with accumulation) backward of one rollout step.
+
+        Returns the step's detached total and raw term losses (None when the
+        step is not optimised), or None when a loss term is not finite and the
+        batch is skipped.
+        """
+        out = next(rollout)
+        self._check_uncorrected(out)
+        target = {n: batch.data[n][:, step + 1] for n in self.stepper.out_names}
+        result = self.loss(out, target, step=step, term_weights=term_weights)
+        bad_term = _first_nonfinite_term(result)
+        if bad_term is not None:
+            message = (
+                f"loss term {bad_term!r} is not finite at rollout step {step}"
+                f"{', ' + where if where else ''}"
+            )
+            if self.config.on_nonfinite_loss == "raise":
+                raise NonFiniteLossError(
+                    message + "; training stopped, the last checkpoint is intact"
+                )
+            logging.warning("%s; skipping the batch", message)
+            return None
+        self._record_step_metrics(metrics, result, out, step=step)
+        if self.config.optimize_last_step_only and step != n_steps - 1:
+            return None, {}
+        total = result.total()
+        if optimization is not None:
+            optimization.accumulate_loss(total)
+        raw_terms = {k: float(v.detach()) for k, v in result.raw_terms().items()}
+        return float(total.detach()), raw_terms
 
     def _record_step_metrics(
         self,

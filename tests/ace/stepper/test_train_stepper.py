@@ -246,10 +246,10 @@ def test_both_features_under_gradient_accumulation_match_reference():
         target = {n: data.data[n][:, i + 1] for n in ["a", "b"]}
         result = ref_train.loss(step_out, target, step=i)
         assert out.metrics[f"loss_step_{i}"] == pytest.approx(
-            float(result.main.total()), rel=1e-5
+            float(result.main.total().detach()), rel=1e-5
         )
         assert out.metrics[f"corrector_regularization_step_{i}"] == pytest.approx(
-            float(result.regularization), rel=1e-5
+            float(result.regularization.detach()), rel=1e-5
         )
         total = total + result.total()
     grads = torch.autograd.grad(total, list(reference.step.module.parameters()))

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from fme.ace.models import ModuleSelector
+from fme.ace.models.pointwise import PointwiseLinear
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n_in, n_out", [(3, 2), (1, 5)])
+def test_linear1x1_parameter_count(bias, n_in, n_out):
+    module = ModuleSelector(type="Linear1x1", config={"bias": bias}).build(
+        n_in_channels=n_in, n_out_channels=n_out, img_shape=(4, 8)
+    )
+    n_params = sum(p.numel() for p in module.parameters())
+    assert n_params == n_in * n_out + (n_out if bias else 0)
+
+
+def test_output_is_the_per_point_affine_map():
+    torch.manual_seed(0)
+    module = PointwiseLinear(3, 2)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 0.5]]))
+        module.bias.copy_(torch.tensor([0.25, -3.0]))  # type: ignore[union-attr]
+    x = torch.randn(4, 3, 5, 7)
+    expected_0 = x[:, 0] + 2 * x[:, 1] + 0.25
+    expected_1 = -x[:, 1] + 0.5 * x[:, 2] - 3.0
+    out = module(x)
+    torch.testing.assert_close(out[:, 0], expected_0)
+    torch.testing.assert_close(out[:, 1], expected_1)
+
+
+def test_gradients_are_the_analytic_ones():
+    # L = sum(g * (W x + b)) => dL/dW = sum_{b,i,j} g x^T, dL/db = sum g
+    module = PointwiseLinear(3, 2)
+    x = torch.randn(4, 3, 5, 7)
+    g = torch.randn(4, 2, 5, 7)
+    (module(x) * g).sum().backward()
+    torch.testing.assert_close(module.weight.grad, torch.einsum("bohw,bchw->oc", g, x))
+    torch.testing.assert_close(module.bias.grad, g.sum(dim=(0, 2, 3)))  # type: ignore[union-attr]
+
+
+def test_without_bias_zero_input_gives_zero():
+    module = PointwiseLinear(3, 2, bias=False)
+    assert module.bias is None
+    assert torch.equal(module(torch.zeros(1, 3, 2, 2)), torch.zeros(1, 2, 2, 2))
+
+
+def test_init_gain_sets_output_variance():
+    torch.manual_seed(0)
+    module = PointwiseLinear(256, 256, init_gain=2.0)
+    out = module(torch.randn(8, 256, 4, 4))
+    assert abs(out.var().item() - 2.0) < 0.2

@@ -1,0 +1,118 @@
+import pytest
+import torch
+import torch_harmonics as th
+
+from fme.ace.models.sht import (
+    InverseSphericalHarmonicTransform,
+    SphericalHarmonicTransform,
+)
+
+# (nlat, nlon, lmax, mmax): the third keeps the Nyquist order of an even nlon,
+# the fourth has an odd nlon, the last truncates the spectrum.
+CASES = [(8, 16, 8, 8), (9, 17, 9, 9), (6, 8, 6, 5), (7, 11, 7, 6), (16, 32, 6, 4)]
+GRIDS = ["equiangular", "legendre-gauss"]
+
+
+def transforms(nlat, nlon, lmax, mmax, grid):
+    kwargs = dict(nlat=nlat, nlon=nlon, lmax=lmax, mmax=mmax, grid=grid)
+    return SphericalHarmonicTransform(**kwargs), InverseSphericalHarmonicTransform(
+        **kwargs
+    )
+
+
+def to_m_major(coeffs: torch.Tensor) -> torch.Tensor:
+    """[b, c, l, m] complex -> [m, l, b * c * 2] real."""
+    b, c, lmax, mmax = coeffs.shape
+    return torch.view_as_real(coeffs).permute(3, 2, 0, 1, 4).reshape(mmax, lmax, -1)
+
+
+def from_m_major(coeffs: torch.Tensor, batch: int, channels: int) -> torch.Tensor:
+    mmax, lmax = coeffs.shape[:2]
+    values = coeffs.reshape(mmax, lmax, batch, channels, 2).permute(2, 3, 1, 0, 4)
+    return torch.view_as_complex(values.contiguous())
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("nlat, nlon, lmax, mmax", CASES)
+def test_forward_matches_torch_harmonics(nlat, nlon, lmax, mmax, grid):
+    sht, _ = transforms(nlat, nlon, lmax, mmax, grid)
+    reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).float()
+    x = torch.randn(2, 3, nlat, nlon)
+    ours = from_m_major(sht(x), 2, 3)
+    torch.testing.assert_close(ours, reference(x), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("nlat, nlon, lmax, mmax", CASES)
+def test_inverse_matches_torch_harmonics(nlat, nlon, lmax, mmax, grid):
+    _, isht = transforms(nlat, nlon, lmax, mmax, grid)
+    reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).float()
+    coeffs = torch.randn(2, 3, lmax, mmax, dtype=torch.complex64)
+    # torch-harmonics zeroes the imaginary parts of m = 0 and Nyquist too
+    expected = reference(coeffs.clone())
+    ours = isht(to_m_major(coeffs), batch=2, channels=3)
+    torch.testing.assert_close(ours, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_imaginary_part_of_zonal_coefficients_is_ignored():
+    _, isht = transforms(6, 8, 6, 5, "legendre-gauss")
+    coeffs = torch.randn(1, 1, 6, 5, dtype=torch.complex64)
+    changed = coeffs.clone()
+    changed[..., 0] += 3.0j  # m = 0
+    changed[..., 4] -= 2.0j  # Nyquist order of nlon = 8
+    out = isht(to_m_major(coeffs), batch=1, channels=1)
+    out_changed = isht(to_m_major(changed), batch=1, channels=1)
+    torch.testing.assert_close(out_changed, out)
+
+
+@pytest.mark.parametrize("grid, nlat", [("legendre-gauss", 8), ("equiangular", 15)])
+def test_round_trip_of_band_limited_field(grid, nlat):
+    # Products of degree < 2 lmax must be integrated exactly: n Legendre-Gauss
+    # points are exact up to degree 2n - 1, n Clenshaw-Curtis points up to n - 1.
+    nlon, lmax, mmax = 24, 8, 8
+    sht, isht = transforms(nlat, nlon, lmax, mmax, grid)
+    coeffs = torch.randn(2, 3, lmax, mmax, dtype=torch.complex64)
+    coeffs[..., 0] = coeffs[..., 0].real  # a real field has real m = 0 modes
+    coeffs = coeffs * torch.ones(lmax, mmax).tril()  # Y_l^m needs m <= l
+    field = isht(to_m_major(coeffs), batch=2, channels=3)
+    torch.testing.assert_close(
+        from_m_major(sht(field), 2, 3), coeffs, atol=2e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("nlat, nlon, lmax, mmax", [(6, 8, 6, 5), (5, 9, 5, 4)])
+def test_gradients_match_finite_differences(nlat, nlon, lmax, mmax):
+    sht, isht = transforms(nlat, nlon, lmax, mmax, "legendre-gauss")
+    sht, isht = sht.double(), isht.double()
+    x = torch.randn(2, 2, nlat, nlon, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(sht, (x,))
+    coeffs = torch.randn(mmax, lmax, 2 * 2 * 2, dtype=torch.float64)
+    coeffs.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: isht(c, batch=2, channels=2), (coeffs,))
+
+
+def test_gradient_matches_torch_harmonics_autograd():
+    nlat, nlon, lmax, mmax = 8, 16, 8, 8
+    sht, isht = transforms(nlat, nlon, lmax, mmax, "equiangular")
+    ref_sht = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax).float()
+    ref_isht = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax).float()
+    x = torch.randn(2, 3, nlat, nlon, requires_grad=True)
+    weight = torch.randn(2, 3, nlat, nlon)
+
+    (isht(sht(x) * 1.5, batch=2, channels=3) * weight).sum().backward()
+    assert x.grad is not None
+    ours = x.grad.clone()
+    x.grad = None
+    (ref_isht(ref_sht(x) * 1.5) * weight).sum().backward()
+    torch.testing.assert_close(ours, x.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_second_derivatives_match_finite_differences():
+    sht, isht = transforms(5, 8, 5, 5, "legendre-gauss")
+    sht, isht = sht.double(), isht.double()
+    x = torch.randn(1, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+
+    def nonlinear_round_trip(t: torch.Tensor) -> torch.Tensor:
+        return isht(sht(t) * t.sum(), batch=1, channels=2)
+
+    assert torch.autograd.gradgradcheck(nonlinear_round_trip, (x,))

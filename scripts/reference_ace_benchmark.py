@@ -14,10 +14,12 @@ released package installed, never with this repository's environment::
         --n-forward-steps 2 --threads 1 [--make-data]
 
 The script writes a released-fme training YAML (``OUT/train.yaml``) for the
-ACE-format data in ``--data`` (``*.nc`` files with a ``time`` dimension, plus
-``centering.nc`` and ``scaling-full-field.nc``; ``scaling-residual.nc`` is used
-as the loss's residual scaling when present), runs the released trainer in this
-process (``fme.ace.train.train.main``), and times it by wrapping the released
+ACE-format data in ``--data`` -- either the layout of
+``fme.ace.data.ace_format_fixture`` (``DIR/data/*.nc`` and ``DIR/stats/`` with
+``centering.nc``, ``scaling-full-field.nc`` and optionally
+``scaling-residual.nc``, used as the loss's residual scaling) or one directory
+holding both -- runs the released trainer in this process
+(``fme.ace.train.train.main``), and times it by wrapping the released
 ``TrainStepper.train_on_batch``:
 
 - ``s_per_step``: mean wall time between the starts of consecutive optimised
@@ -26,15 +28,18 @@ process (``fme.ace.train.train.main``), and times it by wrapping the released
   optimiser step, EMA update, scheduler, metric bookkeeping).
 - ``peak_rss_mb``: ``ru_maxrss`` of this process when training stops.
 - ``startup_s``: wall time from this script's first line (before torch and fme
-  are imported) to the start of the first optimised step.
+  are imported; data generation excluded) to the start of the first optimised
+  step.
 
-By default the run stops at the start of optimiser step ``steps + 1`` (so the
-end-of-epoch train evaluation and validation never run); ``--complete-epoch``
-lets the epoch finish instead. One JSON line goes to stdout and
-``OUT/result.json``.
+By default the run stops at the start of optimiser step ``warmup + steps + 1``,
+so the end-of-epoch train evaluation and validation never run;
+``--complete-epoch`` lets the epoch finish instead. One JSON line goes to
+stdout and ``OUT/result.json``.
 
-``--make-data`` writes a small synthetic ACE-format dataset into ``--data``
-first when it holds no data yet (numpy + xarray + netCDF4 only, no fme).
+``--make-data`` first writes data with this repository's
+``write_ace_format_dataset`` (loaded from its file; it needs only numpy and
+xarray) into ``--data`` when that holds no data yet, in a child process so it
+does not count towards peak RSS.
 """
 
 import time
@@ -44,6 +49,7 @@ _SCRIPT_START = time.perf_counter()
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
@@ -56,7 +62,7 @@ from typing import Any  # noqa: E402
 
 REFERENCE_VERSION = "2026.10.0"
 STATS_FILES = ("centering.nc", "scaling-full-field.nc", "scaling-residual.nc")
-DEFAULT_FORCING_NAMES = ("DSWRFtoa",)
+DEFAULT_FORCING_NAMES = ("DSWRFtoa", "surface_temperature")
 DEFAULT_DIAGNOSTIC_NAMES = ("PRATEsfc",)
 
 
@@ -66,7 +72,15 @@ class _StopBenchmark(Exception):
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="ACE data dir")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="ACE data: DIR/data/*.nc + DIR/stats/*.nc, or one dir with both",
+    )
+    parser.add_argument(
+        "--stats-dir", type=Path, default=None, help="stats dir if elsewhere"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output dir")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps")
@@ -108,7 +122,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--make-data",
         action="store_true",
-        help="write a synthetic ACE-format dataset into --data if it has none",
+        help="write fme.ace.data.ace_format_fixture data into --data if it has none",
     )
     parser.add_argument("--n-lat", type=int, default=32, help="for --make-data")
     parser.add_argument("--n-lon", type=int, default=64, help="for --make-data")
@@ -133,101 +147,42 @@ def _set_thread_env(threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Synthetic ACE-format data (only used with --make-data).
+# Data layout.
 # ---------------------------------------------------------------------------
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PATH = REPO_ROOT / "fme" / "ace" / "data" / "ace_format_fixture.py"
 
-def _write_synthetic_dataset(
+
+def _write_fixture_dataset(
     out_dir: Path, *, n_lat: int, n_lon: int, n_levels: int, n_times: int, seed: int
 ) -> None:
-    """Write one ACE-format netCDF file plus the three stats files.
+    """Write data with this repository's ``write_ace_format_dataset``.
 
-    Variables: PRESsfc, air_temperature_<k>, specific_total_water_<k>,
-    surface_temperature (prognostic), DSWRFtoa (forcing), PRATEsfc
-    (diagnostic), and scalar ak_<i>/bk_<i> for i in 0..n_levels.
+    The fixture module needs only numpy and xarray, so it is loaded from its
+    file: importing it as ``fme.ace.data...`` would find the released package.
     """
-    import numpy as np
-    import xarray as xr
-
-    rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dlat = 180.0 / n_lat
-    lat = np.linspace(-90 + dlat / 2, 90 - dlat / 2, n_lat)
-    lon = np.arange(n_lon) * (360.0 / n_lon)
-    hours = np.arange(n_times) * 6.0
-    lat2 = np.deg2rad(lat)[None, :, None]
-    lon2 = np.deg2rad(lon)[None, None, :]
-    phase = 2 * np.pi * hours[:, None, None] / 24.0
-
-    def smooth(scale: float) -> np.ndarray:
-        # A few random low-order waves that drift in time, plus small noise.
-        field = np.zeros((n_times, n_lat, n_lon))
-        for _ in range(3):
-            k = rng.integers(1, 4)
-            speed = rng.uniform(0.02, 0.2)
-            amp = rng.uniform(0.3, 1.0)
-            field += amp * np.cos(lat2) * np.sin(k * lon2 + speed * phase)
-        field += 0.05 * rng.standard_normal(field.shape)
-        return scale * field
-
-    dims = ("time", "lat", "lon")
-    variables: dict[str, tuple[np.ndarray, str]] = {
-        "PRESsfc": (1.0e5 + smooth(800.0), "Pa"),
-        "surface_temperature": (288.0 + 30 * np.cos(lat2) ** 2 + smooth(3.0), "K"),
-        "DSWRFtoa": (
-            np.clip(1361.0 * np.cos(lat2) * np.cos(lon2 + phase), 0.0, None)
-            + np.zeros((n_times, n_lat, n_lon)),
-            "W/m**2",
-        ),
-        "PRATEsfc": (np.abs(smooth(3.0e-5)), "kg/m**2/s"),
-    }
-    for k in range(n_levels):
-        frac = (k + 0.5) / n_levels
-        variables[f"air_temperature_{k}"] = (
-            220.0 + 60.0 * frac + smooth(4.0),
-            "K",
-        )
-        variables[f"specific_total_water_{k}"] = (
-            np.abs(1.0e-3 + 1.0e-2 * frac**2 * np.cos(lat2) + smooth(1.0e-3)),
-            "kg/kg",
-        )
-    data_vars: dict[str, Any] = {
-        name: xr.DataArray(
-            values.astype(np.float32),
-            dims=dims,
-            attrs={"units": units, "long_name": name},
-        )
-        for name, (values, units) in variables.items()
-    }
-    # Hybrid sigma-pressure interfaces, top (index 0) to surface (n_levels).
-    eta = np.linspace(0.0, 1.0, n_levels + 1)
-    ak = 2.0e4 * eta * (1 - eta)
-    bk = eta**2
-    for i in range(n_levels + 1):
-        data_vars[f"ak_{i}"] = xr.DataArray(np.float64(ak[i]), attrs={"units": "Pa"})
-        data_vars[f"bk_{i}"] = xr.DataArray(np.float64(bk[i]), attrs={"units": ""})
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "time": ("time", hours / 24.0),
-            "lat": ("lat", lat, {"units": "degrees_north"}),
-            "lon": ("lon", lon, {"units": "degrees_east"}),
-        },
+    spec = importlib.util.spec_from_file_location("_ace_format_fixture", FIXTURE_PATH)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load {FIXTURE_PATH}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_ace_format_dataset(
+        out_dir, n_lat=n_lat, n_lon=n_lon, n_levels=n_levels, n_times=n_times, seed=seed
     )
-    ds["time"].attrs.update({"units": "days since 2000-01-01", "calendar": "julian"})
-    ds.to_netcdf(out_dir / "data.nc", unlimited_dims=["time"])
 
-    centering: dict[str, Any] = {}
-    full: dict[str, Any] = {}
-    residual: dict[str, Any] = {}
-    for name, (values, _) in variables.items():
-        centering[name] = float(values.mean())
-        full[name] = float(max(values.std(), 1e-12))
-        residual[name] = float(max(np.diff(values, axis=0).std(), 1e-12))
-    for filename, stats in zip(STATS_FILES, (centering, full, residual), strict=True):
-        xr.Dataset({k: xr.DataArray(v) for k, v in stats.items()}).to_netcdf(
-            out_dir / filename
-        )
+
+def _resolve_layout(data: Path, stats_dir: Path | None) -> tuple[Path, Path]:
+    """Return ``(data_dir, stats_dir)`` for ``--data`` and ``--stats-dir``.
+
+    Accepts the fixture's layout (``DIR/data/*.nc`` and ``DIR/stats/*.nc``) or
+    one directory holding both the data files and the stats files.
+    """
+    data = data.resolve()
+    data_dir = data / "data" if (data / "data").is_dir() else data
+    if stats_dir is None:
+        stats_dir = data / "stats" if (data / "stats").is_dir() else data_dir
+    return data_dir, stats_dir.resolve()
 
 
 # ---------------------------------------------------------------------------
@@ -278,15 +233,19 @@ def _variable_roles(
 
 
 def build_train_config(
-    args: argparse.Namespace, *, staged_data: Path, experiment_dir: Path
+    args: argparse.Namespace,
+    *,
+    data_dir: Path,
+    stats_dir: Path,
+    staged_data: Path,
+    experiment_dir: Path,
 ) -> dict[str, Any]:
     """Return the released-fme TrainConfig as a plain (YAML-able) dict."""
-    stats_dir = args.data.resolve()
     for name in STATS_FILES[:2]:
         if not (stats_dir / name).exists():
             raise ValueError(f"missing stats file {stats_dir / name}")
     prognostic, forcing, diagnostic = _variable_roles(
-        args.data, args.forcing_names, args.diagnostic_names
+        data_dir, args.forcing_names, args.diagnostic_names
     )
     in_names = prognostic + forcing
     out_names = prognostic + diagnostic
@@ -450,8 +409,15 @@ def run_benchmark(
     experiment_dir = out_dir / "experiment"
     if experiment_dir.exists():
         shutil.rmtree(experiment_dir)
-    staged = _stage_data(args.data, out_dir)
-    config = build_train_config(args, staged_data=staged, experiment_dir=experiment_dir)
+    data_dir, stats_dir = _resolve_layout(args.data, args.stats_dir)
+    staged = _stage_data(data_dir, out_dir)
+    config = build_train_config(
+        args,
+        data_dir=data_dir,
+        stats_dir=stats_dir,
+        staged_data=staged,
+        experiment_dir=experiment_dir,
+    )
     yaml_path = out_dir / "train.yaml"
     yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -514,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     _set_thread_env(args.threads)
     if args.generate_only:
-        _write_synthetic_dataset(
+        _write_fixture_dataset(
             args.data,
             n_lat=args.n_lat,
             n_lon=args.n_lon,
@@ -524,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         return
     clock_start = _SCRIPT_START
-    if args.make_data and not (args.data.is_dir() and _data_files(args.data)):
+    data_dir, _ = _resolve_layout(args.data, args.stats_dir)
+    if args.make_data and not (data_dir.is_dir() and _data_files(data_dir)):
         # A child process, so writing the data does not count in peak RSS.
         cmd = [sys.executable, __file__, "--generate-only", "--data", str(args.data)]
         cmd += ["--out", str(args.out), "--seed", str(args.seed)]

@@ -10,8 +10,10 @@ Layers, each usable alone:
   global-mean term, returning a ``LossOutput``;
 - ``StepLoss`` adds the per-step weight ``1 / sqrt(1 + c * step)``;
 - ``StepOutputLoss`` computes the loss of one stepper step from its
-  ``StepOutput``: ensemble unfolding, pre-corrector optimisation and the
-  corrector regularisation (configured in ``fme.core.corrector.loss``).
+  ``StepOutput``: ensemble unfolding, pre-corrector optimisation (against the
+  data target or, SIP-style, against its nearest pre-image under the
+  corrector) and the corrector regularisation (configured in
+  ``fme.core.corrector.loss``).
 
 Layouts: targets are ``[batch, lat, lon]`` per variable. Predictions are either
 ``[batch, lat, lon]`` (one member) or ``[batch, n_ensemble, lat, lon]``.
@@ -23,7 +25,7 @@ Internally predictions are packed to ``[batch, member, channel, lat, lon]``.
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -45,6 +47,7 @@ from fme.core.tensors import TensorDict, TensorMapping
 MAIN_TERM = "main"
 GLOBAL_MEAN_TERM = "global_mean"
 REGULARIZATION_TERM = "corrector_regularization"
+PRECORRECTOR_TARGETS = ("raw", "inverse")
 
 
 @dataclasses.dataclass
@@ -416,10 +419,17 @@ class StepLoss:
 
 
 class StepOutputLike(Protocol):
-    """What the loss reads from a stepper's ``StepOutput``."""
+    """What the loss reads from a stepper's ``StepOutput``.
+
+    ``nearest_preimage`` (the corrector's local inverse bound to the step's raw
+    output, see ``fme.ace.step.step.StepOutput``) is only read by the
+    ``"inverse"`` pre-corrector target, with ``getattr(..., None)``, so objects
+    without it still work elsewhere.
+    """
 
     output: TensorDict
     uncorrected: TensorDict
+    nearest_preimage: Callable[[TensorMapping], TensorDict] | None
 
 
 @dataclasses.dataclass
@@ -471,7 +481,16 @@ class StepOutputLoss:
 
     - Pre-corrector optimisation (``precorrector_exclude`` not None): the main
       loss sees, for every variable in ``step_output.uncorrected`` not matched
-      by the matcher, the uncorrected value instead of the corrected one.
+      by the matcher, the uncorrected value ``x`` instead of the corrected one.
+      With ``precorrector_target="raw"`` it is compared with the data target
+      ``y*``. With ``"inverse"`` (SIP through the corrector, see
+      ``fme.core.sip``) it is compared with the detached nearest pre-image
+      ``x~ = C^-1(y + eta * (y* - y); x)`` of the goal, ``y = C(x)`` being the
+      corrected output: the loss is then the SIP proxy loss in the
+      loss-normalised space with the main loss's weights, and the network is
+      not pushed along directions the corrector fixes anyway (a global-mean
+      shift, points the clamp maps to zero). Targets of other variables are
+      unchanged; NaN data targets stay NaN (masked).
     - Regularisation (``regularization`` not None): the correction
       ``output - uncorrected`` of each corrected variable, divided by the loss
       std, is compared with zero by ``regularization`` (no step decay); the
@@ -490,6 +509,10 @@ class StepOutputLoss:
         regularization: loss of the normalised correction against zero
             (its normaliser divides by the loss std only).
         regularization_weight: multiplies the penalty.
+        precorrector_target: ``"raw"`` or ``"inverse"`` (see above); only used
+            with ``precorrector_exclude``.
+        inverse_eta: SIP step size ``eta`` in ``(0, 1]`` for ``"inverse"``;
+            1 asks the inverse for the data target itself.
     """
 
     def __init__(
@@ -500,9 +523,30 @@ class StepOutputLoss:
         precorrector_exclude: NameAndPrefixMatcher | None = None,
         regularization: WeightedMappingLoss | None = None,
         regularization_weight: float = 1.0,
+        precorrector_target: str = "raw",
+        inverse_eta: float = 1.0,
     ):
         if n_ensemble < 1:
             raise ValueError(f"n_ensemble must be >= 1, got {n_ensemble}")
+        if precorrector_target not in PRECORRECTOR_TARGETS:
+            raise ValueError(
+                f"precorrector_target: got {precorrector_target!r}; allowed: "
+                f"{list(PRECORRECTOR_TARGETS)}"
+            )
+        if not 0.0 < inverse_eta <= 1.0:
+            raise ValueError(f"inverse_eta must be in (0, 1], got {inverse_eta}")
+        if precorrector_target == "inverse":
+            if precorrector_exclude is None:
+                raise ValueError(
+                    "precorrector_target 'inverse' needs pre-corrector optimisation "
+                    "(precorrector_exclude must not be None)"
+                )
+            if n_ensemble != 1:
+                raise ValueError(
+                    "precorrector_optimization.target 'inverse' needs n_ensemble = "
+                    f"1 (one proxy target per prediction), got {n_ensemble}; use "
+                    "target 'raw' for ensembles"
+                )
         if step_loss.requires_ensemble and n_ensemble < 2:
             raise ValueError(
                 "loss type 'EnsembleLoss' needs n_ensemble >= 2 (and a stochastic "
@@ -513,6 +557,8 @@ class StepOutputLoss:
         self.precorrector_exclude = precorrector_exclude
         self.regularization = regularization
         self.regularization_weight = regularization_weight
+        self.precorrector_target = precorrector_target
+        self.inverse_eta = inverse_eta
         self._exclusions_checked = False
 
     @property
@@ -569,14 +615,63 @@ class StepOutputLoss:
                 stacklevel=4,
             )
 
-    def _main_prediction(self, step_output: StepOutputLike) -> TensorDict:
+    def _main_prediction_and_target(
+        self, step_output: StepOutputLike, target_step: TensorMapping
+    ) -> tuple[TensorDict, TensorDict]:
         prediction = dict(step_output.output)
-        if self.precorrector_exclude is not None:
-            self._check_exclusions(list(step_output.uncorrected))
-            for name, value in step_output.uncorrected.items():
-                if not self.precorrector_exclude.matches(name):
-                    prediction[name] = value
-        return prediction
+        target = dict(target_step)
+        if self.precorrector_exclude is None:
+            return prediction, target
+        self._check_exclusions(list(step_output.uncorrected))
+        swapped = [
+            name
+            for name in step_output.uncorrected
+            if not self.precorrector_exclude.matches(name)
+        ]
+        for name in swapped:
+            prediction[name] = step_output.uncorrected[name]
+        inverted = [name for name in swapped if name in target_step]
+        if self.precorrector_target == "inverse" and inverted:
+            target.update(self._preimage_targets(step_output, target_step, inverted))
+        return prediction, target
+
+    def _preimage_targets(
+        self,
+        step_output: StepOutputLike,
+        target_step: TensorMapping,
+        names: Sequence[str],
+    ) -> TensorDict:
+        """Detached ``x~ = C^-1(y + eta * (y* - y); x)`` of ``names``."""
+        nearest_preimage = getattr(step_output, "nearest_preimage", None)
+        if nearest_preimage is None:
+            raise ValueError(
+                "precorrector_optimization.target 'inverse' needs a corrector that "
+                "provides nearest pre-images, but the step output has none; use "
+                "target 'raw' or a corrector with local inverses"
+            )
+        with torch.no_grad():
+            goal: TensorDict = {}
+            missing: TensorDict = {}
+            for name, y_star in target_step.items():
+                if name not in step_output.output:
+                    continue
+                y = step_output.output[name].detach()
+                missing[name] = torch.isnan(y_star)
+                # A missing data point asks for no change there (goal = y); it
+                # stays masked in the loss.
+                if self.inverse_eta == 1.0:
+                    wanted = y_star
+                else:
+                    wanted = y + self.inverse_eta * (y_star - y)
+                goal[name] = torch.where(missing[name], y, wanted)
+            preimage = nearest_preimage(goal)
+            result = {}
+            for name in names:
+                x_tilde = preimage[name].detach()
+                result[name] = torch.where(
+                    missing[name], torch.full_like(x_tilde, math.nan), x_tilde
+                )
+        return result
 
     def _penalty(
         self,
@@ -636,9 +731,9 @@ class StepOutputLoss:
             )
         names = self.step_loss.names
         batch = target_step[names[0]].shape[0]
-        prediction = self._main_prediction(step_output)
+        prediction, target = self._main_prediction_and_target(step_output, target_step)
         predict = {n: self._unfold(prediction[n], batch) for n in names}
-        main = self.step_loss(predict, target_step, step, data_mask)
+        main = self.step_loss(predict, target, step, data_mask)
         main_weights = {
             k: v for k, v in term_weights.items() if k != REGULARIZATION_TERM
         }

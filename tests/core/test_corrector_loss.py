@@ -2,6 +2,7 @@
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fme.core.gridded_ops import LatLonOperations
 from fme.core.loss import StepLossConfig, StepOutputLoss
 from fme.core.loss_functions import LossConfig
 from fme.core.normalizer import StandardNormalizer
-from fme.core.tensors import TensorDict
+from fme.core.tensors import TensorDict, TensorMapping
 
 NAMES = ["a", "b_0", "b_1", "c"]
 MEANS = {"a": 1.0, "b_0": -2.0, "b_1": 0.5, "c": 3.0}
@@ -31,6 +32,7 @@ B, H, W = 2, 3, 4
 class FakeStepOutput:
     output: TensorDict
     uncorrected: TensorDict = dataclasses.field(default_factory=dict)
+    nearest_preimage: Callable[[TensorMapping], TensorDict] | None = None
 
 
 def make_normalizer() -> StandardNormalizer:
@@ -422,9 +424,36 @@ def test_both_none_is_an_error():
         CorrectorLossConfig()
 
 
-def test_precorrector_target_must_be_raw():
-    with pytest.raises(ValueError, match=r"allowed: \['raw'\]"):
-        PreCorrectorOptimizationConfig(target="inverse")
+def test_precorrector_target_names_allowed_values():
+    with pytest.raises(ValueError, match=r"allowed: \['raw', 'inverse'\]"):
+        PreCorrectorOptimizationConfig(target="invrse")
+    assert PreCorrectorOptimizationConfig(target="inverse").eta == 1.0
+
+
+@pytest.mark.parametrize("eta", [0.0, -0.5, 1.5])
+def test_precorrector_eta_must_be_in_unit_interval(eta):
+    with pytest.raises(ValueError, match=r"eta must be in \(0, 1\]"):
+        PreCorrectorOptimizationConfig(target="inverse", eta=eta)
+
+
+def test_precorrector_eta_only_for_inverse():
+    with pytest.raises(ValueError, match="eta only applies to target 'inverse'"):
+        PreCorrectorOptimizationConfig(eta=0.5)
+
+
+def test_inverse_target_strict_load_and_needs_inverse():
+    config = from_dict_strict(
+        CorrectorLossConfig,
+        {"precorrector_optimization": {"target": "inverse", "eta": 0.5}},
+    )
+    assert config.precorrector_optimization.eta == 0.5
+    assert config.needs_corrector_inverse
+    assert not precorrector().needs_corrector_inverse
+    assert not regularization().needs_corrector_inverse
+    with pytest.raises(ConfigError, match="allowed"):
+        from_dict_strict(
+            CorrectorLossConfig, {"precorrector_optimization": {"target": "x"}}
+        )
 
 
 @pytest.mark.parametrize("type_", ["EnsembleLoss", "NaN", "LpLoss"])
@@ -465,3 +494,180 @@ def test_strict_load():
 
 def test_default_regularization_loss_is_mse():
     assert CorrectorRegularizationConfig().loss.type == "MSE"
+
+
+# ------------------------------------------- SIP through the corrector (inverse)
+
+LATS = torch.tensor([-50.0, 0.0, 30.0])
+OPS = LatLonOperations.from_latitudes(LATS, W)
+CLAMPED = ["b_0", "b_1"]
+SHIFTED = ["c"]
+CONSERVED_MEAN = 0.3
+
+
+def awm(x: torch.Tensor) -> torch.Tensor:
+    """Area-weighted mean over (lat, lon), kept as [batch, 1, 1]."""
+    weights = torch.cos(torch.deg2rad(LATS)).to(x.dtype)[:, None].expand(H, W)
+    return (x * weights).sum(dim=(-2, -1), keepdim=True) / weights.sum()
+
+
+def fake_corrector(x: TensorMapping) -> TensorDict:
+    """Clamp ``b_*`` at zero, shift ``c`` to the area-weighted mean 0.3."""
+    out = {n: x[n].clamp(min=0.0) for n in CLAMPED}
+    out["c"] = x["c"] - awm(x["c"]) + CONSERVED_MEAN
+    return out
+
+
+def hand_preimage(raw: TensorMapping, goal: TensorMapping) -> TensorDict:
+    """The nearest pre-images of the corrected ``goal``, written out."""
+    out = {n: torch.where(goal[n] > 0, goal[n], raw[n].clamp(max=0.0)) for n in CLAMPED}
+    out["c"] = goal["c"] + awm(raw["c"] - goal["c"])
+    return out
+
+
+def sip_step(seed: int = 0, *, batch: int = B) -> FakeStepOutput:
+    """A step whose raw output ``x`` went through ``fake_corrector``."""
+    raw = {n: randn(60 + seed + i, batch, H, W) for i, n in enumerate(NAMES)}
+    for n in NAMES:
+        raw[n].requires_grad_()
+    corrected = fake_corrector(raw)
+    detached = {n: v.detach() for n, v in raw.items()}
+
+    def nearest_preimage(goal: TensorMapping) -> TensorDict:
+        return {k: v.detach() for k, v in hand_preimage(detached, goal).items()}
+
+    return FakeStepOutput(
+        output={**raw, **corrected},
+        uncorrected={n: raw[n] for n in CLAMPED + SHIFTED},
+        nearest_preimage=nearest_preimage,
+    )
+
+
+def inverse(exclude=(), eta: float = 1.0) -> CorrectorLossConfig:
+    return CorrectorLossConfig(
+        precorrector_optimization=PreCorrectorOptimizationConfig(
+            list(exclude), target="inverse", eta=eta
+        )
+    )
+
+
+def test_inverse_loss_is_step_loss_of_raw_against_preimage():
+    step, target = sip_step(), make_target()
+    weights = {"a": 0.5, "c": 3.0}
+    loss = build(inverse(), StepLossConfig(weights=weights))
+    result = loss(step, target, step=0)
+    raw = {n: v.detach() for n, v in step.uncorrected.items()}
+    x_tilde = {
+        "b_0": torch.where(target["b_0"] > 0, target["b_0"], raw["b_0"].clamp(max=0)),
+        "b_1": torch.where(target["b_1"] > 0, target["b_1"], raw["b_1"].clamp(max=0)),
+        "c": target["c"] + awm(raw["c"] - target["c"]),
+    }
+    per_channel = [
+        weights.get(n, 1.0)
+        * (
+            (({**step.output, **raw}[n].detach() - {**target, **x_tilde}[n]) / STDS[n])
+            ** 2
+        )
+        .mean()
+        .item()
+        for n in NAMES
+    ]
+    np.testing.assert_allclose(result.total().item(), np.mean(per_channel), rtol=1e-12)
+    # a, never corrected, is still scored against the data
+    np.testing.assert_allclose(
+        result.main.get_channel_losses()["a"].item(),
+        0.5 * (((step.output["a"] - target["a"]) / STDS["a"]) ** 2).mean().item(),
+        rtol=1e-12,
+    )
+    assert loss.needs_uncorrected_grad
+
+
+def test_inverse_gradient_does_not_push_the_conserved_mean():
+    step, target = sip_step(seed=1), make_target()
+    build(inverse())(step, target, step=0).total().backward()
+    raw = step.uncorrected["c"]
+    grad = raw.grad
+    n_points = B * H * W
+    x_tilde = target["c"] + awm(raw.detach() - target["c"])
+    expected = 2 * (raw.detach() - x_tilde) / STDS["c"] ** 2 / n_points / len(NAMES)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(awm(grad), torch.zeros(B, 1, 1, dtype=grad.dtype))
+    assert grad.abs().max() > 1e-4
+    # the plain pre-corrector loss does push the mean
+    step_raw = sip_step(seed=1)
+    build(precorrector())(step_raw, target, step=0).total().backward()
+    assert awm(step_raw.uncorrected["c"].grad).abs().max() > 1e-4
+
+
+def test_inverse_gradient_is_zero_where_the_clamp_already_acts():
+    step, target = sip_step(seed=2), make_target()
+    build(inverse())(step, target, step=0).total().backward()
+    for n in CLAMPED:
+        raw, grad = step.uncorrected[n].detach(), step.uncorrected[n].grad
+        handled = (target[n] <= 0) & (raw <= 0)
+        assert handled.sum() > 0 and (~handled).sum() > 0
+        assert (grad[handled] == 0).all()
+        # raw > 0 over a non-positive target is pushed to zero, the rest to y*
+        x_tilde = torch.where(target[n] > 0, target[n], raw.clamp(max=0.0))
+        expected = 2 * (raw - x_tilde) / STDS[n] ** 2 / (B * H * W) / len(NAMES)
+        torch.testing.assert_close(grad, expected)
+        assert (grad[(target[n] <= 0) & (raw > 0)] > 0).all()
+
+
+def test_inverse_eta_inverts_a_partial_step():
+    eta = 0.25
+    step, target = sip_step(seed=3), make_target()
+    result = build(inverse(eta=eta))(step, target, step=0)
+    raw = {n: v.detach() for n, v in step.uncorrected.items()}
+    y = {n: v.detach() for n, v in step.output.items()}
+    goal = {n: y[n] + eta * (target[n] - y[n]) for n in NAMES}
+    x_tilde = hand_preimage(raw, goal)
+    expected = hand_mse({**y, **raw}, {**target, **x_tilde})
+    np.testing.assert_allclose(result.total().item(), expected, rtol=1e-12)
+    full = build(inverse())(step, target, step=0).total().item()
+    assert abs(result.total().item() - full) > 1e-3
+
+
+def test_inverse_respects_exclusions():
+    step, target = sip_step(seed=4), make_target()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = build(inverse(exclude=["c"]))(step, target, step=0)
+    raw = {n: v.detach() for n, v in step.uncorrected.items()}
+    x_tilde = hand_preimage(raw, target)
+    prediction = {**step.output, "b_0": raw["b_0"], "b_1": raw["b_1"]}
+    expected_target = {**target, "b_0": x_tilde["b_0"], "b_1": x_tilde["b_1"]}
+    np.testing.assert_allclose(
+        result.total().item(),
+        hand_mse({k: v.detach() for k, v in prediction.items()}, expected_target),
+        rtol=1e-12,
+    )
+
+
+def test_inverse_missing_target_points_stay_masked():
+    step, target = sip_step(seed=5), make_target()
+    target["c"][0, 1, 2] = float("nan")
+    result = build(inverse())(step, target, step=0)
+    assert torch.isfinite(result.total())
+    raw = {n: v.detach() for n, v in step.uncorrected.items()}
+    # the goal at a missing point is the current corrected prediction
+    goal = dict(target)
+    goal["c"] = torch.where(target["c"].isnan(), step.output["c"].detach(), target["c"])
+    x_tilde = hand_preimage(raw, goal)["c"]
+    valid = ~target["c"].isnan()
+    channel = (((raw["c"] - x_tilde) / STDS["c"]) ** 2)[valid].mean().item()
+    np.testing.assert_allclose(
+        result.main.get_channel_losses()["c"].item(), channel, rtol=1e-12
+    )
+
+
+def test_inverse_without_preimage_raises_at_first_step():
+    step, target = sip_step(), make_target()
+    step.nearest_preimage = None
+    with pytest.raises(ValueError, match="provides nearest pre-images"):
+        build(inverse())(step, target, step=0)
+
+
+def test_inverse_needs_single_member():
+    with pytest.raises(ValueError, match="n_ensemble = 1"):
+        build(inverse(), n_ensemble=2)

@@ -23,6 +23,15 @@ Grid: Gaussian (``legendre-gauss``) latitudes written ascending, south to north
 ``0 .. lmax - 1``; ``lmax = 22`` on the 32x64 grid is the classic alias-free
 T21 grid, which keeps the undiffused geopotential equation stable.
 
+Initial flow: the random vorticity of the solver's
+``random_initial_condition``, zero divergence and the geopotential in
+nonlinear balance with it (as in the solver's Galewsky case), plus a damping
+of the divergence with a one-day e-folding time. Without both, undamped
+gravity waves dominate and winds change more in 6 hours than their whole
+variability (residual std > full std); with them the residual/full std ratio
+is about 0.1 (geopotential), 0.2 (eastward wind), 0.4 (northward wind) and
+0.03 (tracer) on the default preset.
+
 The tracer starts as a small positive background plus a few smooth Gaussian
 blobs. Spectral advection is not positivity preserving, so instead of clipping
 (which would break conservation) the presets use large, smooth blobs and a
@@ -85,6 +94,9 @@ class ShallowWaterPreset:
         tracer_blob_radius_degrees: e-folding angular radius of each blob.
         tracer_diffusivity: Laplacian tracer diffusivity in m^2/s (on top of
             the solver's hyperdiffusion); keeps the tracer smooth and positive.
+        divergence_damping_days: e-folding time of a damping of the divergence
+            (all degrees), which removes gravity waves and leaves the slow,
+            predictable flow; 0 disables it (then stepping equals the solver's).
     """
 
     nlat: int
@@ -102,6 +114,7 @@ class ShallowWaterPreset:
     n_tracer_blobs: int = 4
     tracer_blob_radius_degrees: float = 20.0
     tracer_diffusivity: float = 1.0e6
+    divergence_damping_days: float = 1.0
 
     def __post_init__(self):
         for name in ("nlat", "nlon", "lmax", "n_train", "sample_hours"):
@@ -122,7 +135,12 @@ class ShallowWaterPreset:
                 f"solver_dt_seconds must divide sample_hours * 3600 = "
                 f"{self.sample_hours * 3600} exactly, got {self.solver_dt_seconds}"
             )
-        for name in ("spinup_days", "tracer_background", "tracer_diffusivity"):
+        for name in (
+            "spinup_days",
+            "tracer_background",
+            "tracer_diffusivity",
+            "divergence_damping_days",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tracer_blob_radius_degrees <= 0 or self.mean_depth_m <= 0:
@@ -156,8 +174,9 @@ PRESETS: dict[str, ShallowWaterPreset] = {
         n_times=20,
         solver_dt_seconds=2160.0,
         spinup_days=1.0,
-        n_tracer_blobs=2,
-        tracer_blob_radius_degrees=40.0,
+        n_tracer_blobs=1,
+        tracer_blob_radius_degrees=55.0,
+        tracer_diffusivity=6.0e6,
     ),
 }
 
@@ -197,8 +216,8 @@ class _FusedTransforms:
 
     def _inverse(self, x: torch.Tensor, weights: torch.Tensor, rows: int):
         g = torch.bmm(x.reshape(-1, rows, self.mmax).permute(2, 0, 1), weights)
-        g = g.permute(1, 2, 0).reshape(-1, self.nlat, self.mmax).clone()
-        g[..., 0].imag = 0.0
+        g = g.permute(1, 2, 0).reshape(-1, self.nlat, self.mmax)
+        g[..., 0].imag.zero_()  # as torch-harmonics: m = 0 is real
         return torch.fft.irfft(g, n=self.nlon, dim=-1, norm="forward")
 
     def sht(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +268,10 @@ class ShallowWaterWithTracer:
             s.dt * preset.tracer_diffusivity * s.lap  # lap = -l(l+1)/a^2
         )
         self._tracer_filter = s.hyperdiff * tracer_damping
+        self._divergence_filter = s.hyperdiff.clone()
+        if preset.divergence_damping_days > 0:
+            rate = s.dt / (preset.divergence_damping_days * 86400.0)
+            self._divergence_filter *= math.exp(-rate)
 
     @property
     def lat_degrees(self) -> np.ndarray:
@@ -274,19 +297,36 @@ class ShallowWaterWithTracer:
         for seed in seeds:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                flow = s.random_initial_condition(mach=p.mach)
+                flow = self._balanced(s.random_initial_condition(mach=p.mach))
             rng = np.random.default_rng(seed)
             tracer = torch.full_like(lat * lon, p.tracer_background)
             for _ in range(p.n_tracer_blobs):
                 clat = math.asin(rng.uniform(-1.0, 1.0))  # uniform on the sphere
                 clon = rng.uniform(0.0, 2.0 * math.pi)
-                cos_dist = torch.sin(lat) * math.sin(clat) + torch.cos(
-                    lat
-                ) * math.cos(clat) * torch.cos(lon - clon)
+                cos_dist = torch.sin(lat) * math.sin(clat) + torch.cos(lat) * math.cos(
+                    clat
+                ) * torch.cos(lon - clon)
                 tracer = tracer + torch.exp(-(1.0 - cos_dist) / width)
             tracer_spec = self.transforms.sht(tracer).to(flow.dtype)
             states.append(torch.cat([flow, torch.tril(tracer_spec)[None]]))
         return torch.stack(states)
+
+    def _balanced(self, uspec: torch.Tensor) -> torch.Tensor:
+        """Keep the random vorticity; zero divergence; geopotential in balance.
+
+        The nonlinear balance (as in the solver's Galewsky initial condition)
+        makes the initial divergence tendency vanish, so the flow starts near
+        the slow manifold instead of being dominated by gravity waves.
+        """
+        s = self.solver
+        out = uspec.clone()
+        out[2] = 0.0
+        uv = s.getuv(out[1:])
+        flux = s.vrtdivspec(uv * (s.spec2grid(out[1]) + s.coriolis))
+        phi = s.invlap * flux[0] - s.grid2spec(0.5 * (uv**2).sum(0))
+        phi[0, 0] = uspec[0, 0, 0]  # keep the mean geopotential
+        out[0] = torch.tril(phi)
+        return out
 
     def tendency(self, state: torch.Tensor) -> torch.Tensor:
         """Time derivative of ``state``; the first three fields match ``dudtspec``."""
@@ -325,8 +365,11 @@ class ShallowWaterWithTracer:
                 now, old = history[0], d
             else:
                 now, old = history[0], history[1]
-            state = state + dt * ((23.0 / 12.0) * d - (16.0 / 12.0) * now + (5.0 / 12.0) * old)
-            state[:, 1:3] = self.solver.hyperdiff * state[:, 1:3]
+            state = state + dt * (
+                (23.0 / 12.0) * d - (16.0 / 12.0) * now + (5.0 / 12.0) * old
+            )
+            state[:, 1] = self.solver.hyperdiff * state[:, 1]
+            state[:, 2] = self._divergence_filter * state[:, 2]
             state[:, 3] = self._tracer_filter * state[:, 3]
             history = [d] + history[:1]
         return state, history
@@ -358,10 +401,38 @@ def trajectory_seed(seed: int, index: int) -> int:
 def simulate(preset: ShallowWaterPreset, seed: int) -> dict[str, np.ndarray]:
     """All trajectories of a dataset on the solver grid.
 
+    Runs single-threaded: the batched transforms are many small operations, for
+    which extra OpenMP threads cost more than they give (several times slower
+    on a busy 2-core machine). The caller's thread setting is restored.
+
     Returns:
         ``{name: [n_train + n_validation, n_times, nlat, nlon]}`` float32, rows
         ordered north to south as the solver gives them.
+
+    Raises:
+        RuntimeError: if the integration blows up or the tracer goes negative.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            out = _simulate(preset, seed)
+    finally:
+        torch.set_num_threads(threads)
+    if not all(np.isfinite(v).all() for v in out.values()):
+        raise RuntimeError(
+            "shallow-water integration blew up; reduce solver_dt_seconds or mach"
+        )
+    tracer_min = float(out["tracer"].min())
+    if tracer_min < 0:
+        raise RuntimeError(
+            f"generated tracer went negative ({tracer_min:.3g}); increase "
+            "tracer_diffusivity or tracer_blob_radius_degrees of the preset"
+        )
+    return out
+
+
+def _simulate(preset: ShallowWaterPreset, seed: int) -> dict[str, np.ndarray]:
     model = ShallowWaterWithTracer(preset)
     n_traj = preset.n_train + preset.n_validation
     state = model.initial_state([trajectory_seed(seed, i) for i in range(n_traj)])
@@ -373,14 +444,202 @@ def simulate(preset: ShallowWaterPreset, seed: int) -> dict[str, np.ndarray]:
             state, history = model.integrate(state, preset.steps_per_sample, history)
         for name, value in model.grid_fields(state).items():
             out[name][:, t] = value.numpy()
-    if not np.isfinite(out["geopotential"]).all():
-        raise RuntimeError(
-            "shallow-water integration blew up; reduce solver_dt_seconds or mach"
-        )
-    tracer_min = float(out["tracer"].min())
-    if tracer_min < 0:
-        raise RuntimeError(
-            f"generated tracer went negative ({tracer_min:.3g}); increase "
-            "tracer_diffusivity or tracer_blob_radius_degrees of the preset"
-        )
     return out
+
+
+def trajectory_times(preset: ShallowWaterPreset, index: int) -> np.ndarray:
+    """``datetime64[ns]`` sample times of trajectory ``index``.
+
+    Trajectories are laid out one after another from 2000-01-01, each recorded
+    span followed by a 30-day gap, so no two trajectories overlap in time.
+    """
+    span_days = math.ceil(preset.n_times * preset.sample_hours / 24) + _GAP_DAYS
+    start = _EPOCH + np.timedelta64(index * span_days, "D")
+    steps = np.arange(preset.n_times) * np.timedelta64(preset.sample_hours, "h")
+    return (start + steps).astype("datetime64[ns]")
+
+
+def _trajectory_dataset(
+    fields: dict[str, np.ndarray],
+    *,
+    times: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    attrs: dict[str, str | int | float],
+) -> xr.Dataset:
+    # the solver orders latitude north to south; store ascending (south to north)
+    data_vars = {
+        name: (("time", "lat", "lon"), value[:, ::-1], FIELD_METADATA[name])
+        for name, value in fields.items()
+    }
+    coords = {
+        "time": ("time", times),
+        "lat": ("lat", lat[::-1], {"units": "degrees_north", "long_name": "latitude"}),
+        "lon": ("lon", lon, {"units": "degrees_east", "long_name": "longitude"}),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _stats_dataset(values: dict[str, float], description: str) -> xr.Dataset:
+    data_vars = {
+        name: ((), np.float64(value), FIELD_METADATA[name])
+        for name, value in values.items()
+    }
+    return xr.Dataset(data_vars, attrs={"description": description})
+
+
+def _write_netcdf(ds: xr.Dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    encoding: dict[str, dict[str, object]] = {
+        str(name): {"_FillValue": None} for name in ds.coords
+    }
+    if "time" in ds.coords:
+        encoding["time"].update(units=TIME_UNITS, calendar=CALENDAR, dtype="f8")
+    ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    tmp.replace(path)
+
+
+def _compute_stats(train: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Centering, full-field and residual scaling over all train samples."""
+    stats: dict[str, dict[str, float]] = {"centering": {}, "full": {}, "residual": {}}
+    for name, value in train.items():
+        x = value.astype(np.float64)
+        stats["centering"][name] = float(x.mean())
+        stats["full"][name] = float(x.std())
+        stats["residual"][name] = float(np.diff(x, axis=1).std())
+    return stats
+
+
+def _marker_content(preset: ShallowWaterPreset, name: str, seed: int) -> dict:
+    return {
+        "format_version": _FORMAT_VERSION,
+        "preset": name,
+        "preset_config": dataclasses.asdict(preset),
+        "seed": seed,
+    }
+
+
+def _resolve_preset(preset: str | ShallowWaterPreset) -> tuple[str, ShallowWaterPreset]:
+    if isinstance(preset, ShallowWaterPreset):
+        return "custom", preset
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return preset, PRESETS[preset]
+
+
+def generate_shallow_water_dataset(
+    out_dir: Path,
+    *,
+    preset: str | ShallowWaterPreset = "default",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Generate (or reuse) a shallow-water dataset in ACE's layout.
+
+    A dataset is complete once ``COMPLETE.json`` exists; it is written last, so
+    an interrupted run is regenerated next time. Only ``train/``,
+    ``validation/``, ``stats/`` and the marker inside ``out_dir`` are ever
+    removed.
+
+    Args:
+        out_dir: directory to write into (created if needed).
+        preset: a name in ``PRESETS`` (``"default"``, ``"tiny"``) or a preset.
+        seed: base seed; each trajectory derives its own from it.
+        overwrite: regenerate even when a complete dataset is already there.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: for an unknown preset, or when ``out_dir`` holds a complete
+            dataset made with another preset or seed and ``overwrite`` is False.
+    """
+    name, config = _resolve_preset(preset)
+    out_dir = Path(out_dir)
+    marker = out_dir / _MARKER
+    expected = _marker_content(config, name, seed)
+    if marker.is_file() and not overwrite:
+        found = json.loads(marker.read_text())
+        if {k: found.get(k) for k in expected} == expected:
+            return out_dir
+        raise ValueError(
+            f"{out_dir} already holds a shallow-water dataset made with preset "
+            f"{found.get('preset')!r} and seed {found.get('seed')}; pass "
+            "overwrite=True (--overwrite) to replace it or choose another directory"
+        )
+    marker.unlink(missing_ok=True)
+    for sub in ("train", "validation", "stats"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        (out_dir / sub).mkdir(parents=True)
+
+    fields = simulate(config, seed)
+    model_grid = ShallowWaterWithTracer(config)
+    lat, lon = model_grid.lat_degrees, model_grid.lon_degrees
+    attrs: dict[str, str | int | float] = {
+        "title": "shallow-water equations with a passive tracer",
+        "source": "torch_harmonics ShallowWaterSolver, fme.ace.data.shallow_water",
+        "grid": "legendre-gauss",
+        "spectral_truncation_lmax": config.lmax,
+        "solver_dt_seconds": config.solver_dt_seconds,
+        "preset": name,
+        "seed": seed,
+    }
+    splits = [("train", 0, config.n_train)]
+    splits.append(("validation", config.n_train, config.n_validation))
+    for split, first, count in splits:
+        for i in range(count):
+            index = first + i
+            ds = _trajectory_dataset(
+                {k: v[index] for k, v in fields.items()},
+                times=trajectory_times(config, index),
+                lat=lat,
+                lon=lon,
+                attrs={**attrs, "trajectory_seed": trajectory_seed(seed, index)},
+            )
+            _write_netcdf(ds, out_dir / split / f"trajectory_{i:03d}.nc")
+
+    stats = _compute_stats({k: v[: config.n_train] for k, v in fields.items()})
+    for key, file_name, description in [
+        ("centering", "centering.nc", "mean over all train samples"),
+        ("full", "scaling-full-field.nc", "std over all train samples"),
+        ("residual", "scaling-residual.nc", "std of x[t+1] - x[t] over train"),
+    ]:
+        ds = _stats_dataset(stats[key], description)
+        _write_netcdf(ds, out_dir / "stats" / file_name)
+    marker.write_text(json.dumps(expected, indent=2) + "\n")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m fme.ace.data.shallow_water --out DIR``."""
+    parser = argparse.ArgumentParser(
+        description="Generate shallow-water training data in ACE's netCDF layout."
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="regenerate a complete dataset"
+    )
+    args = parser.parse_args(argv)
+    existed = (args.out / _MARKER).is_file()
+    start = datetime.datetime.now()
+    out = generate_shallow_water_dataset(
+        args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite
+    )
+    seconds = (datetime.datetime.now() - start).total_seconds()
+    if existed and not args.overwrite:
+        print(f"complete dataset already at {out}; nothing to do (--overwrite)")
+        return
+    config = PRESETS[args.preset]
+    print(
+        f"wrote preset {args.preset!r} (seed {args.seed}) in {seconds:.1f} s:\n"
+        f"  {out / 'train'}: {config.n_train} trajectories\n"
+        f"  {out / 'validation'}: {config.n_validation} trajectories\n"
+        f"  {out / 'stats'}: centering.nc, scaling-full-field.nc, "
+        "scaling-residual.nc"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,29 @@ def _fourier_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
     return weights
 
 
+def _check_modes(*, nlat: int, nlon: int, lmax: int, mmax: int) -> None:
+    if not 1 <= lmax <= nlat:
+        raise ValueError(f"lmax must be in [1, nlat={nlat}], got {lmax}")
+    if not 1 <= mmax <= min(lmax, nlon // 2 + 1):
+        raise ValueError(
+            f"mmax must be in [1, min(lmax, nlon // 2 + 1) = "
+            f"{min(lmax, nlon // 2 + 1)}], got {mmax}"
+        )
+
+
+def _padded_spectrum(fourier: torch.Tensor, nlon: int) -> torch.Tensor:
+    """``[..., mmax]`` modes as a new contiguous ``[..., nlon // 2 + 1]`` tensor.
+
+    Zero-padding here, in the copy that makes the modes contiguous anyway, saves
+    ``irfft`` a second full copy (and a fill) to pad them itself.
+    """
+    n_pad = nlon // 2 + 1 - fourier.shape[-1]
+    if n_pad == 0:
+        return fourier.contiguous()
+    zeros = fourier.new_zeros(*fourier.shape[:-1], n_pad)
+    return torch.cat([fourier, zeros], dim=-1)
+
+
 class _LongitudeFFT(torch.autograd.Function):
     """``[b, c, k, nlon]`` real -> ``[mmax, k, b * c * 2]`` Fourier modes.
 
@@ -58,7 +81,7 @@ class _LongitudeFFT(torch.autograd.Function):
         grad = grad.contiguous().view(mmax, nlat, batch * channels, 2)
         (grad_weights,) = ctx.saved_tensors
         grad = (grad * grad_weights).view(mmax, nlat, batch, channels, 2)
-        grad = torch.view_as_complex(grad).permute(2, 3, 1, 0)
+        grad = _padded_spectrum(torch.view_as_complex(grad).permute(2, 3, 1, 0), nlon)
         return torch.fft.irfft(grad, n=nlon, dim=-1, norm="forward"), None, None
 
 
@@ -82,7 +105,9 @@ class _InverseLongitudeFFT(torch.autograd.Function):
         ctx.mmax = mmax
         ctx.save_for_backward(grad_weights)
         fourier = modes.reshape(mmax, nlat, batch, channels, 2)
-        fourier = torch.view_as_complex(fourier).permute(2, 3, 1, 0).contiguous()
+        fourier = _padded_spectrum(
+            torch.view_as_complex(fourier).permute(2, 3, 1, 0), nlon
+        )
         parts = torch.view_as_real(fourier)
         parts[..., 0, 1] = 0.0
         if nlon % 2 == 0 and mmax > nlon // 2:
@@ -116,7 +141,8 @@ class SphericalHarmonicTransform(nn.Module):
         nlat: number of latitudes of the grid.
         nlon: number of longitudes of the grid.
         lmax: number of degrees kept (0 <= l < lmax).
-        mmax: number of orders kept (0 <= m < mmax), at most ``nlon // 2 + 1``.
+        mmax: number of orders kept (0 <= m < mmax), at most
+            ``min(lmax, nlon // 2 + 1)``.
         grid: "equiangular" (Clenshaw-Curtis, poles included) or
             "legendre-gauss".
     """
@@ -126,6 +152,7 @@ class SphericalHarmonicTransform(nn.Module):
 
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
+        _check_modes(nlat=nlat, nlon=nlon, lmax=lmax, mmax=mmax)
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
         self.lmax, self.mmax = lmax, mmax
         reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
@@ -165,6 +192,7 @@ class InverseSphericalHarmonicTransform(nn.Module):
 
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
+        _check_modes(nlat=nlat, nlon=nlon, lmax=lmax, mmax=mmax)
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
         self.lmax, self.mmax = lmax, mmax
         reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)

@@ -1,10 +1,12 @@
 """The ``single_module`` step: normalise → network → denormalise → corrector."""
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
 from fme.ace.corrector.corrector import CorrectorABC
+from fme.ace.corrector.inverse import CorrectorInverse
 from fme.ace.corrector.registry import CorrectorSelector
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.models.registry import ModuleSelector
@@ -161,4 +163,29 @@ class SingleModuleStep(StepABC):
             k: output[k].detach() if detach_uncorrected else output[k]
             for k in corrected
         }
-        return StepOutput(output={**output, **corrected}, uncorrected=uncorrected)
+        return StepOutput(
+            output={**output, **corrected},
+            uncorrected=uncorrected,
+            nearest_preimage=self._nearest_preimage_fn(output, input_data),
+        )
+
+    def _nearest_preimage_fn(
+        self, raw: TensorMapping, input_data: TensorMapping
+    ) -> Callable[[TensorMapping], TensorDict] | None:
+        """The corrector's local inverse bound to this step's raw output.
+
+        The bound tensors are detached, so the pre-image never carries a graph
+        (SIP training treats it as a constant proxy target).
+        """
+        corrector = self.corrector
+        if not isinstance(corrector, CorrectorInverse):
+            return None
+        raw = {k: v.detach() for k, v in raw.items()}
+        input_data = {k: v.detach() for k, v in input_data.items()}
+
+        def nearest_preimage(target: TensorMapping) -> TensorDict:
+            with torch.no_grad():
+                preimage = corrector.nearest_preimage(raw, target, input_data)
+            return {k: v.detach() for k, v in preimage.items()}
+
+        return nearest_preimage

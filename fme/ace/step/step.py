@@ -2,6 +2,7 @@
 
 import abc
 import dataclasses
+from collections.abc import Callable
 
 from torch import nn
 
@@ -18,10 +19,16 @@ class StepOutput:
         uncorrected: for exactly the variables the corrector changed, their
             values before correction; empty when no corrector ran. The
             correction of a variable is ``output[k] - uncorrected[k]``.
+        nearest_preimage: set when the corrector can invert itself locally:
+            maps a corrected-space target ``{name: [batch, lat, lon]}`` (every
+            output variable) to the detached pre-image nearest to this step's
+            raw output, ``{name: x~}`` for the corrected variables. None when
+            no corrector ran or it has no local inverse.
     """
 
     output: TensorDict
     uncorrected: TensorDict = dataclasses.field(default_factory=dict)
+    nearest_preimage: Callable[[TensorMapping], TensorDict] | None = None
 
     def corrections(self) -> TensorDict:
         """``output[k] - uncorrected[k]`` for each corrected variable."""

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fme.ace.corrector.inverse import CorrectorInverse
 from fme.ace.data.batch import BatchData
 from fme.ace.step.step import StepOutput
 from fme.ace.stepper.stepper import Stepper
@@ -129,6 +130,17 @@ class TrainStepperConfig:
                 "stepper_training.corrector_loss is set but the step has no "
                 "corrector; add stepper.step.config.corrector or remove "
                 "stepper_training.corrector_loss"
+            )
+        if (
+            self.corrector_loss is not None
+            and self.corrector_loss.needs_corrector_inverse
+            and not isinstance(stepper.step.corrector, CorrectorInverse)
+        ):
+            raise ValueError(
+                "stepper_training.corrector_loss.precorrector_optimization.target "
+                "'inverse' needs a corrector with local inverses (nearest "
+                f"pre-images), but {type(stepper.step.corrector).__name__} has "
+                "none; use target 'raw' or a corrector such as atmosphere_corrector"
             )
         gridded_ops = stepper.dataset_info.gridded_operations
         step_loss = self.loss.build(

@@ -5,7 +5,10 @@ Two features, usable alone or together (``stepper_training.corrector_loss``):
 - ``precorrector_optimization``: the main loss scores the network's output
   *before* the corrector for every variable the corrector changed (except the
   excluded ones), so gradients do not have to pass the corrector's projection.
-  Rollout state and returned predictions stay fully corrected.
+  Rollout state and returned predictions stay fully corrected. Its ``target``
+  is the data (``raw``) or, for scale-invariant physics (SIP) training through
+  the corrector, the data's nearest pre-image under the corrector
+  (``inverse``).
 - ``regularization``: a penalty on the size of the correction
   ``output - uncorrected`` in loss-normalised units, so the network learns to
   need less correction.
@@ -21,13 +24,17 @@ from collections.abc import Sequence
 import torch
 
 from fme.core.gridded_ops import LatLonOperations
-from fme.core.loss import StepLoss, StepOutputLoss, WeightedMappingLoss
+from fme.core.loss import (
+    PRECORRECTOR_TARGETS,
+    StepLoss,
+    StepOutputLoss,
+    WeightedMappingLoss,
+)
 from fme.core.loss_functions import LossConfig
 from fme.core.loss_scaling import LossScalingConfig
 from fme.core.name_and_prefix_matcher import NameAndPrefixMatcher
 from fme.core.normalizer import StandardNormalizer
 
-PRECORRECTOR_TARGETS = ("raw",)
 REGULARIZATION_LOSS_TYPES = ("MSE", "L1", "AreaWeightedMSE")
 
 
@@ -42,18 +49,41 @@ class PreCorrectorOptimizationConfig:
             level). Each entry must match an output variable (checked at build);
             an entry matching no variable the corrector changed is warned about
             once, at the first step with corrections.
-        target: what replaces the corrected prediction: ``"raw"`` (the
-            network's uncorrected output). Only ``"raw"`` exists for now.
+        target: what the raw output ``x`` of a corrected, non-excluded
+            variable is compared with in the main loss. ``"raw"`` (default):
+            the data target ``y*``. ``"inverse"``: SIP through the corrector
+            ``C`` (see :mod:`fme.core.sip`): the detached nearest pre-image
+            ``x~ = C^-1(y + eta * (y* - y); x)`` with ``y = C(x)``, so the
+            main loss is the proxy loss ``||x - stopgrad(x~)||`` in the
+            loss-normalised space with the main loss's type and weights. A
+            global-mean shift then does not push the network on the mean the
+            corrector fixes anyway, nor does the clamp on points it already
+            maps to zero. Needs a corrector with local inverses (the
+            atmosphere corrector has them) and ``n_ensemble`` 1.
+        eta: SIP step size in corrected space, in ``(0, 1]``: the pre-image is
+            taken of ``y + eta * (y* - y)``; 1 (default) inverts the data
+            target itself. Only for ``target: inverse``.
     """
 
     exclude_names_and_prefixes: list[str] = dataclasses.field(default_factory=list)
     target: str = "raw"
+    eta: float = 1.0
 
     def __post_init__(self):
         if self.target not in PRECORRECTOR_TARGETS:
             raise ValueError(
                 f"precorrector_optimization.target: got {self.target!r}; allowed: "
                 f"{list(PRECORRECTOR_TARGETS)}"
+            )
+        if not 0.0 < self.eta <= 1.0:
+            raise ValueError(
+                f"precorrector_optimization.eta must be in (0, 1], got {self.eta}"
+            )
+        if self.eta != 1.0 and self.target != "inverse":
+            raise ValueError(
+                f"precorrector_optimization.eta only applies to target 'inverse', "
+                f"got target {self.target!r} with eta {self.eta}; remove eta or set "
+                "target: inverse"
             )
 
 
@@ -114,6 +144,12 @@ class CorrectorLossConfig:
                 "(or remove corrector_loss)"
             )
 
+    @property
+    def needs_corrector_inverse(self) -> bool:
+        """Whether the corrector must provide nearest pre-images."""
+        precorrector = self.precorrector_optimization
+        return precorrector is not None and precorrector.target == "inverse"
+
     def build(
         self,
         *,
@@ -133,10 +169,14 @@ class CorrectorLossConfig:
             gridded_ops: grid operations, for area-weighted losses and scalings.
 
         Raises:
-            ValueError: for an exclusion entry matching no output variable.
+            ValueError: for an exclusion entry matching no output variable, or
+                target ``inverse`` with ``n_ensemble`` other than 1.
         """
         exclude = None
+        target, eta = "raw", 1.0
         if self.precorrector_optimization is not None:
+            target = self.precorrector_optimization.target
+            eta = self.precorrector_optimization.eta
             exclude = NameAndPrefixMatcher(
                 self.precorrector_optimization.exclude_names_and_prefixes
             )
@@ -172,6 +212,8 @@ class CorrectorLossConfig:
             precorrector_exclude=exclude,
             regularization=regularization,
             regularization_weight=weight,
+            precorrector_target=target,
+            inverse_eta=eta,
         )
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from stepper_builders import STDS, batch, build_stepper, build_train_stepper
 
+from fme.ace.corrector.corrector import CorrectorABC
 from fme.ace.stepper.train_stepper import NonFiniteLossError
 from fme.core.optimization import OptimizationConfig
 
@@ -274,3 +275,79 @@ def test_empty_uncorrected_warns_once(caplog):
         train.validate_on_batch(batch())
         train.validate_on_batch(batch())
     assert sum("changed no variable" in r.message for r in caplog.records) == 1
+
+
+# ---- SIP through the corrector (precorrector_optimization.target: inverse) ----
+
+
+def _sip_stepper(seed: int = 0):
+    return build_stepper(
+        seed=seed,
+        corrector={"conserve_global_mean_names": ["a"], "force_positive_names": ["b"]},
+    )
+
+
+def _sip_reference_loss(stepper, data):
+    """Main loss of raw x against the hand-computed nearest pre-image x~."""
+    ops = stepper.dataset_info.gridded_operations
+    inputs = {n: data.data[n][:, 0] for n in ["a", "b", "f"]}
+    out = stepper.step.step(
+        inputs, {"f": data.data["f"][:, 1]}, detach_uncorrected=False
+    )
+    raw = out.uncorrected
+    target = {n: data.data[n][:, 1] for n in ["a", "b"]}
+    x_tilde = {
+        "a": target["a"]
+        + ops.area_weighted_mean(raw["a"].detach() - target["a"], keepdim=True),
+        "b": torch.where(target["b"] > 0, target["b"], raw["b"].detach().clamp(max=0)),
+    }
+    per_channel = [((raw[n] - x_tilde[n]) / STDS[n]).pow(2).mean() for n in ["a", "b"]]
+    return sum(per_channel) / 2, raw, target
+
+
+def test_inverse_target_training_loss_and_update_match_hand_computation():
+    stepper = _sip_stepper(seed=2)
+    reference = copy.deepcopy(stepper)
+    data = batch(n_times=2)
+    train = build_train_stepper(
+        stepper,
+        {"corrector_loss": {"precorrector_optimization": {"target": "inverse"}}},
+    )
+    before = _params(stepper)
+    out = train.train_on_batch(data, _sgd(stepper, accumulate=False, lr=0.5))
+    expected, raw, target = _sip_reference_loss(reference, data)
+    assert out.metrics["loss_step_0"] == pytest.approx(
+        float(expected.detach()), rel=1e-5
+    )
+    # the proxy target is nearer than the data: smaller than the target-raw loss
+    raw_loss = sum(((raw[n] - target[n]) / STDS[n]).pow(2).mean() for n in raw) / 2
+    assert float(expected.detach()) < float(raw_loss.detach()) - 1e-3
+    grads = torch.autograd.grad(
+        expected, list(reference.step.module.parameters()), retain_graph=True
+    )
+    for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
+        torch.testing.assert_close(p1, p0 - 0.5 * g, rtol=1e-5, atol=1e-7)
+    # no push on the mean the corrector fixes; none where the clamp acts
+    grad_a, grad_b = torch.autograd.grad(expected, [raw["a"], raw["b"]])
+    ops = reference.dataset_info.gridded_operations
+    assert ops.area_weighted_mean(grad_a).abs().max() < 1e-9
+    assert grad_a.abs().max() > 1e-5
+    handled = (target["b"] <= 0) & (raw["b"].detach() <= 0)
+    assert handled.any() and (grad_b[handled] == 0).all()
+
+
+def test_inverse_target_validates_at_build():
+    class NoInverse(CorrectorABC):
+        def __call__(self, input_data, gen_data, forcing_data):
+            return {}
+
+    stepper = _sip_stepper()
+    training = {"corrector_loss": {"precorrector_optimization": {"target": "inverse"}}}
+    with pytest.raises(ValueError, match="n_ensemble = 1"):
+        build_train_stepper(stepper, {**training, "n_ensemble": 2})
+    stepper.step.corrector = NoInverse()
+    with pytest.raises(ValueError, match="NoInverse has none; use target 'raw'"):
+        build_train_stepper(stepper, training)
+    build_train_stepper(
+        stepper, {"corrector_loss": {"precorrector_optimization": {"target": "raw"}}}
+    )

@@ -1,0 +1,89 @@
+import datetime
+
+import numpy as np
+import torch
+import xarray as xr
+
+from fme.ace.data.ace_format_fixture import (
+    hybrid_coefficients,
+    write_ace_format_dataset,
+)
+from fme.ace.data.loader import DataLoaderConfig, build_data_loader
+from fme.ace.data.netcdf_dataset import XarrayDataConfig
+
+
+def test_loader_reads_fixture_with_vertical_coordinate(tmp_path):
+    paths = write_ace_format_dataset(tmp_path, n_levels=3, n_times=6, n_files=2)
+    assert paths.prognostic == [
+        "PRESsfc",
+        "air_temperature_0",
+        "air_temperature_1",
+        "air_temperature_2",
+        "specific_total_water_0",
+        "specific_total_water_1",
+        "specific_total_water_2",
+    ]
+    assert paths.forcing == ["DSWRFtoa", "surface_temperature"]
+    assert paths.diagnostic == ["PRATEsfc"]
+    config = DataLoaderConfig(
+        dataset=XarrayDataConfig(data_path=str(paths.data_dir)), batch_size=2
+    )
+    data = build_data_loader(
+        config, names=paths.all_names, n_timesteps=2, shuffle=False
+    )
+    info = data.dataset_info
+    assert info.vertical_coordinate is not None
+    assert info.vertical_coordinate.n_levels == 3
+    ak, bk = hybrid_coefficients(3)
+    torch.testing.assert_close(
+        info.vertical_coordinate.ak, torch.tensor(ak, dtype=torch.float32)
+    )
+    torch.testing.assert_close(
+        info.vertical_coordinate.bk, torch.tensor(bk, dtype=torch.float32)
+    )
+    assert info.timestep == datetime.timedelta(hours=6)
+    assert info.img_shape == (8, 16)
+    assert torch.all(torch.diff(info.lat) > 0) and info.lon[0] == 0.0
+    assert info.variable_metadata["PRESsfc"]["units"] == "Pa"
+    assert data.n_samples == 2 * (6 - 2 + 1)
+    batch = next(iter(data.loader))
+    ps = batch.data["PRESsfc"]
+    assert 0.95e5 < ps.min() and ps.max() < 1.05e5
+    for k in range(3):
+        assert torch.all(batch.data[f"specific_total_water_{k}"] > 0)
+    pressure = info.vertical_coordinate.interface_pressure(ps)
+    assert torch.all(torch.diff(pressure, dim=-1) > 0)  # top (i=0) to surface
+    torch.testing.assert_close(pressure[..., -1], ps)
+    # file 1 continues file 0's 6-hourly time axis
+    second = xr.open_dataset(paths.data_dir / "data_001.nc")
+    assert second.time.values[0] == np.datetime64("2000-01-02T12:00", "ns")
+
+
+def test_stats_files_are_computed_from_the_data(tmp_path):
+    paths = write_ace_format_dataset(tmp_path, n_times=5, n_files=2, seed=3)
+    files = [xr.load_dataset(p) for p in sorted(paths.data_dir.glob("*.nc"))]
+    means = xr.load_dataset(paths.means_path)
+    stds = xr.load_dataset(paths.stds_path)
+    residual = xr.load_dataset(paths.residual_stds_path)
+    for name in paths.all_names:
+        values = np.concatenate([f[name].values.astype(np.float64) for f in files])
+        diffs = np.concatenate(
+            [np.diff(f[name].values.astype(np.float64), axis=0) for f in files]
+        )
+        np.testing.assert_allclose(float(means[name]), values.mean(), rtol=1e-6)
+        np.testing.assert_allclose(float(stds[name]), values.std(), rtol=1e-6)
+        np.testing.assert_allclose(float(residual[name]), diffs.std(), rtol=1e-6)
+        assert float(stds[name]) > 0 and float(residual[name]) > 0
+
+
+def test_seed_changes_the_fields(tmp_path):
+    a = write_ace_format_dataset(tmp_path / "a", seed=0)
+    b = write_ace_format_dataset(tmp_path / "b", seed=1)
+    c = write_ace_format_dataset(tmp_path / "c", seed=0)
+
+    def read(paths):
+        ds = xr.load_dataset(paths.data_dir / "data_000.nc")
+        return ds["air_temperature_0"].values
+
+    np.testing.assert_array_equal(read(a), read(c))
+    assert not np.array_equal(read(a), read(b))

@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2.0e-3)
     parser.add_argument("--embed-dim", type=int, default=16)
     parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--n-forward-steps", type=int, default=2)
-    parser.add_argument("--n-leads", type=int, default=20, help="rollout length")
+    parser.add_argument("--n-forward-steps", type=int, default=1)
+    parser.add_argument("--n-leads", type=int, default=8, help="rollout length")
     parser.add_argument(
-        "--ic-stride", type=int, default=10, help="validation initial-condition stride"
+        "--ic-stride", type=int, default=40, help="validation initial-condition stride"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -8,6 +8,7 @@ import datetime
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -97,18 +98,21 @@ class DistributedContext:
         return global_batch_size // self.world_size
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (a copy; identity on one process)."""
-        result = tensor.detach().clone()
-        if self.is_distributed:
-            dist.all_reduce(result, op=dist.ReduceOp.SUM)
-        return result
+        """Sum over ranks (a copy on the input's device; identity on one process)."""
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
 
     def reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Maximum over ranks (a copy; identity on one process)."""
+        """Maximum over ranks (a copy on the input's device)."""
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
         result = tensor.detach().clone()
-        if self.is_distributed:
-            dist.all_reduce(result, op=dist.ReduceOp.MAX)
-        return result
+        if not self.is_distributed:
+            return result
+        # nccl reduces only tensors on this rank's GPU
+        on_device = result.to(self.device)
+        dist.all_reduce(on_device, op=op)
+        return on_device.to(tensor.device)
 
     def weighted_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """Global mean from per-rank sums and counts (not a mean of means)."""

@@ -188,9 +188,14 @@ class Optimization:
         self._pending = []
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step_epoch(self) -> None:
-        """Advance per-epoch learning-rate schedules."""
-        self.schedule.step_epoch()
+    def step_epoch(self, metric: float | None = None) -> None:
+        """Advance per-epoch learning-rate schedules.
+
+        Args:
+            metric: the epoch's validation (or training) loss, for schedules
+                that need one (``ReduceLROnPlateau``).
+        """
+        self.schedule.step_epoch(metric if self.schedule.needs_metric else None)
 
     def get_state(self) -> dict[str, Any]:
         """Optimiser, schedule and clock state."""

@@ -152,11 +152,15 @@ class Trainer:
             if not finished_epoch:
                 break
             self.epoch += 1
-            self.optimization.step_epoch()
             summary = self._epoch_metrics.get_means(self.dist)
             self._epoch_metrics = MeanAggregator()
             train_means = {f"train/mean/{k}": v for k, v in summary.items()}
             val_means = self._validate()
+            self.optimization.step_epoch(
+                metric=val_means.get(
+                    "val/mean/loss", train_means.get("train/mean/loss")
+                )
+            )
             extra = self.end_of_epoch(self.epoch) if self.end_of_epoch else {}
             record = {**train_means, **val_means, **extra}
             record["lr"] = self.optimization.learning_rate

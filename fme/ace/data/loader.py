@@ -266,7 +266,6 @@ def build_data_loader(
         batch_sampler=sampler,
         num_workers=config.num_data_workers,
         collate_fn=collate_windows,
-        pin_memory=torch.cuda.is_available(),
     )
     return GriddedData(
         loader=loader,

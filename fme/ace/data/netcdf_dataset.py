@@ -122,10 +122,17 @@ class _FileInfo:
     n_windows: int
 
 
-def _to_datetime64(values: np.ndarray) -> np.ndarray:
+def _to_datetime64(values: np.ndarray, path: Path) -> np.ndarray:
     """Decoded time values (datetime64 or cftime objects) as datetime64[ns]."""
     if np.issubdtype(values.dtype, np.datetime64):
         return values.astype("datetime64[ns]")
+    for v in values:
+        # numpy silently wraps dates outside the datetime64[ns] range
+        if not 1678 <= v.year <= 2261:
+            raise ValueError(
+                f"time {v.isoformat()} in {path} is outside the datetime64[ns] "
+                "range (years 1678-2261) that batches carry; shift the time axis"
+            )
     return np.array([np.datetime64(v.isoformat(), "ns") for v in values])
 
 
@@ -170,6 +177,11 @@ class XarrayDataset(torch.utils.data.Dataset):
             [self._files[i].times[s] for i, s in self._windows], dtype="datetime64[ns]"
         )
         self._selected = config.subset.select(start_times)
+        if len(self._selected) == 0:
+            raise ValueError(
+                f"subset {config.subset} selects none of the {len(start_times)} "
+                f"samples in {config.data_path}; widen or remove the subset"
+            )
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         if self._data_bytes() <= CACHE_LIMIT_BYTES:
             for i in range(len(self._files)):
@@ -198,6 +210,8 @@ class XarrayDataset(torch.utils.data.Dataset):
                 self._check_variables(ds, path)
                 if index == 0:
                     self._info_from_first_file(ds, path)
+                else:
+                    self._check_same_grid(ds, path)
                 raw_times = ds["time"].values
             steps.update(_timedelta(d) for d in np.diff(raw_times))
             n_times = len(raw_times)
@@ -210,7 +224,7 @@ class XarrayDataset(torch.utils.data.Dataset):
             infos.append(
                 _FileInfo(
                     path=path,
-                    times=_to_datetime64(raw_times),
+                    times=_to_datetime64(raw_times, path),
                     n_windows=n_times - self.n_timesteps + 1,
                 )
             )
@@ -266,6 +280,16 @@ class XarrayDataset(torch.utils.data.Dataset):
             for name in self.names
         }
         self._vertical = _vertical_coordinate(ds)
+
+    def _check_same_grid(self, ds: xr.Dataset, path: Path) -> None:
+        lat_dim, lon_dim = ds[self.names[0]].dims[-2:]
+        for dim, expected in ((lat_dim, self._lat), (lon_dim, self._lon)):
+            values = ds[dim].values.astype(np.float32) if dim in ds.coords else None
+            if values is None or not np.array_equal(values, expected.numpy()):
+                raise ValueError(
+                    f"{path} has a different {dim!r} coordinate than "
+                    f"{self.config.data_path}'s first file; all files need one grid"
+                )
 
     def _data_bytes(self) -> int:
         per_time = 4 * len(self.names) * self._lat.numel() * self._lon.numel()

@@ -47,7 +47,6 @@ import dataclasses
 import datetime
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -519,6 +518,29 @@ def _marker_content(preset: ShallowWaterPreset, name: str, seed: int) -> dict:
     }
 
 
+_OWN_FILES = {
+    "train": ("trajectory_*.nc", "trajectory_*.nc.tmp"),
+    "validation": ("trajectory_*.nc", "trajectory_*.nc.tmp"),
+    "stats": ("centering.nc*", "scaling-full-field.nc*", "scaling-residual.nc*"),
+}
+
+
+def _clear_previous_output(out_dir: Path) -> None:
+    """Remove files an earlier (maybe interrupted) run wrote; never others."""
+    for sub, patterns in _OWN_FILES.items():
+        directory = out_dir / sub
+        directory.mkdir(parents=True, exist_ok=True)
+        for pattern in patterns:
+            for path in directory.glob(pattern):
+                path.unlink()
+        foreign = sorted(p.name for p in directory.iterdir())
+        if foreign:
+            raise ValueError(
+                f"{directory} holds files the generator did not write ({foreign}); "
+                "choose an empty or new output directory"
+            )
+
+
 def _resolve_preset(preset: str | ShallowWaterPreset) -> tuple[str, ShallowWaterPreset]:
     if isinstance(preset, ShallowWaterPreset):
         return "custom", preset
@@ -537,9 +559,9 @@ def generate_shallow_water_dataset(
     """Generate (or reuse) a shallow-water dataset in ACE's layout.
 
     A dataset is complete once ``COMPLETE.json`` exists; it is written last, so
-    an interrupted run is regenerated next time. Only ``train/``,
-    ``validation/``, ``stats/`` and the marker inside ``out_dir`` are ever
-    removed.
+    an interrupted run is regenerated next time. Only files this generator
+    writes are ever removed; other files in ``train/``, ``validation/`` or
+    ``stats/`` are an error.
 
     Args:
         out_dir: directory to write into (created if needed).
@@ -551,8 +573,9 @@ def generate_shallow_water_dataset(
         ``out_dir``.
 
     Raises:
-        ValueError: for an unknown preset, or when ``out_dir`` holds a complete
-            dataset made with another preset or seed and ``overwrite`` is False.
+        ValueError: for an unknown preset, when ``out_dir`` holds a complete
+            dataset made with another preset or seed and ``overwrite`` is False,
+            or when its subdirectories hold files the generator did not write.
     """
     name, config = _resolve_preset(preset)
     out_dir = Path(out_dir)
@@ -568,9 +591,7 @@ def generate_shallow_water_dataset(
             "overwrite=True (--overwrite) to replace it or choose another directory"
         )
     marker.unlink(missing_ok=True)
-    for sub in ("train", "validation", "stats"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-        (out_dir / sub).mkdir(parents=True)
+    _clear_previous_output(out_dir)
 
     fields = simulate(config, seed)
     model_grid = ShallowWaterWithTracer(config)
@@ -624,9 +645,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     existed = (args.out / _MARKER).is_file()
     start = datetime.datetime.now()
-    out = generate_shallow_water_dataset(
-        args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite
-    )
+    try:
+        out = generate_shallow_water_dataset(
+            args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite
+        )
+    except ValueError as err:
+        parser.error(str(err))
     seconds = (datetime.datetime.now() - start).total_seconds()
     if existed and not args.overwrite:
         print(f"complete dataset already at {out}; nothing to do (--overwrite)")

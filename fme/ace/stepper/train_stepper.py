@@ -14,7 +14,15 @@ from fme.ace.data.batch import BatchData
 from fme.ace.step.step import StepOutput
 from fme.ace.stepper.stepper import Stepper
 from fme.core.corrector.loss import CorrectorLossConfig, build_step_output_loss
-from fme.core.loss import StepLossConfig, StepOutputLoss, StepOutputLossResult
+from fme.core.distributed import DistributedContext
+from fme.core.loss import (
+    MAIN_TERM,
+    REGULARIZATION_TERM,
+    StepLossConfig,
+    StepOutputLoss,
+    StepOutputLossResult,
+)
+from fme.core.loss_scaling import LossScalingConfig
 from fme.core.loss_weight_schedule import (
     LossWeightScheduleConfig,
     LossWeightSchedules,
@@ -87,7 +95,12 @@ class TrainStepperConfig:
             ``{corrector_regularization: {type: exponential, ...}}``.
         on_nonfinite_loss: ``raise`` (default) stops training naming the loss
             term, step, epoch and batch; ``skip_batch`` drops the batch and
-            counts it in the ``skipped_batches`` metric.
+            counts it in the ``skipped_batches`` metric (under data parallelism
+            every rank skips it together).
+        loss_scaling: per-point, detached weights of a loss term's pointwise
+            loss before its mean, per term: ``{main: [{type: area}, ...],
+            corrector_regularization: [...]}``; see ``fme.core.loss_scaling``.
+            Order inside a term: per-point loss -> scaling -> mean -> term weight.
     """
 
     loss: StepLossConfig = dataclasses.field(default_factory=StepLossConfig)
@@ -99,8 +112,38 @@ class TrainStepperConfig:
         default_factory=dict
     )
     on_nonfinite_loss: str = "raise"
+    loss_scaling: dict[str, list[LossScalingConfig]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def __post_init__(self):
+        scalable = [MAIN_TERM, REGULARIZATION_TERM]
+        unknown = [t for t in self.loss_scaling if t not in scalable]
+        if unknown:
+            raise ValueError(
+                f"stepper_training.loss_scaling has unknown term(s) {unknown}; "
+                f"allowed: {scalable}"
+            )
+        if self.loss_scaling.get(MAIN_TERM) and self.loss.scaling:
+            raise ValueError(
+                "set the main term's scaling once: in stepper_training."
+                "loss_scaling.main or in stepper_training.loss.scaling, not both"
+            )
+        if self.loss_scaling.get(REGULARIZATION_TERM):
+            regularization = (
+                self.corrector_loss.regularization if self.corrector_loss else None
+            )
+            if regularization is None:
+                raise ValueError(
+                    "stepper_training.loss_scaling.corrector_regularization needs "
+                    "stepper_training.corrector_loss.regularization"
+                )
+            if regularization.scaling:
+                raise ValueError(
+                    "set the regularisation scaling once: in stepper_training."
+                    "loss_scaling.corrector_regularization or in corrector_loss."
+                    "regularization.scaling, not both"
+                )
         if isinstance(self.n_forward_steps, int) and self.n_forward_steps < 1:
             raise ValueError(
                 "stepper_training.n_forward_steps must be >= 1, got "
@@ -123,8 +166,20 @@ class TrainStepperConfig:
             return self.n_forward_steps
         return max(o.n_forward_steps for o in self.n_forward_steps.outcomes)
 
-    def build(self, stepper: Stepper, *, seed: int = 0) -> "TrainStepper":
-        """The train stepper for ``stepper``; corrector-loss misuse raises here."""
+    def build(
+        self,
+        stepper: Stepper,
+        *,
+        seed: int = 0,
+        dist: DistributedContext | None = None,
+    ) -> "TrainStepper":
+        """The train stepper for ``stepper``; corrector-loss misuse raises here.
+
+        Args:
+            stepper: the model.
+            seed: seeds the per-batch rollout-length sampling (same on all ranks).
+            dist: lets every rank agree to skip a batch with a non-finite loss.
+        """
         if self.corrector_loss is not None and not stepper.step.corrector_enabled:
             raise ValueError(
                 "stepper_training.corrector_loss is set but the step has no "
@@ -143,13 +198,28 @@ class TrainStepperConfig:
                 "none; use target 'raw' or a corrector such as atmosphere_corrector"
             )
         gridded_ops = stepper.dataset_info.gridded_operations
-        step_loss = self.loss.build(
+        loss_config = self.loss
+        if self.loss_scaling.get(MAIN_TERM):
+            loss_config = dataclasses.replace(
+                self.loss, scaling=list(self.loss_scaling[MAIN_TERM])
+            )
+        corrector_loss = self.corrector_loss
+        if corrector_loss is not None and self.loss_scaling.get(REGULARIZATION_TERM):
+            assert corrector_loss.regularization is not None
+            corrector_loss = dataclasses.replace(
+                corrector_loss,
+                regularization=dataclasses.replace(
+                    corrector_loss.regularization,
+                    scaling=list(self.loss_scaling[REGULARIZATION_TERM]),
+                ),
+            )
+        step_loss = loss_config.build(
             out_names=stepper.out_names,
             normalizer=stepper.loss_normalizer,
             gridded_ops=gridded_ops,
         )
         loss = build_step_output_loss(
-            self.corrector_loss,
+            corrector_loss,
             step_loss=step_loss,
             normalizer=stepper.loss_normalizer,
             out_names=stepper.out_names,
@@ -167,6 +237,7 @@ class TrainStepperConfig:
             loss=loss,
             loss_weights=schedules,
             seed=seed,
+            dist=dist,
         )
 
 
@@ -194,6 +265,7 @@ class TrainStepper:
         loss: the one loss object of every step (a ``StepOutputLoss``).
         loss_weights: weight schedules of the named loss terms.
         seed: seeds the per-batch rollout length sampling.
+        dist: the distributed context (None: one process).
     """
 
     def __init__(
@@ -204,12 +276,14 @@ class TrainStepper:
         loss: StepOutputLoss,
         loss_weights: LossWeightSchedules,
         seed: int = 0,
+        dist: DistributedContext | None = None,
     ):
         self.config = config
         self.stepper = stepper
         self.loss = loss
         self.loss_weights = loss_weights
         self._rng = np.random.default_rng(seed)
+        self._dist = dist or DistributedContext()
         self._warned_empty_uncorrected = False
 
     @property
@@ -335,6 +409,7 @@ class TrainStepper:
                     term_sums[name] = term_sums.get(name, 0.0) + value
         step_metrics = metrics.get_means()
         step_metrics["loss"] = total_loss
+        step_metrics["main_loss"] = term_sums.get(MAIN_TERM, 0.0)
         n_optimized = 1 if self.config.optimize_last_step_only else n_steps
         term_losses = {k: v / n_optimized for k, v in term_sums.items()}
         return step_metrics, term_losses
@@ -362,6 +437,10 @@ class TrainStepper:
         target = {n: batch.data[n][:, step + 1] for n in self.stepper.out_names}
         result = self.loss(out, target, step=step, term_weights=term_weights)
         bad_term = _first_nonfinite_term(result)
+        if self.config.on_nonfinite_loss == "skip_batch" and self._dist.is_distributed:
+            any_bad = self._dist.reduce_max(torch.tensor(float(bad_term is not None)))
+            if bad_term is None and float(any_bad) > 0:
+                bad_term = "(on another rank)"
         if bad_term is not None:
             message = (
                 f"loss term {bad_term!r} is not finite at rollout step {step}"

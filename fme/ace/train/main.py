@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from fme.ace.data.loader import GriddedData, build_data_loader
+from fme.ace.data.loader import DataLoaderConfig, GriddedData, build_data_loader
 from fme.ace.inference.inline import InlineInference
 from fme.ace.stepper.train_stepper import TrainStepper
 from fme.ace.train.config import TrainConfig, load_train_config
@@ -24,19 +24,22 @@ def build_data(
     config: TrainConfig, *, names: list[str], n_timesteps: int, dist: DistributedContext
 ) -> tuple[GriddedData, GriddedData | None]:
     """Training and validation data sharded for this rank."""
-    common = dict(
-        names=names,
-        n_timesteps=n_timesteps,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        seed=config.seed,
-    )
-    train = build_data_loader(config.train_loader, shuffle=True, **common)
+
+    def build(loader_config: DataLoaderConfig, shuffle: bool) -> GriddedData:
+        return build_data_loader(
+            loader_config,
+            names=names,
+            n_timesteps=n_timesteps,
+            shuffle=shuffle,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            seed=config.seed,
+        )
+
+    train = build(config.train_loader, shuffle=True)
     validation = None
     if config.validation is not None:
-        validation = build_data_loader(
-            config.validation.loader, shuffle=False, **common
-        )
+        validation = build(config.validation.loader, shuffle=False)
     return train, validation
 
 
@@ -70,7 +73,7 @@ def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
     stepper = config.stepper.build(dataset_info=train_data.dataset_info)
     stepper.step.module = wrap_data_parallel(stepper.step.module, dist)
     train_stepper: TrainStepper = config.stepper_training.build(
-        stepper, seed=config.seed
+        stepper, seed=config.seed, dist=dist
     )
     optimization = config.optimization.build(
         stepper.step.module.parameters(), no_sync=no_sync_context(stepper.step.module)
@@ -107,6 +110,21 @@ def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
     )
 
 
+def _plot_training(trainer: Trainer, experiment_dir: Path) -> None:
+    """Loss-term and loss-weight curves into ``experiment_dir/plots``."""
+    from fme.ace.evaluation import plots
+
+    metrics_path = experiment_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        return
+    paths = plots.plot_training_curves(metrics_path, experiment_dir / "plots")
+    trainer.logger.log_images(
+        plots.image_paths_for_wandb(paths),
+        optimizer_step=trainer.optimization.optimizer_steps,
+    )
+    logging.info("training plots in %s", experiment_dir / "plots")
+
+
 def run_training(config: TrainConfig, dist: DistributedContext | None = None) -> Path:
     """Train (resuming if a checkpoint exists); returns the experiment directory."""
     owns_dist = dist is None
@@ -122,6 +140,8 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
         trainer = build_trainer(config, dist)
         try:
             trainer.train()
+            if dist.is_root:
+                _plot_training(trainer, experiment_dir)
         finally:
             trainer.logger.finish()
         if dist.is_root:

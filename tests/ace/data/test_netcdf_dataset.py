@@ -161,6 +161,17 @@ def test_noleap_calendar_times_become_datetime64(tmp_path):
     assert ds.dataset_info.timestep == datetime.timedelta(hours=6)
 
 
+def test_cftime_outside_datetime64_range_raises(tmp_path):
+    ds = xr.Dataset(
+        {"a": (("time", "lat", "lon"), _values(0, 3, 0.0))},
+        coords={"time": [0.0, 6.0, 12.0], "lat": LAT, "lon": LON},
+    )
+    ds.time.attrs.update(units="hours since 0001-01-01", calendar="noleap")
+    ds.to_netcdf(tmp_path / "early.nc")
+    with pytest.raises(ValueError, match="0001-01-01.* outside the datetime64"):
+        dataset(tmp_path, names=("a",), n_timesteps=2)
+
+
 def test_index_subset(tmp_path):
     write_files(tmp_path, [6, 6])
     full = dataset(tmp_path, n_timesteps=2)
@@ -186,6 +197,16 @@ def test_time_subset_is_inclusive_and_steps(tmp_path):
         tmp_path, n_timesteps=2, subset=TimeSlice(start_time="2001-05-01")
     )
     assert len(only_second_file) == 5
+
+
+def test_empty_subset_and_mismatched_grids_raise(tmp_path):
+    write_files(tmp_path, [4])
+    with pytest.raises(ValueError, match="selects none"):
+        dataset(tmp_path, subset=TimeSlice(start_time="2030-01-01"))
+    other = xr.load_dataset(tmp_path / "file_0.nc").assign_coords(lat=LAT + 1.0)
+    other.to_netcdf(tmp_path / "file_1.nc")
+    with pytest.raises(ValueError, match="different 'lat' coordinate"):
+        dataset(tmp_path)
 
 
 def test_subset_validation():

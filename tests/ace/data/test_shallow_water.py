@@ -214,11 +214,21 @@ def test_other_seed_needs_overwrite(tmp_path):
 def test_incomplete_dataset_is_regenerated(tmp_path):
     out = tmp_path / "d"
     (out / "train").mkdir(parents=True)
-    (out / "train" / "stale.nc").write_text("interrupted")
+    (out / "train" / "trajectory_007.nc").write_text("interrupted run")
+    (out / "train" / "trajectory_000.nc.tmp").write_text("half-written")
     generate_shallow_water_dataset(out, preset="tiny", seed=0)
     names = sorted(p.name for p in (out / "train").iterdir())
     assert names == ["trajectory_000.nc", "trajectory_001.nc"]
     assert (out / "COMPLETE.json").is_file()
+
+
+def test_foreign_files_are_never_deleted(tmp_path):
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "my_notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="did not write"):
+        generate_shallow_water_dataset(tmp_path, preset="tiny", seed=0)
+    assert (tmp_path / "stats" / "my_notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "COMPLETE.json").exists()
 
 
 def test_cli_writes_and_prints_paths(tmp_path, capsys):
@@ -228,6 +238,9 @@ def test_cli_writes_and_prints_paths(tmp_path, capsys):
     assert len(list((tmp_path / "cli" / "validation").glob("*.nc"))) == 1
     main(["--out", str(tmp_path / "cli"), "--preset", "tiny", "--seed", "2"])
     assert "already" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "cli"), "--preset", "tiny", "--seed", "3"])
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_unknown_preset_and_invalid_preset_raise(tmp_path):

@@ -11,9 +11,9 @@ SMALL_CONFIGS = {
 }
 
 
-def test_all_modules_are_registered_on_import():
-    assert MODULE_REGISTRY.names() == sorted(SMALL_CONFIGS)
-    assert ModuleSelector.available_types() == sorted(SMALL_CONFIGS)
+def test_modules_are_registered_on_import():
+    assert set(SMALL_CONFIGS) <= set(MODULE_REGISTRY.names())
+    assert ModuleSelector.available_types() == MODULE_REGISTRY.names()
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))

@@ -21,6 +21,15 @@ from fme.ace.data.shallow_water import (
 TINY = PRESETS["tiny"]
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    # tiny spectral transforms: OpenMP threads only add contention (as in simulate)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return generate_shallow_water_dataset(

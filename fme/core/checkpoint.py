@@ -1,4 +1,13 @@
-"""Atomic checkpoint files of plain data, with a format version and migrations."""
+"""Atomic checkpoint files of plain data, with a format version and migrations.
+
+Format history:
+
+- 0: checkpoints without a ``format_version`` key, written before the
+  corrector loss, loss-weight schedules and exact resume existed (see
+  ``_migrate_0_to_1`` for the layout).
+- 1: ``{"format_version": 1, "config", "trainable", "optimization",
+  "trainer"[, "phase"]}`` as written by ``fme.core.trainer.Trainer``.
+"""
 
 import os
 import tempfile
@@ -10,8 +19,58 @@ import torch
 
 CHECKPOINT_FORMAT_VERSION = 1
 
+_DDP_PREFIX = "module."
+
+
+def _migrate_0_to_1(state: dict[str, Any]) -> dict[str, Any]:
+    """Format 0 to format 1.
+
+    Format 0 (no ``format_version`` key) held::
+
+        {
+            "config": {...},             # the run config (optional)
+            "stepper": {
+                "config": {...},         # the stepper config, as in format 1
+                "module": {name: tensor},  # keys may carry DDP's "module." prefix
+                "normalizer": {"means": {...}, "stds": {...}},
+                # no "loss_normalizer": losses used the network normaliser
+                "dataset_info": {...},   # as in format 1
+            },
+            "optimizer": {...},          # torch optimiser state (no clock)
+            "epoch": int,                # completed epochs
+            "best_validation_loss": float,
+        }
+
+    Format 1 nests the stepper under ``trainable`` next to the loss-weight
+    schedule state, and the loop state under ``trainer``. A format-0
+    checkpoint had no optimiser-step clock, schedule or RNG state, so the
+    migrated checkpoint has no ``optimization`` section: it can be used for
+    inference and as ``parameter_init.weights_path``, but not resumed.
+    """
+    stepper = dict(state["stepper"])
+    module = dict(stepper["module"])
+    if module and all(k.startswith(_DDP_PREFIX) for k in module):
+        module = {k[len(_DDP_PREFIX) :]: v for k, v in module.items()}
+    stepper["module"] = module
+    stepper.setdefault("loss_normalizer", stepper["normalizer"])
+    return {
+        "config": state.get("config", {}),
+        "trainable": {
+            "stepper": stepper,
+            "loss_weights": {"t": 0, "terms": {}},
+        },
+        "trainer": {
+            "epoch": int(state.get("epoch", 0)),
+            "best_value": float(state.get("best_validation_loss", float("inf"))),
+        },
+        "migrated_from_format": 0,
+    }
+
+
 # Migrations from format version N to N+1, applied in order on load.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _migrate_0_to_1,
+}
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -6,6 +6,16 @@ optimiser step per batch (``step_weights``). With gradient accumulation each
 loss is back-propagated at once (and the rollout state is detached between
 steps by the stepper); otherwise the losses are summed and back-propagated
 once.
+
+L-BFGS evaluates the loss several times per optimiser step (line search), so
+it takes a closure instead: ``step_with_closure(run_forward)``, where
+``run_forward`` re-runs the whole rollout and hands its losses to
+``accumulate_loss``. Each evaluation zeroes the gradients, runs the forward
+pass, back-propagates the summed loss and returns it; the optimiser-step clock
+and the learning-rate schedule advance once per optimiser step, not per
+evaluation. Under data parallelism every evaluation's backward all-reduces the
+gradients, and the returned loss is averaged over ranks so that every rank's
+line search takes the same decisions.
 """
 
 import contextlib
@@ -22,7 +32,19 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
     "AdamW": torch.optim.AdamW,
     "SGD": torch.optim.SGD,
+    "LBFGS": torch.optim.LBFGS,
 }
+CLOSURE_OPTIMIZERS = ("LBFGS",)
+# LBFGS kwargs: name -> (allowed types, minimum or None)
+_LBFGS_KWARGS: dict[str, tuple[tuple[type, ...], float | None]] = {
+    "max_iter": ((int,), 1),
+    "max_eval": ((int,), 1),
+    "tolerance_grad": ((int, float), 0.0),
+    "tolerance_change": ((int, float), 0.0),
+    "history_size": ((int,), 1),
+    "line_search_fn": ((str, type(None)), None),
+}
+_LINE_SEARCHES = (None, "strong_wolfe")
 
 
 @dataclasses.dataclass
@@ -30,9 +52,15 @@ class OptimizationConfig:
     """ACE's ``optimization`` section.
 
     Attributes:
-        optimizer_type: one of ``Adam``, ``AdamW``, ``SGD``.
+        optimizer_type: one of ``Adam``, ``AdamW``, ``SGD``, ``LBFGS``.
+            ``LBFGS`` re-runs the rollout several times per optimiser step
+            (see the module docstring); it needs
+            ``use_gradient_accumulation: false`` and no ``max_grad_norm``.
         lr: the base learning rate (lr0 of every schedule).
-        kwargs: extra keyword arguments for the torch optimiser (validated at build).
+        kwargs: extra keyword arguments for the torch optimiser (validated at
+            build; for ``LBFGS`` at load: ``max_iter``, ``max_eval``,
+            ``tolerance_grad``, ``tolerance_change``, ``history_size``,
+            ``line_search_fn`` — ``strong_wolfe`` (default) or null).
         scheduler: the learning-rate schedule; none keeps ``lr`` constant.
         max_grad_norm: clip the global gradient norm to this value, if set.
         use_gradient_accumulation: back-propagate after each rollout step and
@@ -62,6 +90,8 @@ class OptimizationConfig:
             raise ValueError(
                 f"optimization.max_grad_norm must be positive, got {self.max_grad_norm}"
             )
+        if self.optimizer_type == "LBFGS":
+            self._check_lbfgs()
         if (
             self.checkpoint_after_n_forward_steps is not None
             and self.checkpoint_after_n_forward_steps < 0
@@ -71,11 +101,58 @@ class OptimizationConfig:
                 f"{self.checkpoint_after_n_forward_steps}"
             )
 
+    @property
+    def uses_closure(self) -> bool:
+        """Whether the optimiser re-evaluates the loss within a step (L-BFGS)."""
+        return self.optimizer_type in CLOSURE_OPTIMIZERS
+
+    def _check_lbfgs(self) -> None:
+        if self.use_gradient_accumulation:
+            raise ValueError(
+                "optimization.optimizer_type LBFGS re-runs the whole rollout in "
+                "each loss evaluation and cannot accumulate gradients step by "
+                "step; set optimization.use_gradient_accumulation: false"
+            )
+        if self.max_grad_norm is not None:
+            raise ValueError(
+                "optimization.max_grad_norm is not supported with LBFGS: clipped "
+                "gradients disagree with the loss its line search evaluates; "
+                "remove max_grad_norm (the line search already bounds the step)"
+            )
+        for key, value in self.kwargs.items():
+            if key not in _LBFGS_KWARGS:
+                raise ValueError(
+                    f"optimization.kwargs.{key} is not an LBFGS option; allowed: "
+                    f"{sorted(_LBFGS_KWARGS)}"
+                )
+            types, minimum = _LBFGS_KWARGS[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ValueError(
+                    f"optimization.kwargs.{key} must be of type "
+                    f"{' or '.join(t.__name__ for t in types)}, got {value!r}"
+                )
+            if minimum is not None and value < minimum:
+                raise ValueError(
+                    f"optimization.kwargs.{key} must be >= {minimum}, got {value}"
+                )
+        line_search = self.kwargs.get("line_search_fn", "strong_wolfe")
+        if line_search not in _LINE_SEARCHES:
+            raise ValueError(
+                f"optimization.kwargs.line_search_fn {line_search!r} is unknown; "
+                "allowed: strong_wolfe (default), null (fixed step lr)"
+            )
+
+    def _optimizer_kwargs(self) -> dict[str, Any]:
+        if self.optimizer_type == "LBFGS":
+            return {"line_search_fn": "strong_wolfe", **self.kwargs}
+        return dict(self.kwargs)
+
     def build(
         self,
         parameters: Iterable[torch.nn.Parameter],
         *,
         no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+        mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> "Optimization":
         """The optimisation for ``parameters``.
 
@@ -84,13 +161,16 @@ class OptimizationConfig:
             no_sync: a context manager factory that suppresses gradient
                 synchronisation (DDP's ``no_sync``), used for every backward of
                 an accumulated rollout but the last.
+            mean_over_ranks: averages a scalar over data-parallel ranks; the
+                loss an L-BFGS closure returns goes through it (None: one
+                process).
         """
         params = [p for p in parameters if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: every parameter is frozen")
         try:
             optimizer = _OPTIMIZERS[self.optimizer_type](
-                params, lr=self.lr, **self.kwargs
+                params, lr=self.lr, **self._optimizer_kwargs()
             )
         except TypeError as err:
             raise ValueError(
@@ -104,6 +184,8 @@ class OptimizationConfig:
             use_gradient_accumulation=self.use_gradient_accumulation,
             checkpoint_after_n_forward_steps=self.checkpoint_after_n_forward_steps,
             no_sync=no_sync,
+            uses_closure=self.uses_closure,
+            mean_over_ranks=mean_over_ranks,
         )
 
 
@@ -117,6 +199,8 @@ class Optimization:
         use_gradient_accumulation: back-propagate each loss immediately.
         checkpoint_after_n_forward_steps: see ``OptimizationConfig``.
         no_sync: see ``OptimizationConfig.build``.
+        uses_closure: the optimiser needs ``step_with_closure`` (L-BFGS).
+        mean_over_ranks: see ``OptimizationConfig.build``.
     """
 
     def __init__(
@@ -128,7 +212,11 @@ class Optimization:
         use_gradient_accumulation: bool,
         checkpoint_after_n_forward_steps: int | None,
         no_sync: Callable[[], AbstractContextManager[Any]] | None,
+        uses_closure: bool = False,
+        mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        if uses_closure and use_gradient_accumulation:
+            raise ValueError("a closure optimiser cannot accumulate gradients")
         self.optimizer = optimizer
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
@@ -137,6 +225,9 @@ class Optimization:
         self._no_sync = no_sync
         self._pending: list[torch.Tensor] = []
         self.optimizer_steps = 0
+        self.uses_closure = uses_closure
+        self._mean_over_ranks = mean_over_ranks
+        self.last_closure_evaluations = 0
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -172,6 +263,10 @@ class Optimization:
 
     def step_weights(self) -> None:
         """Back-propagate pending losses, clip, step the optimiser and the clock."""
+        if self.uses_closure:
+            raise RuntimeError(
+                f"{type(self.optimizer).__name__} needs step_with_closure()"
+            )
         if self._pending:
             total = torch.stack(self._pending).sum()
             self._pending = []
@@ -179,6 +274,46 @@ class Optimization:
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        self.schedule.step_optimizer()
+
+    def step_with_closure(self, run_forward: Callable[[], None]) -> None:
+        """One optimiser step of a closure optimiser (L-BFGS).
+
+        The closure handed to the optimiser zeroes the gradients, calls
+        ``run_forward`` (which re-runs the rollout and passes each optimised
+        step's loss to ``accumulate_loss``), back-propagates their sum and
+        returns it (averaged over ranks). The optimiser may call it several
+        times; the clock and the learning-rate schedule advance once.
+        ``last_closure_evaluations`` counts the calls.
+
+        Args:
+            run_forward: the forward pass; may raise to abort the step (the
+                weights are then unchanged if it raised on the first call).
+        """
+        self.last_closure_evaluations = 0
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=False)
+            self._pending = []
+            with torch.enable_grad():
+                run_forward()
+                if not self._pending:
+                    raise RuntimeError("the forward pass produced no loss")
+                total = torch.stack(self._pending).sum()
+                self._pending = []
+                total.backward()
+            self.last_closure_evaluations += 1
+            loss = total.detach()
+            if self._mean_over_ranks is not None:
+                loss = self._mean_over_ranks(loss)
+            return loss
+
+        try:
+            self.optimizer.step(closure)  # type: ignore[arg-type]
+        finally:
+            self._pending = []
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         self.schedule.step_optimizer()

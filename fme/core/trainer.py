@@ -131,6 +131,7 @@ class Trainer:
         self.best_value = float("inf")
         self._epoch_metrics = MeanAggregator()
         self._resume_sampler_state: dict[str, int] | None = None
+        self._batches_done = 0
 
     @property
     def latest_checkpoint_path(self) -> Path:
@@ -189,18 +190,22 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train on the rest of this epoch; False if ``max_steps`` stopped it."""
         self.train_data.set_epoch(self.epoch)
-        self.train_data.sampler.load_state_dict(self._sampler_position)
+        position = self._sampler_position
+        self.train_data.sampler.load_state_dict(position)
+        # counted here, not read from the sampler: loader workers prefetch indices
+        self._batches_done = position["batches_done"]
         self._resume_sampler_state = None
         start = time.perf_counter()
         n_samples = 0
         progress = self._progress_bar()
         for batch in self.train_data.loader:
-            batch_index = self.train_data.sampler.state_dict()["batches_done"]
+            batch_index = self._batches_done
             out = self.trainable.train_on_batch(
                 batch,
                 self.optimization,
                 where=f"epoch {self.epoch}, batch {batch_index}",
             )
+            self._batches_done += 1
             n = _batch_size(batch) * self.dist.world_size
             n_samples += n
             self._epoch_metrics.record_all(out.metrics, count=n)
@@ -221,9 +226,7 @@ class Trainer:
             if self.max_steps is not None and step >= self.max_steps:
                 if progress is not None:
                     progress.close()
-                return self.train_data.sampler.state_dict()["batches_done"] >= (
-                    self.train_data.n_batches
-                )
+                return self._batches_done >= self.train_data.n_batches
         if progress is not None:
             progress.close()
         return True
@@ -242,7 +245,7 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        done = self.train_data.sampler.state_dict()["batches_done"]
+        done = self._batches_done
         return tqdm(
             total=self.train_data.n_batches,
             initial=done,
@@ -262,8 +265,8 @@ class Trainer:
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue training exactly."""
-        sampler_state = self.train_data.sampler.state_dict()
-        if sampler_state["batches_done"] >= self.train_data.n_batches:
+        sampler_state = {"epoch": self.epoch, "batches_done": self._batches_done}
+        if self._batches_done >= self.train_data.n_batches:
             sampler_state = {"epoch": self.epoch, "batches_done": 0}
         return {
             "config": self.run_config,

@@ -131,6 +131,35 @@ def _write(ds: xr.Dataset, path: Path) -> None:
     ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
 
 
+def _write_stats(
+    variables: dict[str, tuple[np.ndarray, dict[str, str]]],
+    *,
+    n_times: int,
+    stats_dir: Path,
+) -> None:
+    """ACE's three statistics files, from the values as stored (float32).
+
+    Residuals ``x[t+1] - x[t]`` are taken within files (``n_times`` each).
+    """
+    means: dict[str, float] = {}
+    stds: dict[str, float] = {}
+    residual_stds: dict[str, float] = {}
+    for name, (field, _) in variables.items():
+        stored = field.astype(np.float32).astype(np.float64)
+        chunks = [stored[i : i + n_times] for i in range(0, len(stored), n_times)]
+        diffs = np.concatenate([np.diff(c, axis=0) for c in chunks])
+        means[name] = float(stored.mean())
+        stds[name] = float(stored.std())
+        residual_stds[name] = float(diffs.std()) if diffs.size else stds[name]
+    for file_name, scalars in [
+        ("centering.nc", means),
+        ("scaling-full-field.nc", stds),
+        ("scaling-residual.nc", residual_stds),
+    ]:
+        data_vars = {n: ((), v) for n, v in scalars.items()}
+        _write(xr.Dataset(data_vars), stats_dir / file_name)
+
+
 def write_ace_format_dataset(
     out_dir: Path,
     *,
@@ -192,31 +221,7 @@ def write_ace_format_dataset(
         )
         _write(ds, data_dir / f"data_{j:03d}.nc")
 
-    stored = {
-        name: v.astype(np.float32).astype(np.float64)
-        for name, (v, _) in variables.items()
-    }
-    residual = {
-        name: np.concatenate(
-            [
-                np.diff(v[j * n_times : (j + 1) * n_times], axis=0)
-                for j in range(n_files)
-            ]
-        )
-        for name, v in stored.items()
-    }
-    paths = {
-        "centering.nc": {n: v.mean() for n, v in stored.items()},
-        "scaling-full-field.nc": {n: v.std() for n, v in stored.items()},
-        "scaling-residual.nc": {
-            n: v.std() if v.size else stored[n].std() for n, v in residual.items()
-        },
-    }
-    for file_name, values in paths.items():
-        _write(
-            xr.Dataset({n: ((), float(v)) for n, v in values.items()}),
-            stats_dir / file_name,
-        )
+    _write_stats(variables, n_times=n_times, stats_dir=stats_dir)
     prognostic = ["PRESsfc"]
     prognostic += [f"air_temperature_{k}" for k in range(n_levels)]
     prognostic += [f"specific_total_water_{k}" for k in range(n_levels)]

@@ -16,6 +16,7 @@ from fme.ace.step.registry import StepSelector
 from fme.ace.step.single_module import SingleModuleStep
 from fme.ace.step.step import StepOutput
 from fme.core.config_loading import from_dict_strict, to_dict
+from fme.core.lora import load_state_with_adapters, plain_state_dict
 from fme.core.normalizer import StandardNormalizer
 from fme.core.tensors import TensorDict, TensorMapping
 
@@ -178,15 +179,30 @@ class Stepper:
         module = self.step.module
         return getattr(module, "module", module)
 
-    def load_weights(self, state: dict[str, Any]) -> None:
-        """Load network weights from ``get_state()`` output."""
-        self.base_module.load_state_dict(state["module"])
+    def load_weights(
+        self,
+        state: dict[str, Any],
+        *,
+        adapters: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Load network weights from ``get_state()`` output.
+
+        Args:
+            state: ``get_state()`` output.
+            adapters: LoRA base weights and adapters (``fme.core.lora.
+                adapter_state_dict``) when the network carries adapters.
+        """
+        load_state_with_adapters(self.base_module, state["module"], adapters)
 
     def get_state(self) -> dict[str, Any]:
-        """Plain-data state: config, weights, normalisation, grid."""
+        """Plain-data state: config, weights, normalisation, grid.
+
+        LoRA adapters, if any, are merged into the saved weights, so the
+        state loads into the network as configured, without LoRA.
+        """
         return {
             "config": to_dict(self.config),
-            "module": self.base_module.state_dict(),
+            "module": plain_state_dict(self.base_module),
             "normalizer": self.step.normalizer.get_state(),
             "loss_normalizer": self.loss_normalizer.get_state(),
             "dataset_info": dataset_info_to_state(self.dataset_info),

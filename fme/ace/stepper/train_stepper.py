@@ -23,6 +23,7 @@ from fme.core.loss import (
     StepOutputLossResult,
 )
 from fme.core.loss_scaling import LossScalingConfig
+from fme.core.lora import LoRAConfig, adapter_state_dict, has_lora
 from fme.core.loss_weight_schedule import (
     LossWeightScheduleConfig,
     LossWeightSchedules,
@@ -30,6 +31,7 @@ from fme.core.loss_weight_schedule import (
 )
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.optimization import Optimization
+from fme.core.parameter_init import ParameterInitConfig
 from fme.core.tensors import TensorDict
 
 _NONFINITE_POLICIES = ("raise", "skip_batch")
@@ -79,6 +81,10 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite."""
 
 
+class _SkipBatch(Exception):
+    """The first loss evaluation of a closure step was not finite (skip policy)."""
+
+
 @dataclasses.dataclass
 class TrainStepperConfig:
     """ACE's ``stepper_training`` section.
@@ -101,6 +107,14 @@ class TrainStepperConfig:
             loss before its mean, per term: ``{main: [{type: area}, ...],
             corrector_regularization: [...]}``; see ``fme.core.loss_scaling``.
             Order inside a term: per-point loss -> scaling -> mean -> term weight.
+        parameter_init: start from a checkpoint's weights (``weights_path``,
+            ``exclude_parameters``) and freeze parameters
+            (``frozen_parameters``); applied by the training entry point when a
+            run starts. See ``fme.core.parameter_init``.
+        lora: low-rank adapters (``rank``, ``alpha``, ``target_modules``,
+            ``trainable_parameters``); base weights are frozen and adapters are
+            merged into them at the end of training (of each phase). See
+            ``fme.core.lora``.
     """
 
     loss: StepLossConfig = dataclasses.field(default_factory=StepLossConfig)
@@ -115,6 +129,10 @@ class TrainStepperConfig:
     loss_scaling: dict[str, list[LossScalingConfig]] = dataclasses.field(
         default_factory=dict
     )
+    parameter_init: ParameterInitConfig = dataclasses.field(
+        default_factory=ParameterInitConfig
+    )
+    lora: LoRAConfig | None = None
 
     def __post_init__(self):
         scalable = [MAIN_TERM, REGULARIZATION_TERM]
@@ -326,22 +344,78 @@ class TrainStepper:
         """
         n_steps = self._sample_n_forward_steps()
         weights = self.loss_weights.weights()
-        outputs = self._run(
-            batch,
-            n_steps=n_steps,
-            optimization=optimization,
-            term_weights=weights,
-            where=where,
-        )
+        if optimization.uses_closure:
+            outputs = self._step_with_closure(
+                batch,
+                n_steps=n_steps,
+                optimization=optimization,
+                term_weights=weights,
+                where=where,
+            )
+        else:
+            outputs = self._run(
+                batch,
+                n_steps=n_steps,
+                optimization=optimization,
+                term_weights=weights,
+                where=where,
+            )
+            if outputs is not None:
+                optimization.step_weights()
         if outputs is None:
             optimization.discard()
             return TrainOutput({"skipped_batches": 1.0}, n_steps, skipped=True)
         metrics, term_losses = outputs
-        optimization.step_weights()
         self.loss_weights.step_optimizer(term_losses)
         metrics.update({f"loss_weight/{k}": float(v) for k, v in weights.items()})
         metrics["skipped_batches"] = 0.0
         return TrainOutput(metrics, n_steps)
+
+    def _step_with_closure(
+        self,
+        batch: BatchData,
+        *,
+        n_steps: int,
+        optimization: Optimization,
+        term_weights: dict[str, float],
+        where: str,
+    ) -> tuple[dict[str, float], dict[str, float]] | None:
+        """One L-BFGS step: the rollout and loss re-run in every evaluation.
+
+        Metrics and the losses reported to adaptive loss weights come from the
+        first evaluation (the weights before the step), like for other
+        optimisers; the term weights stay fixed within the step.
+        """
+        first: list[tuple[dict[str, float], dict[str, float]]] = []
+
+        def run_forward() -> None:
+            evaluation = f"L-BFGS evaluation {optimization.last_closure_evaluations}"
+            outputs = self._run(
+                batch,
+                n_steps=n_steps,
+                optimization=optimization,
+                term_weights=term_weights,
+                where=f"{where}, {evaluation}" if where else evaluation,
+            )
+            if outputs is None:
+                if not first:
+                    raise _SkipBatch()
+                raise NonFiniteLossError(
+                    f"a loss became non-finite in {evaluation} of a line search"
+                    f"{', ' + where if where else ''}; the weights moved within "
+                    "this step, so the batch cannot be skipped; lower "
+                    "optimization.lr or keep line_search_fn: strong_wolfe"
+                )
+            if not first:
+                first.append(outputs)
+
+        try:
+            optimization.step_with_closure(run_forward)
+        except _SkipBatch:
+            return None
+        metrics, term_losses = first[0]
+        metrics["closure_evaluations"] = float(optimization.last_closure_evaluations)
+        return metrics, term_losses
 
     @torch.no_grad()
     def validate_on_batch(self, batch: BatchData) -> TrainOutput:
@@ -492,16 +566,23 @@ class TrainStepper:
             )
 
     def get_state(self) -> dict[str, Any]:
-        """The stepper, loss-weight schedules and the rollout-length sampler."""
-        return {
+        """The stepper, loss-weight schedules and the rollout-length sampler.
+
+        With LoRA adapters the stepper's weights are saved merged (for
+        inference) and ``lora`` holds the base weights and adapters (to resume).
+        """
+        state = {
             "stepper": self.stepper.get_state(),
             "loss_weights": self.loss_weights.state_dict(),
             "rng": self._rng.bit_generator.state,
         }
+        if has_lora(self.stepper.base_module):
+            state["lora"] = adapter_state_dict(self.stepper.base_module)
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore ``get_state()`` output (weights into the existing network)."""
-        self.stepper.load_weights(state["stepper"])
+        self.stepper.load_weights(state["stepper"], adapters=state.get("lora"))
         self.loss_weights.load_state_dict(state["loss_weights"])
         self._rng.bit_generator.state = state["rng"]
 

@@ -14,7 +14,7 @@ from fme.ace.data.netcdf_dataset import (
     XarrayDataConfig,
     XarrayDataset,
 )
-from fme.core.config_loading import ConfigError, from_dict_strict
+from fme.core.config_loading import ConfigError, from_dict_strict, to_dict
 
 N_LAT, N_LON = 3, 4
 LAT = np.array([-45.0, 0.0, 45.0])
@@ -235,6 +235,18 @@ def test_config_loads_strictly_with_either_subset():
     assert loaded == TimeSlice(start_time="2000-01-01")
     with pytest.raises(ConfigError, match="unknown_key"):
         from_dict_strict(DataLoaderConfig, {**base, "unknown_key": 1})
+
+
+@pytest.mark.parametrize(
+    "subset", [Slice(), Slice(start=1, stop=5), TimeSlice(), TimeSlice(step=3)]
+)
+def test_config_round_trips_through_a_dict(subset):
+    config = DataLoaderConfig(
+        dataset=XarrayDataConfig(data_path="/x", subset=subset, allow_nans=True),
+        batch_size=8,
+        num_data_workers=2,
+    )
+    assert from_dict_strict(DataLoaderConfig, to_dict(config)) == config
 
 
 def test_missing_path_and_unmatched_pattern_raise(tmp_path):

@@ -265,6 +265,16 @@ def test_unknown_preset_and_invalid_preset_raise(tmp_path):
             n_times=4,
             solver_dt_seconds=7000.0,
         )
+    with pytest.raises(ValueError, match="solver_dt_seconds"):
+        ShallowWaterPreset(
+            nlat=8,
+            nlon=16,
+            lmax=6,
+            n_train=1,
+            n_validation=0,
+            n_times=4,
+            solver_dt_seconds=0.0,
+        )
     with pytest.raises(ValueError, match="lmax"):
         ShallowWaterPreset(
             nlat=8, nlon=16, lmax=9, n_train=1, n_validation=0, n_times=4

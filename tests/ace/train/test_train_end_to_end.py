@@ -42,10 +42,13 @@ def test_interrupted_mid_epoch_run_resumes_to_identical_result(data, tmp_path):
     assert any(not torch.equal(interrupted[k], resumed[k]) for k in full)
     for name, value in full.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6)
-    assert resumed_state["optimization"]["optimizer_steps"] == (
-        full_state["optimization"]["optimizer_steps"]
+    assert (
+        resumed_state["optimization"]["optimizer_steps"]
+        == (full_state["optimization"]["optimizer_steps"])
     )
-    epoch_records = [r for r in _records(full_dir / "metrics.jsonl") if "val/mean/loss" in r]
+    epoch_records = [
+        r for r in _records(full_dir / "metrics.jsonl") if "val/mean/loss" in r
+    ]
     resumed_records = [
         r for r in _records(split_dir / "metrics.jsonl") if "val/mean/loss" in r
     ]
@@ -68,7 +71,9 @@ def test_metrics_checkpoints_and_evaluation(data, tmp_path):
     )
     run_training(config)
     checkpoints = experiment_dir / "training_checkpoints"
-    assert (checkpoints / "ckpt.tar").is_file() and (checkpoints / "best_ckpt.tar").is_file()
+    assert (checkpoints / "ckpt.tar").is_file() and (
+        checkpoints / "best_ckpt.tar"
+    ).is_file()
     records = _records(experiment_dir / "metrics.jsonl")
     assert all("optimizer_step" in r and "epoch" in r for r in records)
     epoch = [r for r in records if "train/mean/loss" in r][-1]

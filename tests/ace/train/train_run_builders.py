@@ -18,14 +18,16 @@ def tiny_overrides(data: Path, experiment_dir: Path) -> list[str]:
     """Overrides shrinking the default config to a seconds-long run."""
     stats = data / "stats"
     step = "stepper.step.config"
+    network = f"{step}.normalization.network"
+    residual = f"{step}.normalization.residual"
     return [
         f"experiment_dir={experiment_dir}",
         f"train_loader.dataset.data_path={data / 'train'}",
         f"validation.loader.dataset.data_path={data / 'validation'}",
-        f"{step}.normalization.network.global_means_path={stats / 'centering.nc'}",
-        f"{step}.normalization.network.global_stds_path={stats / 'scaling-full-field.nc'}",
-        f"{step}.normalization.residual.global_means_path={stats / 'centering.nc'}",
-        f"{step}.normalization.residual.global_stds_path={stats / 'scaling-residual.nc'}",
+        f"{network}.global_means_path={stats / 'centering.nc'}",
+        f"{network}.global_stds_path={stats / 'scaling-full-field.nc'}",
+        f"{residual}.global_means_path={stats / 'centering.nc'}",
+        f"{residual}.global_stds_path={stats / 'scaling-residual.nc'}",
         f"{step}.builder.config.embed_dim=8",
         f"{step}.builder.config.num_layers=1",
         "train_loader.batch_size=4",
@@ -39,4 +41,6 @@ def tiny_overrides(data: Path, experiment_dir: Path) -> list[str]:
 
 def tiny_config(data: Path, experiment_dir: Path, extra: list[str] = ()) -> TrainConfig:
     """The default config on tiny data, with ``extra`` overrides."""
-    return load_train_config(DEFAULT_CONFIG, tiny_overrides(data, experiment_dir) + list(extra))
+    return load_train_config(
+        DEFAULT_CONFIG, tiny_overrides(data, experiment_dir) + list(extra)
+    )

@@ -1,0 +1,110 @@
+"""``torchrun --nproc_per_node 2`` training equals one process and resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+from train_run_builders import tiny_config, tiny_data
+
+from fme.core.checkpoint import load_checkpoint
+from fme.core.config_loading import to_dict
+
+
+def _write_config(path, config):
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return path
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=600, **kwargs
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _torchrun(config_path, *overrides):
+    return _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fme.ace.train",
+            str(config_path),
+            "--override",
+            *overrides,
+        ]
+    )
+
+
+def _weights(experiment_dir):
+    state = load_checkpoint(experiment_dir / "training_checkpoints" / "ckpt.tar")
+    return state["trainable"]["stepper"]["module"], state
+
+
+def test_torchrun_two_processes_equal_one_process_and_resume(tmp_path):
+    data = tiny_data(tmp_path)
+    extra = ["max_steps=2", "train_loader.num_data_workers=0"]
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
+    single = _write_config(
+        tmp_path / "single.yaml", tiny_config(data, single_dir, extra)
+    )
+    multi = _write_config(tmp_path / "multi.yaml", tiny_config(data, multi_dir, extra))
+    _run([sys.executable, "-m", "fme.ace.train", str(single)])
+    _torchrun(multi)
+    one, one_state = _weights(single_dir)
+    two, two_state = _weights(multi_dir)
+    assert two_state["optimization"]["optimizer_steps"] == 2
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5)
+    # rank 0 alone wrote one metrics file and one checkpoint directory
+    records = [
+        json.loads(line)
+        for line in (multi_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["optimizer_step"] for r in records if "batch_loss" in r] == [2]
+    assert sorted(p.name for p in (multi_dir / "training_checkpoints").iterdir()) == [
+        "ckpt.tar"
+    ]
+    # resume under torchrun: two more steps continue the clock and the sampler
+    _torchrun(multi, "max_steps=4")
+    _, resumed = _weights(multi_dir)
+    assert resumed["optimization"]["optimizer_steps"] == 4
+    assert resumed["trainer"]["sampler"]["batches_done"] == 4
+
+
+def test_torchrun_nonfinite_loss_ends_all_ranks_with_the_error(tmp_path):
+    data = tiny_data(tmp_path)
+    config = tiny_config(data, tmp_path / "nan", ["stepper_training.loss.type=NaN"])
+    path = _write_config(tmp_path / "nan.yaml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fme.ace.train",
+            str(path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "loss term 'main' is not finite at rollout step 0, epoch 0, batch 0" in (
+        result.stdout + result.stderr
+    )
+    assert not (tmp_path / "nan" / "training_checkpoints" / "ckpt.tar").exists()

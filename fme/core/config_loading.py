@@ -1,6 +1,8 @@
 """Strict loading of dataclass configs from YAML with dotted overrides."""
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +33,7 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
         raise ConfigError(
             f"{path}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
         )
+    _check_unknown_keys(cls, data, path)
     try:
         return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
     except dacite.UnexpectedDataError as err:
@@ -52,6 +55,47 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _dataclass_options(tp: Any) -> list[type]:
+    """The dataclasses a field type may hold directly (``X``, ``X | None``)."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return [tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return []
+
+
+def _check_unknown_keys(cls: type, data: Any, path: str) -> None:
+    """Reject unknown keys anywhere below ``cls``, naming the full key path."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(k for k in data if k not in fields)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"allowed keys here: {sorted(fields)}"
+        )
+    for name, value in data.items():
+        field_type = hints[name]
+        options = _dataclass_options(field_type)
+        if len(options) == 1:
+            _check_unknown_keys(options[0], value, f"{path}.{name}")
+            continue
+        origin = typing.get_origin(field_type)
+        args = typing.get_args(field_type)
+        if origin is list and args and isinstance(value, list):
+            inner = _dataclass_options(args[0])
+            if len(inner) == 1:
+                for i, item in enumerate(value):
+                    _check_unknown_keys(inner[0], item, f"{path}.{name}[{i}]")
+        elif origin is dict and len(args) == 2 and isinstance(value, dict):
+            inner = _dataclass_options(args[1])
+            if len(inner) == 1:
+                for key, item in value.items():
+                    _check_unknown_keys(inner[0], item, f"{path}.{name}.{key}")
 
 
 def _type_name(tp: Any) -> str:

@@ -60,6 +60,24 @@ class FrozenParameterConfig:
             if matches_any(n, self.include) and not matches_any(n, self.exclude)
         ]
 
+    def check(self, names: list[str]) -> list[str]:
+        """The frozen names among a network's parameter ``names``, validated.
+
+        Raises:
+            ValueError: if a pattern matches no parameter, or if every
+                parameter would be frozen.
+        """
+        check_all_patterns_match(self.include, names, field=f"{_FIELD}.include")
+        check_all_patterns_match(self.exclude, names, field=f"{_FIELD}.exclude")
+        frozen = self.frozen_names(names)
+        if names and len(frozen) == len(names):
+            raise ValueError(
+                f"{_FIELD} freezes every parameter (include {self.include}, "
+                f"exclude {self.exclude}), so nothing would train; add "
+                "patterns to frozen_parameters.exclude or narrow include"
+            )
+        return frozen
+
     def apply(self, module: nn.Module) -> list[str]:
         """Set ``requires_grad = False`` on the frozen parameters of ``module``.
 
@@ -70,20 +88,10 @@ class FrozenParameterConfig:
             The names of the frozen parameters.
 
         Raises:
-            ValueError: if a pattern matches no parameter, or if every
-                parameter of ``module`` would be frozen.
+            ValueError: as ``check``.
         """
         named = dict(module.named_parameters())
-        names = list(named)
-        check_all_patterns_match(self.include, names, field=f"{_FIELD}.include")
-        check_all_patterns_match(self.exclude, names, field=f"{_FIELD}.exclude")
-        frozen = self.frozen_names(names)
-        if names and len(frozen) == len(names):
-            raise ValueError(
-                f"{_FIELD} freezes every parameter (include {self.include}, "
-                f"exclude {self.exclude}), so nothing would train; add "
-                "patterns to frozen_parameters.exclude or narrow include"
-            )
+        frozen = self.check(list(named))
         for name in frozen:
             named[name].requires_grad_(False)
         return frozen

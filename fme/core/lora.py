@@ -170,36 +170,28 @@ def _adaptable(
     return None
 
 
-def apply_lora(
+def select_lora_targets(
     module: nn.Module,
     config: LoRAConfig,
     *,
     layouts: Mapping[type[nn.Module], AdaptableWeight] | None = None,
-) -> list[str]:
-    """Add adapters to the targeted layers of ``module`` and freeze its base.
-
-    Apply before wrapping ``module`` for data parallelism.
+) -> list[tuple[str, nn.Module, AdaptableWeight]]:
+    """The layers ``config`` adapts, as ``(name, module, adaptable weight)``.
 
     Args:
         module: the network (not wrapped for DDP).
         config: the LoRA config.
         layouts: adaptable module types; defaults to ``DEFAULT_LAYOUTS``.
 
-    Returns:
-        The names of the adapted modules.
-
     Raises:
         ValueError: if a pattern selects no adaptable layer, a targeted
-            convolution is not 1x1, the module already has adapters, or a
-            ``trainable_parameters`` pattern matches no parameter.
+            convolution is not 1x1, or a ``trainable_parameters`` pattern
+            matches no parameter.
     """
-    if has_lora(module):
-        raise ValueError("the network already has LoRA adapters; merge them first")
     layouts = DEFAULT_LAYOUTS if layouts is None else layouts
-    param_names = [n for n, _ in module.named_parameters()]
     check_all_patterns_match(
         config.trainable_parameters,
-        param_names,
+        [n for n, _ in module.named_parameters()],
         field=f"{_FIELD}.trainable_parameters",
     )
     targets: list[tuple[str, nn.Module, AdaptableWeight]] = []
@@ -218,19 +210,49 @@ def apply_lora(
                 "narrow the patterns"
             )
         targets.append((name, sub, adaptable))
-    adaptable_names = [
-        n for n, m in module.named_modules() if n and _adaptable(m, layouts)
-    ]
     empty = [
         p
         for p in config.target_modules
         if not any(matches_any(name, [p]) for name, _, _ in targets)
     ]
     if empty:
+        adaptable_names = [
+            n for n, m in module.named_modules() if n and _adaptable(m, layouts)
+        ]
         raise ValueError(
             f"{_FIELD}.target_modules pattern(s) {empty} select no adaptable "
             f"layer; adaptable layers of this network: {adaptable_names}"
         )
+    return targets
+
+
+def apply_lora(
+    module: nn.Module,
+    config: LoRAConfig,
+    *,
+    layouts: Mapping[type[nn.Module], AdaptableWeight] | None = None,
+) -> list[str]:
+    """Add adapters to the targeted layers of ``module`` and freeze its base.
+
+    Every base parameter not matched by ``config.trainable_parameters`` is
+    frozen (including those frozen already). Apply before wrapping ``module``
+    for data parallelism.
+
+    Args:
+        module: the network (not wrapped for DDP).
+        config: the LoRA config.
+        layouts: adaptable module types; defaults to ``DEFAULT_LAYOUTS``.
+
+    Returns:
+        The names of the adapted modules.
+
+    Raises:
+        ValueError: as ``select_lora_targets``, or if the module already has
+            adapters.
+    """
+    if has_lora(module):
+        raise ValueError("the network already has LoRA adapters; merge them first")
+    targets = select_lora_targets(module, config, layouts=layouts)
     for name, parameter in module.named_parameters():
         if not matches_any(name, config.trainable_parameters):
             parameter.requires_grad_(False)

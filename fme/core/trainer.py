@@ -81,7 +81,7 @@ class Trainer:
         dist: the distributed context (rank 0 writes files).
         logger: where metrics go.
         checkpoint_dir: where ``ckpt.tar`` and ``best_ckpt.tar`` live.
-        max_epochs: stop after this many epochs.
+        max_epochs: stop when the epoch count reaches this (None: no limit).
         max_steps: also stop after this many optimiser steps (None: no limit);
             the run can be resumed later with a larger limit.
         save_checkpoint: write checkpoints at all.
@@ -91,6 +91,9 @@ class Trainer:
         batch_log_interval: log ``batch_`` metrics every this many steps.
         end_of_epoch: called after validation with the epoch; returns extra
             metrics (e.g. inline inference) to log with the epoch summary.
+        start_epoch: the epoch count to start from (a later training phase).
+        phase: plain data stored in every checkpoint under ``phase`` (which
+            training phase this is), or None.
     """
 
     def __init__(
@@ -103,7 +106,7 @@ class Trainer:
         dist: DistributedContext,
         logger: MetricsLogger,
         checkpoint_dir: Path,
-        max_epochs: int,
+        max_epochs: int | None,
         max_steps: int | None = None,
         save_checkpoint: bool = True,
         checkpoint_every_n_steps: int | None = None,
@@ -111,6 +114,8 @@ class Trainer:
         best_metric: str = "val/mean/loss",
         batch_log_interval: int = 10,
         end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+        start_epoch: int = 0,
+        phase: dict[str, Any] | None = None,
     ):
         self.trainable = trainable
         self.optimization = optimization
@@ -127,7 +132,8 @@ class Trainer:
         self.best_metric = best_metric
         self.batch_log_interval = batch_log_interval
         self.end_of_epoch = end_of_epoch
-        self.epoch = 0
+        self.phase = phase
+        self.epoch = start_epoch
         self.best_value = float("inf")
         self._epoch_metrics = MeanAggregator()
         self._resume_sampler_state: dict[str, int] | None = None
@@ -139,14 +145,30 @@ class Trainer:
         return self.checkpoint_dir / LATEST_CHECKPOINT
 
     def _done(self) -> bool:
-        return self.epoch >= self.max_epochs or (
+        return (self.max_epochs is not None and self.epoch >= self.max_epochs) or (
             self.max_steps is not None
             and self.optimization.optimizer_steps >= self.max_steps
         )
 
-    def train(self) -> None:
-        """Train until ``max_epochs`` or ``max_steps``, resuming from a checkpoint."""
-        if self.latest_checkpoint_path.is_file():
+    @property
+    def next_phase_epoch(self) -> int:
+        """The epoch a following training phase starts at.
+
+        The current epoch count, plus one if the current epoch is partly done
+        (a phase that ended on ``max_steps`` mid-epoch).
+        """
+        position = self._resume_sampler_state or {"batches_done": self._batches_done}
+        partly_done = 0 < position["batches_done"] < self.train_data.n_batches
+        return self.epoch + (1 if partly_done else 0)
+
+    def train(self, *, resume: bool = True) -> None:
+        """Train until ``max_epochs`` or ``max_steps``.
+
+        Args:
+            resume: continue from ``ckpt.tar`` if it exists (False when a new
+                training phase starts from the weights already loaded).
+        """
+        if resume and self.latest_checkpoint_path.is_file():
             self.resume(self.latest_checkpoint_path)
         while not self._done():
             finished_epoch = self._train_epoch()
@@ -246,10 +268,11 @@ class Trainer:
         from tqdm import tqdm
 
         done = self._batches_done
+        of_total = f"/{self.max_epochs}" if self.max_epochs is not None else ""
         return tqdm(
             total=self.train_data.n_batches,
             initial=done,
-            desc=f"epoch {self.epoch + 1}/{self.max_epochs}",
+            desc=f"epoch {self.epoch + 1}{of_total}",
             leave=False,
         )
 
@@ -268,7 +291,7 @@ class Trainer:
         sampler_state = {"epoch": self.epoch, "batches_done": self._batches_done}
         if self._batches_done >= self.train_data.n_batches:
             sampler_state = {"epoch": self.epoch, "batches_done": 0}
-        return {
+        state: dict[str, Any] = {
             "config": self.run_config,
             "trainable": self.trainable.get_state(),
             "optimization": self.optimization.get_state(),
@@ -280,6 +303,18 @@ class Trainer:
                 "rng": get_rng_state(),
             },
         }
+        if self.phase is not None:
+            state["phase"] = self.phase
+        return state
+
+    def save_as(self, name: str) -> None:
+        """Write the current state to ``checkpoint_dir/name`` (e.g. a phase's end)."""
+        if not self.save_checkpoints:
+            return
+        state = self.get_state()
+        if self.dist.is_root:
+            save_checkpoint(state, self.checkpoint_dir / name)
+        self.dist.barrier()
 
     def _save(self, *, best: bool) -> None:
         if not self.save_checkpoints:
@@ -294,6 +329,13 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue from checkpoint ``path``."""
         state = load_checkpoint(path)
+        if "optimization" not in state:
+            raise ValueError(
+                f"checkpoint {str(path)!r} (migrated from format "
+                f"{state.get('migrated_from_format', '?')}) has no optimiser state "
+                "and cannot be resumed; start a new experiment_dir and fine-tune "
+                "from it with stepper_training.parameter_init.weights_path"
+            )
         self.trainable.load_state(state["trainable"])
         self.optimization.load_state(state["optimization"])
         trainer_state = state["trainer"]

@@ -62,3 +62,23 @@ def test_overrides_parse_yaml_values():
 def test_load_yaml_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+@dataclasses.dataclass
+class Holder:
+    items: list[Inner] = dataclasses.field(default_factory=list)
+    named: dict[str, Inner] = dataclasses.field(default_factory=dict)
+    maybe: Inner | None = None
+
+
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        ({"items": [{"value": 1}, {"valu": 2}]}, r"config.items\[1\]"),
+        ({"named": {"x": {"vale": 2}}}, r"config.named.x"),
+        ({"maybe": {"v": 2}}, r"config.maybe"),
+    ],
+)
+def test_unknown_nested_key_names_full_path(data, path):
+    with pytest.raises(ConfigError, match=path + r": unknown key\(s\) .*\['value'\]"):
+        from_dict_strict(Holder, data)

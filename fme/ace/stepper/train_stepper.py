@@ -15,7 +15,9 @@ from fme.ace.step.step import StepOutput
 from fme.ace.stepper.stepper import Stepper
 from fme.core.corrector.loss import CorrectorLossConfig, build_step_output_loss
 from fme.core.distributed import DistributedContext
+from fme.core.lora import LoRAConfig, adapter_state_dict, has_lora
 from fme.core.loss import (
+    GLOBAL_MEAN_TERM,
     MAIN_TERM,
     REGULARIZATION_TERM,
     StepLossConfig,
@@ -23,11 +25,11 @@ from fme.core.loss import (
     StepOutputLossResult,
 )
 from fme.core.loss_scaling import LossScalingConfig
-from fme.core.lora import LoRAConfig, adapter_state_dict, has_lora
 from fme.core.loss_weight_schedule import (
     LossWeightScheduleConfig,
     LossWeightSchedules,
     build_loss_weight_schedules,
+    check_loss_weight_schedule_terms,
 )
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.optimization import Optimization
@@ -135,6 +137,9 @@ class TrainStepperConfig:
     lora: LoRAConfig | None = None
 
     def __post_init__(self):
+        check_loss_weight_schedule_terms(
+            self.loss_weight_schedules, term_names=self.loss_term_names
+        )
         scalable = [MAIN_TERM, REGULARIZATION_TERM]
         unknown = [t for t in self.loss_scaling if t not in scalable]
         if unknown:
@@ -176,6 +181,16 @@ class TrainStepperConfig:
                 f"stepper_training.on_nonfinite_loss {self.on_nonfinite_loss!r} "
                 f"is unknown; allowed: {list(_NONFINITE_POLICIES)}"
             )
+
+    @property
+    def loss_term_names(self) -> list[str]:
+        """The named terms this configuration's total loss is made of."""
+        names = [MAIN_TERM]
+        if self.loss.global_mean_type is not None:
+            names.append(GLOBAL_MEAN_TERM)
+        if self.corrector_loss is not None and self.corrector_loss.regularization:
+            names.append(REGULARIZATION_TERM)
+        return names
 
     @property
     def max_forward_steps(self) -> int:

@@ -8,6 +8,7 @@ from fme.ace.data.loader import DataLoaderConfig
 from fme.ace.inference.inline import InlineInferenceConfig
 from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
+from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
 from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
 from fme.core.metrics_logger import LoggingConfig
 from fme.core.optimization import OptimizationConfig
@@ -36,12 +37,14 @@ class TrainConfig:
         stepper: the model.
         optimization: optimiser, learning rate and its schedule.
         stepper_training: losses and rollout settings.
-        max_epochs: number of epochs.
+        max_epochs: number of epochs (without ``phases``; with ``phases`` each
+            phase sets its own and this must stay at its default).
         validation: validation data, evaluated after every epoch.
         seed: seeds weights, data order and noise.
         save_checkpoint: write checkpoints.
         logging: where metrics and messages go.
-        max_steps: stop after this many optimiser steps (resumable later).
+        max_steps: stop after this many optimiser steps (resumable later); with
+            ``phases`` counted over the whole run.
         checkpoint_every_n_steps: also checkpoint mid-epoch this often.
         best_checkpoint_metric: validation metric choosing ``best_ckpt.tar``;
             ``val/mean/main_loss`` ignores regularisation terms and weights.
@@ -49,6 +52,10 @@ class TrainConfig:
             CUDA, ``gloo`` otherwise.
         inference: a short rollout scored every few epochs (``inference/...``
             metrics; usable as ``best_checkpoint_metric``).
+        phases: train in phases, in order, each with its own length,
+            optimisation, rollout length, loss-weight schedules, freezing and
+            LoRA (see ``fme.ace.train.phases``); null trains one phase of
+            ``max_epochs`` with the top-level settings.
     """
 
     experiment_dir: str
@@ -68,10 +75,17 @@ class TrainConfig:
     best_checkpoint_metric: str = "val/mean/loss"
     distributed_backend: str | None = None
     inference: InlineInferenceConfig | None = None
+    phases: list[PhaseConfig] | None = None
 
     def __post_init__(self):
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.phases is not None and self.max_epochs != 1:
+            raise ValueError(
+                "with phases, set max_epochs (or max_steps) in each phase and "
+                "remove the top-level max_epochs"
+            )
+        self.resolved_phases()  # inheritance errors surface at load
         for name in ("max_steps", "checkpoint_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -95,6 +109,15 @@ class TrainConfig:
                 "validation or inference metric, e.g. val/mean/loss or "
                 "val/mean/main_loss"
             )
+
+    def resolved_phases(self) -> list[ResolvedPhase]:
+        """The phases to train, with inherited settings filled in."""
+        return resolve_phases(
+            phases=self.phases,
+            optimization=self.optimization,
+            stepper_training=self.stepper_training,
+            max_epochs=self.max_epochs,
+        )
 
     @property
     def checkpoint_dir(self) -> Path:

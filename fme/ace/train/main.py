@@ -4,20 +4,31 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from fme.ace.data.loader import DataLoaderConfig, GriddedData, build_data_loader
 from fme.ace.inference.inline import InlineInference
+from fme.ace.stepper.parameter_init import initialize_stepper
+from fme.ace.stepper.stepper import Stepper
 from fme.ace.stepper.train_stepper import TrainStepper
 from fme.ace.train.config import TrainConfig, load_train_config
+from fme.ace.train.phases import (
+    PhaseProgress,
+    ResolvedPhase,
+    check_phase_network_settings,
+    finish_network,
+    prepare_network,
+)
+from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import ConfigError, to_dict
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
-from fme.core.parallelize import no_sync_context, wrap_data_parallel
+from fme.core.parallelize import no_sync_context
 from fme.core.rng_state import seed_everything
-from fme.core.trainer import Trainer
+from fme.core.trainer import LATEST_CHECKPOINT, Trainer
 
 
 def build_data(
@@ -60,36 +71,51 @@ class _DeviceData:
         self._data.set_epoch(epoch)
 
 
-def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
-    """Data, model, losses, optimiser and loop for ``config`` on this rank."""
-    seed_everything(config.seed)
-    experiment_dir = Path(config.experiment_dir)
-    step_config = config.stepper.step.step_config
-    names = step_config.all_names
-    n_timesteps = config.stepper_training.max_forward_steps + 1
-    train_data, validation_data = build_data(
-        config, names=names, n_timesteps=n_timesteps, dist=dist
+def _mean_over_ranks(dist: DistributedContext):
+    if not dist.is_distributed:
+        return None
+
+    def mean(value: torch.Tensor) -> torch.Tensor:
+        return dist.reduce_sum(value) / dist.world_size
+
+    return mean
+
+
+def _checkpoint_progress(config: TrainConfig) -> PhaseProgress | None:
+    """The phase progress of the run's latest checkpoint, or None (fresh run)."""
+    path = config.checkpoint_dir / LATEST_CHECKPOINT
+    if not path.is_file():
+        return None
+    return PhaseProgress.from_state(load_checkpoint(path).get("phase"))
+
+
+def build_phase_trainer(
+    config: TrainConfig,
+    phase: ResolvedPhase,
+    *,
+    stepper: Stepper,
+    data: tuple[GriddedData, GriddedData | None],
+    progress: PhaseProgress,
+    dist: DistributedContext,
+    logger: MetricsLogger,
+    end_of_epoch: InlineInference | None,
+) -> tuple[Trainer, TrainStepper]:
+    """The trainer of one phase: freezing/LoRA, DDP, losses, a new optimiser."""
+    prepare_network(stepper, phase, dist=dist)
+    train_stepper: TrainStepper = phase.stepper_training.build(
+        stepper, seed=config.seed + phase.index, dist=dist
     )
-    stepper = config.stepper.build(dataset_info=train_data.dataset_info)
-    stepper.step.module = wrap_data_parallel(stepper.step.module, dist)
-    train_stepper: TrainStepper = config.stepper_training.build(
-        stepper, seed=config.seed, dist=dist
+    optimization = phase.optimization.build(
+        stepper.step.module.parameters(),
+        no_sync=no_sync_context(stepper.step.module),
+        mean_over_ranks=_mean_over_ranks(dist),
     )
-    optimization = config.optimization.build(
-        stepper.step.module.parameters(), no_sync=no_sync_context(stepper.step.module)
+    optimization.optimizer_steps = progress.start_step
+    max_epochs, max_steps = progress.trainer_limits(
+        phase, run_max_steps=config.max_steps
     )
-    end_of_epoch = None
-    if config.inference is not None:
-        end_of_epoch = InlineInference(config.inference, stepper=stepper, dist=dist)
-    n_params = sum(p.numel() for p in optimization.parameters)
-    logging.info("training %d parameters", n_params)
-    logger = MetricsLogger(
-        config=config.logging,
-        experiment_dir=experiment_dir,
-        dist=dist,
-        run_config=to_dict(config),
-    )
-    return Trainer(
+    train_data, validation_data = data
+    trainer = Trainer(
         trainable=train_stepper,
         optimization=optimization,
         train_data=_DeviceData(train_data, dist.device),
@@ -99,15 +125,101 @@ def build_trainer(config: TrainConfig, dist: DistributedContext) -> Trainer:
         dist=dist,
         logger=logger,
         checkpoint_dir=config.checkpoint_dir,
-        max_epochs=config.max_epochs,
-        max_steps=config.max_steps,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
         save_checkpoint=config.save_checkpoint,
         checkpoint_every_n_steps=config.checkpoint_every_n_steps,
         run_config=to_dict(config),
         best_metric=config.best_checkpoint_metric,
         batch_log_interval=config.logging.batch_log_interval,
         end_of_epoch=end_of_epoch,
+        start_epoch=progress.start_epoch,
+        phase=progress.to_state(),
     )
+    return trainer, train_stepper
+
+
+def train_phases(
+    config: TrainConfig, dist: DistributedContext, logger: MetricsLogger
+) -> Trainer:
+    """Train ``config``'s phases in order, resuming in the checkpoint's phase.
+
+    A fresh run initialises the network from ``parameter_init.weights_path``
+    (if set); a resumed run takes every state from ``ckpt.tar``. Every
+    phase's settings are checked against the network before the first one
+    trains. Returns the last phase's trainer.
+    """
+    seed_everything(config.seed)
+    phases = config.resolved_phases()
+    resumed = _checkpoint_progress(config)
+    progress = resumed or PhaseProgress()
+    if progress.index >= len(phases):
+        raise ValueError(
+            f"the checkpoint in {config.checkpoint_dir} is from phase "
+            f"{progress.index}, but the config has {len(phases)} phase(s)"
+        )
+    names = config.stepper.step.step_config.all_names
+    data_cache: dict[int, tuple[GriddedData, GriddedData | None]] = {}
+
+    def data_for(phase: ResolvedPhase) -> tuple[GriddedData, GriddedData | None]:
+        n_timesteps = phase.stepper_training.max_forward_steps + 1
+        if n_timesteps not in data_cache:
+            data_cache.clear()
+            data_cache[n_timesteps] = build_data(
+                config, names=names, n_timesteps=n_timesteps, dist=dist
+            )
+        return data_cache[n_timesteps]
+
+    remaining = phases[progress.index :]
+    train_data, _ = data_for(remaining[0])
+    stepper = config.stepper.build(dataset_info=train_data.dataset_info)
+    if resumed is None:
+        initialize_stepper(stepper, config.stepper_training.parameter_init)
+    for phase in remaining:  # fail before training for any phase
+        phase.stepper_training.build(stepper, seed=config.seed, dist=dist)
+        check_phase_network_settings(stepper, phase)
+    end_of_epoch = None
+    if config.inference is not None:
+        end_of_epoch = InlineInference(config.inference, stepper=stepper, dist=dist)
+    carried_loss_weights: dict[str, Any] | None = None
+    trainer: Trainer | None = None
+    for phase in remaining:
+        if len(phases) > 1:
+            logging.info(
+                "%s of %d: from optimizer step %d, epoch %d",
+                phase.label,
+                len(phases),
+                progress.start_step,
+                progress.start_epoch,
+            )
+        trainer, train_stepper = build_phase_trainer(
+            config,
+            phase,
+            stepper=stepper,
+            data=data_for(phase),
+            progress=progress,
+            dist=dist,
+            logger=logger,
+            end_of_epoch=end_of_epoch,
+        )
+        if carried_loss_weights is not None and phase.carries_loss_weights:
+            train_stepper.loss_weights.load_state_dict(carried_loss_weights)
+        trainer.train(resume=resumed is not None and phase is remaining[0])
+        step = trainer.optimization.optimizer_steps
+        if not progress.phase_finished(phase, epoch=trainer.epoch, step=step):
+            break  # stopped by the run's max_steps; resumable
+        if finish_network(stepper):
+            logging.info("%s: merged LoRA adapters into the weights", phase.label)
+        if len(phases) > 1:
+            trainer.save_as(f"phase_{phase.index}.tar")
+        carried_loss_weights = train_stepper.loss_weights.state_dict()
+        progress = PhaseProgress(
+            index=phase.index + 1,
+            start_step=step,
+            start_epoch=trainer.next_phase_epoch,
+        )
+    assert trainer is not None
+    return trainer
 
 
 def _plot_training(trainer: Trainer, experiment_dir: Path) -> None:
@@ -137,13 +249,18 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
             experiment_dir.mkdir(parents=True, exist_ok=True)
             with (experiment_dir / "config.yaml").open("w") as f:
                 yaml.safe_dump(to_dict(config), f, sort_keys=False)
-        trainer = build_trainer(config, dist)
+        logger = MetricsLogger(
+            config=config.logging,
+            experiment_dir=experiment_dir,
+            dist=dist,
+            run_config=to_dict(config),
+        )
         try:
-            trainer.train()
+            trainer = train_phases(config, dist, logger)
             if dist.is_root:
                 _plot_training(trainer, experiment_dir)
         finally:
-            trainer.logger.finish()
+            logger.finish()
         if dist.is_root:
             logging.info(
                 "checkpoints in %s, metrics in %s",

@@ -119,15 +119,15 @@ class LowRankUpdate(nn.Module):
         self.rank = rank
         self.scale = scale
         self.shape = tuple(weight.shape)
-        like = {"dtype": weight.dtype, "device": weight.device}
+        dtype, device = weight.dtype, weight.device
         if layout == OUT_IN:
             if weight.dim() < 2 or any(s != 1 for s in weight.shape[2:]):
                 raise ValueError(
                     f"an out_in weight must be [out, in, 1, ...], got {self.shape}"
                 )
             n_out, n_in = weight.shape[0], weight.shape[1]
-            a = torch.randn(rank, n_in, **like) / math.sqrt(n_in)
-            b = torch.zeros(n_out, rank, **like)
+            a_shape, b_shape = [rank, n_in], [n_out, rank]
+            a_std = 1.0 / math.sqrt(n_in)
         elif layout == MODES_IN_OUT_COMPLEX:
             if weight.dim() < 3 or weight.shape[-1] != 2:
                 raise ValueError(
@@ -135,12 +135,14 @@ class LowRankUpdate(nn.Module):
                     f"got {self.shape}"
                 )
             *modes, n_in, n_out, _ = weight.shape
-            a = torch.randn(*modes, n_in, rank, 2, **like) / math.sqrt(2 * n_in)
-            b = torch.zeros(*modes, rank, n_out, 2, **like)
+            a_shape = [*modes, n_in, rank, 2]
+            b_shape = [*modes, rank, n_out, 2]
+            a_std = 1.0 / math.sqrt(2 * n_in)
         else:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        a = torch.randn(a_shape, dtype=dtype, device=device) * a_std
         self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(b)
+        self.lora_B = nn.Parameter(torch.zeros(b_shape, dtype=dtype, device=device))
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, rank={self.rank}, scale={self.scale}"
@@ -273,7 +275,10 @@ def _lora_parametrized(module: nn.Module) -> list[tuple[nn.Module, str]]:
     for sub in module.modules():
         if not parametrize.is_parametrized(sub):
             continue
-        for tensor_name, chain in sub.parametrizations.items():
+        parametrizations = sub.parametrizations
+        assert isinstance(parametrizations, nn.ModuleDict)
+        for tensor_name, chain in parametrizations.items():
+            assert isinstance(chain, nn.ModuleList)
             if any(isinstance(p, LowRankUpdate) for p in chain):
                 found.append((sub, tensor_name))
     return found

@@ -131,7 +131,7 @@ class OptimizationConfig:
                     f"optimization.kwargs.{key} must be of type "
                     f"{' or '.join(t.__name__ for t in types)}, got {value!r}"
                 )
-            if minimum is not None and value < minimum:
+            if minimum is not None and value < minimum:  # type: ignore[operator]
                 raise ValueError(
                     f"optimization.kwargs.{key} must be >= {minimum}, got {value}"
                 )

@@ -128,3 +128,32 @@ def test_metrics_checkpoints_and_evaluation(data, tmp_path):
     assert json.loads((eval_dir / "metrics.json").read_text()) == pytest.approx(metrics)
     for name in ("rmse_vs_lead", "global_mean_drift", "map_geopotential"):
         assert (eval_dir / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_inline_inference_metrics_choose_best_checkpoint(data, tmp_path):
+    experiment_dir = tmp_path / "inline"
+    inference = (
+        "inference={loader: {dataset: {data_path: "
+        + str(data / "validation")
+        + "}, start_indices: {first: 0, n_initial_conditions: 2, interval: 3}}, "
+        "n_forward_steps: 3, forward_steps_in_memory: 2}"
+    )
+    config = tiny_config(
+        data,
+        experiment_dir,
+        [inference, "best_checkpoint_metric=inference/rmse/geopotential"],
+    )
+    run_training(config)
+    epochs = [
+        r
+        for r in _records(experiment_dir / "metrics.jsonl")
+        if "lr" in r and "epoch" in r and "train/mean/loss" in r
+    ]
+    assert len(epochs) == 2
+    for record in epochs:
+        assert record["inference/rmse/geopotential"] > 0
+        assert abs(record["inference/global_mean_drift/tracer"]) < 1e-5
+        assert "inference/correction_rms/tracer" in record
+    best = load_checkpoint(experiment_dir / "training_checkpoints" / "best_ckpt.tar")
+    best_epoch = min(epochs, key=lambda r: r["inference/rmse/geopotential"])["epoch"]
+    assert best["trainer"]["epoch"] == best_epoch

@@ -1,0 +1,391 @@
+"""Time training steps and record peak memory; print a table.
+
+Every case runs in a fresh subprocess (so its peak RSS is its own) that trains
+with the real entry point (``fme.ace.train.main.run_training``) and times
+``TrainStepper.train_on_batch`` from the outside. Numbers are wall time on
+this machine; run it on a quiet machine.
+
+Cases (``--cases``, comma-separated):
+
+- ``startup``: seconds from launching ``python`` to the first training batch
+  (imports and config validation included) on a tiny config, next to the floor
+  ``python -c "import torch, xarray"``.
+- ``speed``: steady-state s/step, samples/s and peak RSS on tiny ACE-format data
+  with ``SphericalFourierNeuralOperatorNet`` (embed_dim 16, 2 layers) and the
+  dry-air corrector. With ``--reference-python`` (a separate virtualenv with
+  the released ``fme==2026.10.0``) the same case runs there through
+  ``scripts/reference_ace_benchmark.py`` and the ratios are printed.
+- ``corrector_loss``: the shallow-water case with corrector loss off,
+  pre-corrector, regularisation, and both.
+- ``data_parallel``: samples/s with 1 process and with ``torchrun`` 2
+  processes, one thread each, same global batch.
+
+Usage::
+
+    python scripts/benchmark.py --out runs/benchmark
+    python scripts/benchmark.py --cases speed --reference-python /path/venv/bin/python
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_CASES = ("startup", "speed", "corrector_loss", "data_parallel")
+
+
+# ---------------------------------------------------------------------------
+# Worker: runs inside the subprocess of one case.
+# ---------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised from the timed method once enough steps ran."""
+
+
+def _worker(spec_path: Path) -> None:
+    """Train the spec's config, timing optimiser steps; print one JSON line."""
+    import torch
+
+    from fme.ace.stepper.train_stepper import TrainStepper
+    from fme.ace.train.config import TrainConfig
+    from fme.ace.train.main import run_training
+    from fme.core.config_loading import from_dict_strict
+
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["threads"])
+    config = from_dict_strict(TrainConfig, spec["config"])
+    n_total = spec["warmup"] + spec["steps"]
+    starts: list[float] = []
+    original = TrainStepper.train_on_batch
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        starts.append(time.perf_counter())
+        if len(starts) == 1:
+            first_batch_wall[0] = time.time()
+        if len(starts) > n_total:
+            raise _Stop
+        return original(self, *args, **kwargs)
+
+    first_batch_wall = [0.0]
+    TrainStepper.train_on_batch = timed  # type: ignore[method-assign]
+    try:
+        run_training(config)
+    except _Stop:
+        pass
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        return
+    timed_starts = starts[spec["warmup"] : n_total + 1]
+    s_per_step = (timed_starts[-1] - timed_starts[0]) / (len(timed_starts) - 1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global_batch = config.train_loader.batch_size
+    result = {
+        "s_per_step": s_per_step,
+        "samples_per_s": global_batch / s_per_step,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_batch_wall": first_batch_wall[0],
+        "world_size": world,
+    }
+    print("BENCHMARK_RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Configs of the cases.
+# ---------------------------------------------------------------------------
+
+
+def _ace_format_config(data, experiment_dir: Path, batch_size: int) -> dict[str, Any]:
+    prognostic = data.prognostic
+    return {
+        "experiment_dir": str(experiment_dir),
+        "max_epochs": 100,
+        "save_checkpoint": False,
+        "logging": {"log_to_screen": False, "log_to_file": False},
+        "train_loader": {
+            "dataset": {"data_path": str(data.data_dir)},
+            "batch_size": batch_size,
+        },
+        "optimization": {"optimizer_type": "Adam", "lr": 1.0e-4},
+        "stepper": {
+            "step": {
+                "type": "single_module",
+                "config": {
+                    "builder": {
+                        "type": "SphericalFourierNeuralOperatorNet",
+                        "config": {
+                            "embed_dim": 16,
+                            "num_layers": 2,
+                            "operator_type": "diagonal",
+                            "grid": "legendre-gauss",
+                        },
+                    },
+                    "in_names": prognostic + data.forcing,
+                    "out_names": prognostic + data.diagnostic,
+                    "normalization": {
+                        "network": {
+                            "global_means_path": str(data.means_path),
+                            "global_stds_path": str(data.stds_path),
+                        },
+                        "residual": {
+                            "global_means_path": str(data.means_path),
+                            "global_stds_path": str(data.residual_stds_path),
+                        },
+                    },
+                    "corrector": {
+                        "type": "atmosphere_corrector",
+                        "config": {"conserve_dry_air": True},
+                    },
+                },
+            }
+        },
+        "stepper_training": {"loss": {"type": "MSE"}, "n_forward_steps": 2},
+    }
+
+
+def _shallow_water_config(
+    data: Path, experiment_dir: Path, corrector_loss: dict[str, Any] | None
+) -> dict[str, Any]:
+    from fme.ace.train.config import load_train_config
+    from fme.core.config_loading import to_dict
+
+    stats = data / "stats"
+    step = "stepper.step.config"
+    overrides = [
+        f"experiment_dir={experiment_dir}",
+        f"train_loader.dataset.data_path={data / 'train'}",
+        f"{step}.normalization.network.global_means_path={stats / 'centering.nc'}",
+        f"{step}.normalization.network.global_stds_path={stats / 'scaling-full-field.nc'}",
+        f"{step}.normalization.residual.global_means_path={stats / 'centering.nc'}",
+        f"{step}.normalization.residual.global_stds_path={stats / 'scaling-residual.nc'}",
+        "logging.log_to_screen=false",
+        "logging.log_to_file=false",
+        "save_checkpoint=false",
+        "validation=null",
+        "max_epochs=100",
+        "train_loader.batch_size=4",
+    ]
+    if corrector_loss is not None:
+        overrides.append(
+            f"stepper_training.corrector_loss={json.dumps(corrector_loss)}"
+        )
+    config = load_train_config(REPO / "configs" / "shallow_water.yaml", overrides)
+    return to_dict(config)
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+# ---------------------------------------------------------------------------
+
+
+def _run_case(
+    config: dict[str, Any],
+    work: Path,
+    name: str,
+    *,
+    steps: int,
+    warmup: int,
+    threads: int = 1,
+    nproc: int = 1,
+) -> dict[str, Any]:
+    spec_path = work / f"{name}.json"
+    spec_path.write_text(
+        json.dumps(
+            {"config": config, "steps": steps, "warmup": warmup, "threads": threads}
+        )
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(REPO),
+    }
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]
+    command = launcher + [str(Path(__file__).resolve()), "--worker", str(spec_path)]
+    launched = time.time()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("BENCHMARK_RESULT ")
+    ]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"case {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    out = json.loads(lines[-1].split(" ", 1)[1])
+    out["startup_s"] = out.pop("first_batch_wall") - launched
+    return out
+
+
+def _import_floor() -> float:
+    start = time.time()
+    subprocess.run([sys.executable, "-c", "import torch, xarray"], check=True)
+    return time.time() - start
+
+
+def _reference(
+    python: str, data_dir: Path, work: Path, *, steps: int, warmup: int, batch_size: int
+) -> dict[str, Any]:
+    out = work / "reference"
+    command = [
+        python,
+        str(REPO / "scripts" / "reference_ace_benchmark.py"),
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--batch-size",
+        str(batch_size),
+        "--n-forward-steps",
+        "2",
+        "--threads",
+        "1",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reference failed:\n{result.stderr[-4000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {r['s_per_step']:.4f} | {r['samples_per_s']:.1f} | "
+        f"{r['peak_rss_mb']:.0f} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default=",".join(ALL_CASES))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "benchmark")
+    parser.add_argument("--reference-python", default=None)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        _worker(args.worker)
+        return
+    cases = args.cases.split(",")
+    unknown = [c for c in cases if c not in ALL_CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; allowed: {list(ALL_CASES)}")
+    sys.path.insert(0, str(REPO))
+    from fme.ace.data.ace_format_fixture import write_ace_format_dataset
+    from fme.ace.data.shallow_water import generate_shallow_water_dataset
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fme-benchmark-"))
+    lines = ["| case | s/step | samples/s | peak RSS (MB) |", "|---|---|---|---|"]
+    results: dict[str, Any] = {}
+    steps, warmup = args.steps, args.warmup
+
+    if "startup" in cases:
+        tiny = generate_shallow_water_dataset(work / "sw_tiny", preset="tiny")
+    if "startup" in cases:
+        floor = min(_import_floor() for _ in range(3))
+        config = _shallow_water_config(tiny, work / "startup", None)
+        startup = min(
+            _run_case(config, work, f"startup{i}", steps=1, warmup=0)["startup_s"]
+            for i in range(3)
+        )
+        results["startup"] = {"startup_s": startup, "import_floor_s": floor}
+        lines.append(
+            f"| startup to first batch: {startup:.2f} s (floor `import torch, xarray`: "
+            f"{floor:.2f} s, overhead {startup - floor:+.2f} s) | | | |"
+        )
+    if "speed" in cases:
+        data = write_ace_format_dataset(
+            work / "ace", n_lat=32, n_lon=64, n_levels=2, n_times=400, seed=0
+        )
+        ours = _run_case(
+            _ace_format_config(data, work / "speed", 4),
+            work,
+            "speed",
+            steps=steps,
+            warmup=warmup,
+        )
+        results["speed"] = {"fme": ours}
+        lines.append(
+            _row("ACE-format 32x64, SFNO 16x2, dry-air corrector (this fme)", ours)
+        )
+        if args.reference_python:
+            ref = _reference(
+                args.reference_python,
+                work / "ace",
+                work,
+                steps=steps,
+                warmup=warmup,
+                batch_size=4,
+            )
+            results["speed"]["reference"] = ref
+            lines.append(_row(f"same, released {ref['impl']}", ref))
+            lines.append(
+                f"| speed-up {ref['s_per_step'] / ours['s_per_step']:.2f}x, memory ratio "
+                f"{ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f} | | | |"
+            )
+    if "corrector_loss" in cases:
+        variants = {
+            "off": None,
+            "pre-corrector": {"precorrector_optimization": {}},
+            "regularisation": {"regularization": {"weight": 1.0}},
+            "both": {
+                "precorrector_optimization": {},
+                "regularization": {"weight": 1.0},
+            },
+        }
+        results["corrector_loss"] = {}
+        shallow_water = generate_shallow_water_dataset(work / "sw", preset="default")
+        for name, corrector_loss in variants.items():
+            config = _shallow_water_config(
+                shallow_water, work / f"cl_{name}", corrector_loss
+            )
+            r = _run_case(config, work, f"cl_{name}", steps=steps, warmup=warmup)
+            results["corrector_loss"][name] = r
+            lines.append(_row(f"shallow water 32x64, corrector loss {name}", r))
+    if "data_parallel" in cases:
+        data = write_ace_format_dataset(
+            work / "ace_dp", n_lat=32, n_lon=64, n_levels=2, n_times=400, seed=0
+        )
+        config = _ace_format_config(data, work / "dp", 8)
+        one = _run_case(config, work, "dp1", steps=steps, warmup=warmup, nproc=1)
+        two = _run_case(config, work, "dp2", steps=steps, warmup=warmup, nproc=2)
+        results["data_parallel"] = {"1": one, "2": two}
+        lines.append(_row("data parallel, 1 process x 1 thread, batch 8", one))
+        lines.append(_row("data parallel, 2 processes x 1 thread, batch 8", two))
+        lines.append(
+            f"| data-parallel speed-up {two['samples_per_s'] / one['samples_per_s']:.2f}x | | | |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "benchmark.md").write_text(table + "\n")
+    (args.out / "benchmark.json").write_text(json.dumps(results, indent=1))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

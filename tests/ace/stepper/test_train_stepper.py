@@ -7,6 +7,7 @@ from stepper_builders import STDS, batch, build_stepper, build_train_stepper
 
 from fme.ace.corrector.corrector import CorrectorABC
 from fme.ace.stepper.train_stepper import NonFiniteLossError
+from fme.core.lr_schedule import SchedulerConfig
 from fme.core.optimization import OptimizationConfig
 
 
@@ -351,3 +352,35 @@ def test_inverse_target_validates_at_build():
     build_train_stepper(
         stepper, {"corrector_loss": {"precorrector_optimization": {"target": "raw"}}}
     )
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_clock_advances_once_per_optimizer_step(accumulate):
+    stepper = build_stepper()
+    train = build_train_stepper(
+        stepper,
+        {
+            "n_forward_steps": 3,
+            "loss_weight_schedules": {
+                "main": {"type": "linear", "start": 1.0, "end": 0.0, "n_steps": 4}
+            },
+        },
+    )
+    optimization = OptimizationConfig(
+        optimizer_type="SGD",
+        lr=1e-3,
+        use_gradient_accumulation=accumulate,
+        scheduler=SchedulerConfig(
+            type="exponential", kwargs={"decay_rate": 0.5, "decay_steps": 1}
+        ),
+    ).build(stepper.step.module.parameters())
+    weights = []
+    for _ in range(2):
+        out = train.train_on_batch(batch(n_times=4), optimization)
+        weights.append(out.metrics["loss_weight/main"])
+    assert optimization.optimizer_steps == 2
+    assert optimization.schedule.t == 2
+    assert train.loss_weights.t == 2
+    assert optimization.learning_rate == pytest.approx(1e-3 * 0.25)
+    # the weight used by step t is w(t): 1.0 then 0.75
+    assert weights == pytest.approx([1.0, 0.75])

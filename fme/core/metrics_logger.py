@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import math
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class MetricsLogger:
         if id_file.is_file():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()  # type: ignore[attr-defined]
+            run_id = secrets.token_hex(4)
             id_file.write_text(run_id)
         run = wandb.init(
             project=self.config.project,

@@ -62,7 +62,11 @@ def _dataclass_options(tp: Any) -> list[type]:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return [tp]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return [
+            a
+            for a in typing.get_args(tp)
+            if isinstance(a, type) and dataclasses.is_dataclass(a)
+        ]
     return []
 
 

@@ -198,7 +198,7 @@ def select_lora_targets(
     )
     targets: list[tuple[str, nn.Module, AdaptableWeight]] = []
     for name, sub in module.named_modules():
-        if not name or not matches_any(name, config.target_modules):
+        if not matches_any(name, config.target_modules):
             continue
         adaptable = _adaptable(sub, layouts)
         if adaptable is None:
@@ -219,7 +219,7 @@ def select_lora_targets(
     ]
     if empty:
         adaptable_names = [
-            n for n, m in module.named_modules() if n and _adaptable(m, layouts)
+            n for n, m in module.named_modules() if _adaptable(m, layouts)
         ]
         raise ValueError(
             f"{_FIELD}.target_modules pattern(s) {empty} select no adaptable "

@@ -341,7 +341,21 @@ class Optimization:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore ``get_state()`` output."""
+        """Restore ``get_state()`` output.
+
+        Raises:
+            ValueError: if the saved optimiser covers other parameters (e.g.
+                the run resumes with different freezing or LoRA settings).
+        """
+        saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        current = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != current:
+            raise ValueError(
+                f"the checkpoint's optimiser updates {sum(saved)} parameter "
+                f"tensors but this run trains {sum(current)}; resume with the "
+                "frozen_parameters, lora and optimization settings the "
+                "checkpoint was written with"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.optimizer_steps = int(state["optimizer_steps"])

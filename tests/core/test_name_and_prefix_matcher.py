@@ -8,7 +8,10 @@ NAMES = ["air_temperature", "air_temperature_0", "air_temperature_1", "PRESsfc",
 @pytest.mark.parametrize(
     "entry, expected",
     [
-        ("air_temperature", ["air_temperature", "air_temperature_0", "air_temperature_1"]),
+        (
+            "air_temperature",
+            ["air_temperature", "air_temperature_0", "air_temperature_1"],
+        ),
         ("air_temperature_", ["air_temperature_0", "air_temperature_1"]),
         ("air_temperature_1", ["air_temperature_1"]),
         ("air", ["air"]),

@@ -32,7 +32,9 @@ def test_normalize_denormalize_analytic_and_inverse():
 
 def test_non_positive_std_rejected():
     with pytest.raises(ValueError, match="std of 'a' must be positive"):
-        StandardNormalizer(means={"a": torch.tensor(0.0)}, stds={"a": torch.tensor(0.0)})
+        StandardNormalizer(
+            means={"a": torch.tensor(0.0)}, stds={"a": torch.tensor(0.0)}
+        )
 
 
 def test_files_and_residual_scaling(tmp_path):
@@ -62,7 +64,8 @@ def test_files_and_residual_scaling(tmp_path):
 def test_missing_variable_in_file_named(tmp_path):
     _write_scalars(tmp_path / "m.nc", {"a": 1.0})
     config = NormalizationConfig(
-        global_means_path=str(tmp_path / "m.nc"), global_stds_path=str(tmp_path / "m.nc")
+        global_means_path=str(tmp_path / "m.nc"),
+        global_stds_path=str(tmp_path / "m.nc"),
     )
     with pytest.raises(ValueError, match=r"no statistics for \['zz'\]"):
         config.build(["a", "zz"])

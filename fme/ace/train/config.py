@@ -37,8 +37,8 @@ class TrainConfig:
         stepper: the model.
         optimization: optimiser, learning rate and its schedule.
         stepper_training: losses and rollout settings.
-        max_epochs: number of epochs (without ``phases``; with ``phases`` each
-            phase sets its own and this must stay at its default).
+        max_epochs: number of epochs; with ``phases``, the length of each
+            phase that sets neither ``max_epochs`` nor ``max_steps``.
         validation: validation data, evaluated after every epoch.
         seed: seeds weights, data order and noise.
         save_checkpoint: write checkpoints.
@@ -80,11 +80,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
-        if self.phases is not None and self.max_epochs != 1:
-            raise ValueError(
-                "with phases, set max_epochs (or max_steps) in each phase and "
-                "remove the top-level max_epochs"
-            )
         self.resolved_phases()  # inheritance errors surface at load
         for name in ("max_steps", "checkpoint_every_n_steps"):
             value = getattr(self, name)

@@ -6,7 +6,9 @@ Adam, multi-step fine-tuning, then polishing with L-BFGS. A run without
 
 Each field a phase leaves null inherits the previous phase's value (the first
 phase inherits the top-level ``optimization`` and ``stepper_training``
-settings). What starts afresh in every phase and what carries over:
+settings), except the length: a phase with neither ``max_epochs`` nor
+``max_steps`` trains the top-level ``max_epochs``. What starts afresh in
+every phase and what carries over:
 
 - weights: carry over (LoRA adapters are merged into them at a phase's end);
 - optimiser and learning-rate schedule: new in every phase (the phase's
@@ -59,9 +61,9 @@ class PhaseConfig:
     Attributes:
         name: a label for logs (optional).
         max_epochs: epochs in this phase.
-        max_steps: optimiser steps in this phase. At least one of
-            ``max_epochs`` and ``max_steps`` is required; with both the phase
-            ends at whichever comes first.
+        max_steps: optimiser steps in this phase. With both the phase ends at
+            whichever comes first; with neither it trains the top-level
+            ``max_epochs`` epochs (lengths are not inherited).
         optimization: the phase's optimiser and learning-rate schedule (e.g.
             ``{optimizer_type: LBFGS, lr: 1.0}``); a new optimiser starts.
         n_forward_steps: rollout length (int or distribution), as in
@@ -85,11 +87,6 @@ class PhaseConfig:
     lora: LoRAConfig | None = None
 
     def __post_init__(self):
-        if self.max_epochs is None and self.max_steps is None:
-            raise ValueError(
-                f"phase {self.name!r}: set max_epochs and/or max_steps (how long "
-                "the phase trains)"
-            )
         for field in ("max_epochs", "max_steps"):
             value = getattr(self, field)
             if value is not None and value < 1:
@@ -144,7 +141,8 @@ def resolve_phases(
     """The run's phases with inherited settings filled in.
 
     Without ``phases`` the run is one phase of ``max_epochs`` epochs made of
-    the top-level settings.
+    the top-level settings; with ``phases``, ``max_epochs`` is the length of
+    phases that set neither ``max_epochs`` nor ``max_steps``.
 
     Raises:
         ValueError: if ``phases`` is an empty list.
@@ -181,11 +179,12 @@ def resolve_phases(
             )
         frozen = phase.frozen_parameters or frozen
         lora = phase.lora or lora
+        no_length = phase.max_epochs is None and phase.max_steps is None
         resolved.append(
             ResolvedPhase(
                 index=index,
                 name=phase.name,
-                max_epochs=phase.max_epochs,
+                max_epochs=max_epochs if no_length else phase.max_epochs,
                 max_steps=phase.max_steps,
                 optimization=optimization,
                 stepper_training=training,

@@ -424,6 +424,8 @@ def run_benchmark(
     stepper_module = importlib.import_module("fme.ace.stepper.single_module")
     train_module = importlib.import_module("fme.ace.train.train")
     distributed = importlib.import_module("fme.core.distributed").Distributed
+    # Peak RSS so far: torch plus the released package and its dependencies.
+    import_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     n_timed = args.warmup + args.steps
     timer = _StepTimer(stop_at=None if args.complete_epoch else n_timed)
     timer.install(stepper_module.TrainStepper)
@@ -451,6 +453,7 @@ def run_benchmark(
         "samples_per_s": args.batch_size / s_per_step,
         "peak_rss_mb": peak_rss_mb,
         "startup_s": timer.starts[0] - clock_start,
+        "import_rss_mb": import_rss_mb,
         "s_per_step_median": _median(intervals),
         # Fastest single step: a lower bound that other load cannot inflate.
         "s_per_step_min": min(intervals),

@@ -13,8 +13,10 @@ served from memory; otherwise each window is read from its file on request.
 
 import dataclasses
 import datetime
+import os
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import torch
 import xarray as xr
@@ -103,12 +105,17 @@ class XarrayDataConfig:
         subset: which samples to use: ``{start, stop, step}`` (indices) or
             ``{start_time, stop_time, step}`` (ISO times of a window's start).
         allow_nans: accept NaNs in the data; by default a NaN is an error.
+        cache_in_memory: read every requested variable once at start-up and
+            keep it in memory (fastest, and NaNs are found before training);
+            false, or data larger than 2 GiB, streams each window from the
+            files through handles each process opens lazily (least memory).
     """
 
     data_path: str
     file_pattern: str = "*.nc"
     subset: Slice | TimeSlice = dataclasses.field(default_factory=Slice)
     allow_nans: bool = False
+    cache_in_memory: bool = True
 
     def __post_init__(self):
         if not self.file_pattern:
@@ -183,7 +190,9 @@ class XarrayDataset(torch.utils.data.Dataset):
                 f"samples in {config.data_path}; widen or remove the subset"
             )
         self._cache: dict[int, dict[str, np.ndarray]] = {}
-        if self._data_bytes() <= CACHE_LIMIT_BYTES:
+        self._handles: dict[int, netCDF4.Dataset] = {}
+        self._handles_pid = os.getpid()
+        if config.cache_in_memory and self._data_bytes() <= CACHE_LIMIT_BYTES:
             for i in range(len(self._files)):
                 self._cache[i] = self._read(i, None)
 
@@ -299,12 +308,13 @@ class XarrayDataset(torch.utils.data.Dataset):
         """Requested variables of one file, all times or the ``window`` times."""
         path = self._files[file_index].path
         out = {}
-        with xr.open_dataset(path) as ds:
+        # cache=False and copy=False: read each array once, keep no second copy
+        with xr.open_dataset(path, cache=False) as ds:
             for name in self.names:
                 variable = ds[name]
                 if window is not None and "time" in variable.dims:
                     variable = variable.isel(time=window)
-                values = variable.values.astype(np.float32)
+                values = variable.values.astype(np.float32, copy=False)
                 if not self.config.allow_nans and np.isnan(values).any():
                     raise ValueError(
                         f"variable {name!r} in {path} contains NaN; clean the data "
@@ -312,6 +322,39 @@ class XarrayDataset(torch.utils.data.Dataset):
                     )
                 out[name] = values
         return out
+
+    def _handle(self, file_index: int) -> netCDF4.Dataset:
+        """An open handle of a file, opened lazily in this process."""
+        if self._handles_pid != os.getpid():  # a forked worker: own handles
+            self._handles, self._handles_pid = {}, os.getpid()
+        if file_index not in self._handles:
+            handle = netCDF4.Dataset(self._files[file_index].path, "r")
+            handle.set_auto_mask(False)
+            self._handles[file_index] = handle
+        return self._handles[file_index]
+
+    def _read_window(self, file_index: int, window: slice) -> dict[str, np.ndarray]:
+        """Requested variables of ``window`` times, read through an open handle."""
+        handle = self._handle(file_index)
+        out = {}
+        for name in self.names:
+            variable = handle.variables[name]
+            if "time" in variable.dimensions:
+                values = np.asarray(variable[window], dtype=np.float32)
+            else:
+                values = np.asarray(variable[:], dtype=np.float32)
+            if not self.config.allow_nans and np.isnan(values).any():
+                raise ValueError(
+                    f"variable {name!r} in {self._files[file_index].path} contains "
+                    "NaN; clean the data or set allow_nans: true in the dataset config"
+                )
+            out[name] = values
+        return out
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # handles are per process, never pickled
+        return state
 
     def __len__(self) -> int:
         return len(self._selected)
@@ -323,7 +366,7 @@ class XarrayDataset(torch.utils.data.Dataset):
             arrays = self._cache[file_index]
             times_slice = window
         else:
-            arrays = self._read(file_index, window)
+            arrays = self._read_window(file_index, window)
             times_slice = slice(None)
         data = {}
         for name, values in arrays.items():

@@ -112,6 +112,24 @@ def test_uncached_reads_equal_cached_reads(tmp_path, monkeypatch):
             torch.testing.assert_close(d1[name], d2[name], rtol=0, atol=0)
 
 
+def test_streaming_config_equals_cached_and_survives_pickling(tmp_path):
+    import pickle
+
+    write_files(tmp_path, [3, 4])
+    cached = dataset(tmp_path, names=("a", "mask"))
+    streamed = dataset(tmp_path, names=("a", "mask"), cache_in_memory=False)
+    assert not streamed._cache
+    streamed[0]  # opens a handle in this process
+    clone = pickle.loads(pickle.dumps(streamed))  # as a spawned worker gets it
+    assert clone._handles == {}
+    for i in range(len(cached)):
+        for other in (streamed, clone):
+            (d1, t1), (d2, t2) = cached[i], other[i]
+            np.testing.assert_array_equal(t1, t2)
+            for name in d1:
+                torch.testing.assert_close(d1[name], d2[name], rtol=0, atol=0)
+
+
 def test_time_invariant_variable_is_broadcast(tmp_path):
     write_files(tmp_path, [4])
     data, _ = dataset(tmp_path, names=("a", "mask"))[1]

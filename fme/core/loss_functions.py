@@ -139,6 +139,25 @@ def _fold_members(x: torch.Tensor, n_members: int) -> torch.Tensor:
     return x[:, None].expand(x.shape[0], n_members, *x.shape[1:]).flatten(0, 1)
 
 
+def _fold_ensemble(
+    predict: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    scalings: Sequence[LossScaling],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Members folded into the batch: ``[B * E, ...]`` prediction, target,
+    validity, and the combined (detached) scaling weights or None."""
+    n_members = predict.shape[1]
+    folded = predict.flatten(0, 1)
+    target = _fold_members(target, n_members)
+    return (
+        folded,
+        target,
+        _fold_members(valid, n_members),
+        combined_weights(scalings, folded, target),
+    )
+
+
 def _masked_channel_mean(
     values: torch.Tensor, denominator_weights: torch.Tensor, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,11 +230,7 @@ class _PointwiseLoss(LossFunction):
         valid: torch.Tensor,
         scalings: Sequence[LossScaling] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_members = predict.shape[1]
-        p = predict.flatten(0, 1)
-        t = _fold_members(target, n_members)
-        v = _fold_members(valid, n_members)
-        scale = combined_weights(scalings, p, t)
+        p, t, v, scale = _fold_ensemble(predict, target, valid, scalings)
         return _masked_channel_mean(
             self.pointwise(p, t), v * self.base_weights(p), scale
         )
@@ -271,11 +286,7 @@ class LpLoss(LossFunction):
         valid: torch.Tensor,
         scalings: Sequence[LossScaling] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_members = predict.shape[1]
-        x = predict.flatten(0, 1)
-        y = _fold_members(target, n_members)
-        v = _fold_members(valid, n_members)
-        scale = combined_weights(scalings, x, y)
+        x, y, v, scale = _fold_ensemble(predict, target, valid, scalings)
         w = v if scale is None else v * scale
         root_w = w.pow(1.0 / self.p)
         diff = torch.linalg.vector_norm(root_w * (x - y), ord=self.p, dim=(-2, -1))

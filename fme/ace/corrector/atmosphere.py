@@ -98,10 +98,8 @@ class ForcePositive(CorrectionOperation):
         }
 
 
-class ShiftToGlobalMean(CorrectionOperation):
-    """Adds a uniform amount so each variable's global mean equals the input's.
-
-    ``out = gen - mean(gen) + mean(input)``, area-weighted, per sample.
+class _GlobalMeanOperation(CorrectionOperation):
+    """An operation that matches each variable's global mean to the input's.
 
     Args:
         names: the variables to conserve; they must be in the input state.
@@ -112,19 +110,30 @@ class ShiftToGlobalMean(CorrectionOperation):
         self.changed_names = list(names)
         self._ops = gridded_operations
 
+    def _input_mean(self, input_data: TensorMapping, name: str) -> torch.Tensor:
+        """The area-weighted mean of ``name`` in the input state, ``[..., 1, 1]``."""
+        before = _require(
+            input_data, name, where="input_data", why="conserve_global_mean_names"
+        )
+        return self._ops.area_weighted_mean(before, keepdim=True)
+
+
+class ShiftToGlobalMean(_GlobalMeanOperation):
+    """Adds a uniform amount so each variable's global mean equals the input's.
+
+    ``out = gen - mean(gen) + mean(input)``, area-weighted, per sample.
+    """
+
     def __call__(
         self, input_data: TensorMapping, gen_data: TensorMapping
     ) -> TensorDict:
         """The shifted variables."""
         out = {}
         for name in self.changed_names:
-            before = _require(
-                input_data, name, where="input_data", why="conserve_global_mean_names"
-            )
             gen = gen_data[name]
-            shift = self._ops.area_weighted_mean(
-                before, keepdim=True
-            ) - self._ops.area_weighted_mean(gen, keepdim=True)
+            shift = self._input_mean(input_data, name) - self._ops.area_weighted_mean(
+                gen, keepdim=True
+            )
             out[name] = gen + shift
         return out
 
@@ -140,21 +149,13 @@ class ShiftToGlobalMean(CorrectionOperation):
         }
 
 
-class RescaleToGlobalMean(CorrectionOperation):
+class RescaleToGlobalMean(_GlobalMeanOperation):
     """Clamps at zero, then rescales so the global mean equals the input's.
 
     ``out = clamp(gen) * mean(input) / mean(clamp(gen))``. Both invariants hold
     when the input's mean is non-negative. If ``clamp(gen)`` is zero everywhere
     it cannot be rescaled; the input's mean is then added uniformly instead.
-
-    Args:
-        names: the variables to correct; they must be in the input state.
-        gridded_operations: the grid's area-weighted reductions.
     """
-
-    def __init__(self, names: Sequence[str], *, gridded_operations: LatLonOperations):
-        self.changed_names = list(names)
-        self._ops = gridded_operations
 
     def __call__(
         self, input_data: TensorMapping, gen_data: TensorMapping
@@ -162,11 +163,8 @@ class RescaleToGlobalMean(CorrectionOperation):
         """The clamped and rescaled variables."""
         out = {}
         for name in self.changed_names:
-            before = _require(
-                input_data, name, where="input_data", why="conserve_global_mean_names"
-            )
             clamped = gen_data[name].clamp(min=0.0)
-            target_mean = self._ops.area_weighted_mean(before, keepdim=True)
+            target_mean = self._input_mean(input_data, name)
             clamped_mean = self._ops.area_weighted_mean(clamped, keepdim=True)
             rescalable = clamped_mean > 0
             # where() evaluates both branches; keep the unused one finite so

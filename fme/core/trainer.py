@@ -236,7 +236,11 @@ class Trainer:
                 progress.update(1)
             if not out.skipped and step % self.batch_log_interval == 0:
                 elapsed = time.perf_counter() - start
-                batch_metrics = {f"batch_{k}": v for k, v in out.metrics.items()}
+                # loss weights are state of the clock, logged under their own name
+                batch_metrics = {
+                    k if k.startswith("loss_weight/") else f"batch_{k}": v
+                    for k, v in out.metrics.items()
+                }
                 batch_metrics["lr"] = self.optimization.learning_rate
                 batch_metrics["samples_per_second"] = n_samples / max(elapsed, 1e-9)
                 self.logger.log(batch_metrics, optimizer_step=step, epoch=self.epoch)

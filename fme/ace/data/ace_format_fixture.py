@@ -234,3 +234,33 @@ def write_ace_format_dataset(
         forcing=["DSWRFtoa", "surface_temperature"],
         diagnostic=["PRATEsfc"],
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m fme.ace.data.ace_format_fixture --out DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fme.ace.data.ace_format_fixture",
+        description="Write a small synthetic dataset in ACE's atmosphere layout.",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n-lat", type=int, default=16)
+    parser.add_argument("--n-lon", type=int, default=32)
+    parser.add_argument("--n-levels", type=int, default=2)
+    parser.add_argument("--n-times", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = write_ace_format_dataset(
+        args.out,
+        n_lat=args.n_lat,
+        n_lon=args.n_lon,
+        n_levels=args.n_levels,
+        n_times=args.n_times,
+        seed=args.seed,
+    )
+    print(f"wrote {paths.data_dir} and {paths.means_path.parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -91,8 +91,10 @@ def test_metrics_checkpoints_and_evaluation(data, tmp_path):
         assert isinstance(epoch[key], float), key
     batch = [r for r in records if "batch_loss" in r]
     assert batch and "batch_corrector_regularization" in batch[0]
-    assert "loss_weight/main" in batch[0] or "batch_loss_weight/main" in batch[0]
-    assert (experiment_dir / "plots" / "training_curves.png").stat().st_size > 1000
+    assert batch[0]["loss_weight/main"] == 1.0
+    assert batch[0]["loss_weight/corrector_regularization"] == 0.1
+    for name in ("training_curves", "loss_weights"):
+        assert (experiment_dir / "plots" / f"{name}.png").stat().st_size > 1000
 
     eval_dir = tmp_path / "eval"
     eval_config = from_dict_strict(

@@ -24,7 +24,7 @@ why the script evaluates the checkpoints itself.
 Usage::
 
     python scripts/corrector_sip_experiment.py --out runs/corrector_sip
-    python scripts/corrector_sip_experiment.py --out /tmp/sip --preset tiny --steps 20
+    python scripts/corrector_sip_experiment.py --out runs/sip_tiny --preset tiny --steps 20
 
 Writes ``results.md`` (the table) and ``results.json`` into ``--out``, and each
 run's experiment directory (``metrics.jsonl``, checkpoints) under it as

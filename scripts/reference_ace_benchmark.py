@@ -4,13 +4,13 @@ This is the *reference* half of the speed/memory comparison in
 ``scripts/benchmark.py``. It must run with a separate virtualenv that has the
 released package installed, never with this repository's environment::
 
-    python3.11 -m venv /work/ref_venv
-    /work/ref_venv/bin/pip install torch==2.13.0
-    printf 'torch==2.13.0\\ntorch-harmonics==0.8.0\\n' > /tmp/ref-constraints.txt
-    /work/ref_venv/bin/pip install -c /tmp/ref-constraints.txt fme==2026.10.0
+    python3.11 -m venv REF_VENV
+    REF_VENV/bin/pip install torch==2.13.0
+    printf 'torch==2.13.0\\ntorch-harmonics==0.8.0\\n' > ref-constraints.txt
+    REF_VENV/bin/pip install -c ref-constraints.txt fme==2026.10.0
 
-    /work/ref_venv/bin/python scripts/reference_ace_benchmark.py \\
-        --data /tmp/ace_tiny --out /tmp/ref_bench --steps 30 --batch-size 4 \\
+    REF_VENV/bin/python scripts/reference_ace_benchmark.py \\
+        --data ACE_DATA --out OUT --steps 30 --batch-size 4 \\
         --n-forward-steps 2 --threads 1 [--make-data]
 
 The script writes a released-fme training YAML (``OUT/train.yaml``) for the

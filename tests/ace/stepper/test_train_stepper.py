@@ -384,3 +384,40 @@ def test_clock_advances_once_per_optimizer_step(accumulate):
     assert optimization.learning_rate == pytest.approx(1e-3 * 0.25)
     # the weight used by step t is w(t): 1.0 then 0.75
     assert weights == pytest.approx([1.0, 0.75])
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_activation_checkpointing_gives_the_same_update(accumulate):
+    plain = _corrector_stepper(seed=4)
+    checkpointed = copy.deepcopy(plain)
+    training = {
+        "n_forward_steps": 3,
+        "corrector_loss": {
+            "precorrector_optimization": {},
+            "regularization": {"weight": 0.5},
+        },
+    }
+    data = batch(n_times=4)
+    forward_calls = {}
+    for stepper, after in ((plain, None), (checkpointed, 1)):
+        calls = forward_calls.setdefault(after, [0])
+        stepper.step.module.register_forward_hook(
+            lambda *_, calls=calls: calls.__setitem__(0, calls[0] + 1)
+        )
+        optimization = OptimizationConfig(
+            optimizer_type="SGD",
+            lr=0.1,
+            use_gradient_accumulation=accumulate,
+            checkpoint_after_n_forward_steps=after,
+        ).build(stepper.step.module.parameters())
+        build_train_stepper(stepper, training).train_on_batch(data, optimization)
+    # steps 1 and 2 are recomputed in backward
+    assert forward_calls == {None: [3], 1: [5]}
+    for p, q in zip(_params(plain), _params(checkpointed), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(
+            _params(plain), _params(_corrector_stepper(seed=4)), strict=True
+        )
+    )

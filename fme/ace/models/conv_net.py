@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fme.ace.models.registry import MODULE_REGISTRY
+from fme.ace.models.registry import MODULE_REGISTRY, check_minimums
 
 
 class ConvNet(nn.Module):
@@ -89,15 +89,15 @@ class ConvNetConfig:
     noise_channels: int = 0
 
     def __post_init__(self):
-        for name, minimum in [
-            ("hidden_channels", 1),
-            ("num_layers", 1),
-            ("kernel_size", 1),
-            ("noise_channels", 0),
-        ]:
-            value = getattr(self, name)
-            if value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        check_minimums(
+            self,
+            {
+                "hidden_channels": 1,
+                "num_layers": 1,
+                "kernel_size": 1,
+                "noise_channels": 0,
+            },
+        )
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
 

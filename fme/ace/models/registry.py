@@ -36,6 +36,14 @@ class ModuleConfig(Protocol):
 MODULE_REGISTRY: Registry[ModuleConfig] = Registry("module")
 
 
+def check_minimums(config: object, minimums: dict[str, int]) -> None:
+    """Raise a ValueError naming the first field of ``config`` below its minimum."""
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+
+
 @dataclass
 class ModuleSelector:
     """Chooses a registered network module by name and configures it.

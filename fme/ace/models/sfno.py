@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fme.ace.models.pointwise import PointwiseLinear
-from fme.ace.models.registry import MODULE_REGISTRY
+from fme.ace.models.registry import MODULE_REGISTRY, check_minimums
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -431,16 +431,16 @@ class SphericalFourierNeuralOperatorConfig:
     noise_channels: int = 0
 
     def __post_init__(self):
-        for name, minimum in [
-            ("embed_dim", 1),
-            ("num_layers", 1),
-            ("scale_factor", 1),
-            ("encoder_layers", 0),
-            ("noise_channels", 0),
-        ]:
-            value = getattr(self, name)
-            if value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        check_minimums(
+            self,
+            {
+                "embed_dim": 1,
+                "num_layers": 1,
+                "scale_factor": 1,
+                "encoder_layers": 0,
+                "noise_channels": 0,
+            },
+        )
         if not 0.0 < self.hard_thresholding_fraction <= 1.0:
             raise ValueError(
                 "hard_thresholding_fraction must be in (0, 1], got "

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fme.ace.data.batch import BatchData
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluation import plots
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
@@ -23,6 +24,7 @@ from fme.core.config_loading import (
 )
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
+from fme.core.tensors import TensorDict
 
 
 def load_stepper(checkpoint_path: str | Path) -> Stepper:
@@ -69,7 +71,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         )
     batch = data.batch()
     assert batch is not None
-    run_rollout(
+    final_prediction = run_rollout(
         stepper=stepper,
         batch=batch.to(dist.device),
         n_forward_steps=config.n_forward_steps,
@@ -81,7 +83,9 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         writer.close()
     metrics = aggregator.get_metrics()
     (experiment_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    image_paths = _make_plots(config, aggregator, batch, stepper, experiment_dir)
+    image_paths = _make_plots(
+        config, aggregator, batch, final_prediction, stepper, experiment_dir
+    )
     logger = MetricsLogger(
         config=config.logging, experiment_dir=experiment_dir, dist=dist
     )
@@ -103,7 +107,8 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
 def _make_plots(
     config: EvaluatorConfig,
     aggregator: RolloutMetricsAggregator,
-    batch,
+    batch: BatchData,
+    final_prediction: TensorDict,
     stepper: Stepper,
     experiment_dir: Path,
 ) -> list[Path]:
@@ -120,7 +125,7 @@ def _make_plots(
     if metrics_path.is_file():
         paths.extend(plots.plot_training_curves(metrics_path, plot_dir))
     name = stepper.out_names[0]
-    prediction = _final_prediction(config, stepper, batch, name)
+    prediction = final_prediction[name][0].cpu().numpy()
     target = batch.data[name][0, config.n_forward_steps].cpu().numpy()
     paths.append(
         plots.plot_field_map(
@@ -133,29 +138,6 @@ def _make_plots(
         )
     )
     return paths
-
-
-def _final_prediction(config: EvaluatorConfig, stepper: Stepper, batch, name: str):
-    import xarray as xr
-
-    path = Path(config.experiment_dir) / "autoregressive_predictions.nc"
-    if path.is_file():
-        with xr.open_dataset(path) as ds:
-            return ds[name].isel(sample=0, lead=-1).values
-    import torch
-
-    with torch.no_grad():
-        data = batch.data
-        last = None
-        for out in stepper.rollout(
-            initial_condition={n: data[n][:1, 0] for n in stepper.prognostic_names},
-            forcing={n: data[n][:1] for n in stepper.forcing_names},
-            n_forward_steps=config.n_forward_steps,
-            detach_uncorrected=True,
-        ):
-            last = out.output[name]
-        assert last is not None
-        return last[0].cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ def run_rollout(
     aggregator: RolloutMetricsAggregator,
     writer: PredictionWriter | None = None,
     sample_start: int = 0,
-) -> None:
+) -> TensorDict:
     """Roll ``batch``'s initial conditions forward, scoring chunk by chunk.
 
     Only ``forward_steps_in_memory`` predicted steps are held at a time: each
@@ -57,6 +57,9 @@ def run_rollout(
         aggregator: accumulates skill and conservation metrics.
         writer: writes predictions and targets, if given.
         sample_start: index of the batch's first sample in the writer's files.
+
+    Returns:
+        The prediction at the last lead, ``{name: [batch, lat, lon]}``.
     """
     if forward_steps_in_memory < 1:
         raise ValueError(
@@ -74,6 +77,7 @@ def run_rollout(
     if writer is not None:
         writer.set_init_times(sample_start, batch.time[:, 0])
     chunk: list[StepOutput] = []
+    final: TensorDict = {}
     lead_start = 1
     for i, out in enumerate(rollout):
         chunk.append(out)
@@ -98,4 +102,6 @@ def run_rollout(
                 target=target,
             )
         lead_start += len(chunk)
+        final = {n: prediction[n][:, -1] for n in names}
         chunk = []
+    return final

@@ -5,6 +5,7 @@ reads a global. Without ``torchrun`` it describes a single process.
 """
 
 import datetime
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,11 +124,28 @@ class DistributedContext:
         if self.is_distributed:
             dist.barrier()
 
-    def shutdown(self) -> None:
-        """Leave the process group."""
-        if self.initialized and dist.is_initialized():
-            dist.destroy_process_group()
-            self.initialized = False
+    def shutdown(self, *, clean: bool = True) -> None:
+        """Leave the process group.
+
+        Call it after dropping the objects that use the group (DDP wrappers).
+
+        Args:
+            clean: every rank reached its end normally. The ranks then first
+                free what still holds the group (a DDP reducer and its
+                communication hook sit in reference cycles, freed only by the
+                cyclic collector) while the group and the interpreter are
+                alive, and wait for each other, so that no rank tears the
+                group down while a peer still has a collective in flight.
+                After a failure the group is destroyed at once: waiting
+                could hang on a peer that is gone.
+        """
+        if not (self.initialized and dist.is_initialized()):
+            return
+        if clean:
+            gc.collect()
+            dist.barrier()
+        dist.destroy_process_group()
+        self.initialized = False
 
     @contextmanager
     def root_first(self) -> Iterator[None]:

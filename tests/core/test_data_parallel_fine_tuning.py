@@ -1,12 +1,9 @@
 """Two gloo processes: frozen parameters and L-BFGS steps equal one process."""
 
-import os
-import socket
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
+from gloo_group import run_in_gloo_group
 from torch import nn
 
 from fme.core.distributed import DistributedContext
@@ -71,28 +68,9 @@ def _train(dist: DistributedContext, out_dir: Path) -> None:
     torch.save(results, out_dir / f"world{dist.world_size}_rank{dist.rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world_size: int, port: int, out_dir: Path) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    torch_dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-    try:
-        dist = DistributedContext(rank=rank, world_size=world_size, initialized=True)
-        _train(dist, out_dir)
-    finally:
-        torch_dist.destroy_process_group()
-
-
 def test_two_processes_equal_one_with_frozen_parameters_and_lbfgs(tmp_path):
     _train(DistributedContext(), tmp_path)
-    mp.spawn(_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    run_in_gloo_group(_train, tmp_path, world_size=2)
     one = torch.load(tmp_path / "world1_rank0.pt")
     initial = _net().state_dict()
     for rank in range(2):

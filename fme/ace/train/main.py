@@ -243,34 +243,44 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
     if dist is None:
         dist = DistributedContext.from_environment(config.distributed_backend)
     experiment_dir = Path(config.experiment_dir)
-    config.logging.configure_python_logging(experiment_dir, dist)
+    finished = False
     try:
-        if dist.is_root:
-            experiment_dir.mkdir(parents=True, exist_ok=True)
-            with (experiment_dir / "config.yaml").open("w") as f:
-                yaml.safe_dump(to_dict(config), f, sort_keys=False)
-        logger = MetricsLogger(
-            config=config.logging,
-            experiment_dir=experiment_dir,
-            dist=dist,
-            run_config=to_dict(config),
-        )
-        try:
-            trainer = train_phases(config, dist, logger)
-            if dist.is_root:
-                _plot_training(trainer, experiment_dir)
-        finally:
-            logger.finish()
-        if dist.is_root:
-            logging.info(
-                "checkpoints in %s, metrics in %s",
-                config.checkpoint_dir,
-                experiment_dir / "metrics.jsonl",
-            )
+        _train_and_report(config, dist, experiment_dir)
+        finished = True
     finally:
         if owns_dist:
-            dist.shutdown()
+            # the trainer and its DDP wrapper are gone with _train_and_report's frame
+            dist.shutdown(clean=finished)
     return experiment_dir
+
+
+def _train_and_report(
+    config: TrainConfig, dist: DistributedContext, experiment_dir: Path
+) -> None:
+    """The run itself; every object built for it is released when it returns."""
+    config.logging.configure_python_logging(experiment_dir, dist)
+    if dist.is_root:
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        with (experiment_dir / "config.yaml").open("w") as f:
+            yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    logger = MetricsLogger(
+        config=config.logging,
+        experiment_dir=experiment_dir,
+        dist=dist,
+        run_config=to_dict(config),
+    )
+    try:
+        trainer = train_phases(config, dist, logger)
+        if dist.is_root:
+            _plot_training(trainer, experiment_dir)
+    finally:
+        logger.finish()
+    if dist.is_root:
+        logging.info(
+            "checkpoints in %s, metrics in %s",
+            config.checkpoint_dir,
+            experiment_dir / "metrics.jsonl",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,14 +1,12 @@
 """Two gloo processes take the same optimiser step as one process on the whole batch."""
 
 import copy
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as torch_dist
-import torch.multiprocessing as mp
+from gloo_group import run_in_gloo_group
 from stepper_builders import batch, build_stepper, build_train_stepper
 
 from fme.core.distributed import DistributedContext
@@ -22,12 +20,6 @@ BOTH_FEATURES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None:
     stepper = build_stepper(seed=0, corrector=CORRECTOR)
     stepper.step.module = wrap_data_parallel(stepper.step.module, dist)
@@ -35,9 +27,16 @@ def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None
     if dist.is_distributed:
 
         def counting_allreduce(state, bucket):
+            # Synchronous, with the future completed here: a Python callback
+            # chained with ``.then`` runs on a gloo thread, which later frees
+            # it under the GIL and aborts the process if that happens while
+            # the interpreter is exiting.
             calls["n"] += 1
-            work = torch_dist.all_reduce(bucket.buffer(), async_op=True)
-            return work.get_future().then(lambda f: f.value()[0] / dist.world_size)
+            buffer = bucket.buffer()
+            torch_dist.all_reduce(buffer)
+            averaged: torch.futures.Future = torch.futures.Future()
+            averaged.set_result(buffer / dist.world_size)
+            return averaged
 
         stepper.step.module.register_comm_hook(None, counting_allreduce)
     training = {"n_forward_steps": 2, "corrector_loss": BOTH_FEATURES}
@@ -61,25 +60,16 @@ def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None
 CASES = {"plain": {"accumulate": False}, "accumulated": {"accumulate": True}}
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: Path) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    torch_dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-    try:
-        dist = DistributedContext(rank=rank, world_size=world_size, initialized=True)
-        for name, case in CASES.items():
-            (out_dir / name).mkdir(exist_ok=True)
-            _train_one_step(dist, case, out_dir / name)
-    finally:
-        torch_dist.destroy_process_group()
+def _train_every_case(dist: DistributedContext, out_dir: Path) -> None:
+    for name, case in CASES.items():
+        (out_dir / name).mkdir(exist_ok=True)
+        _train_one_step(dist, case, out_dir / name)
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
+    run_in_gloo_group(_train_every_case, out_dir, world_size=2)
     return out_dir
 
 

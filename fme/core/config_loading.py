@@ -1,4 +1,9 @@
-"""Strict loading of dataclass configs from YAML with dotted overrides."""
+"""Strict loading of dataclass configs from YAML with dotted overrides.
+
+A config dataclass may define a classmethod ``migrate_keys(data) -> data``
+that rewrites former spellings of its keys to the current ones; the loader
+applies it to the raw mapping, outermost first, before the strict check.
+"""
 
 import dataclasses
 import types
@@ -33,6 +38,10 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
         raise ConfigError(
             f"{path}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
         )
+    try:
+        data = _migrate(cls, data)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
     _check_unknown_keys(cls, data, path)
     try:
         return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
@@ -68,6 +77,37 @@ def _dataclass_options(tp: Any) -> list[type]:
             if isinstance(a, type) and dataclasses.is_dataclass(a)
         ]
     return []
+
+
+def _migrate(cls: type, data: Any) -> Any:
+    """``data`` with every ``migrate_keys`` below ``cls`` applied."""
+    if not isinstance(data, dict):
+        return data
+    migrate = getattr(cls, "migrate_keys", None)
+    if migrate is not None:
+        data = migrate(data)
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for name, value in data.items():
+        if name not in hints:
+            continue
+        field_type = hints[name]
+        options = _dataclass_options(field_type)
+        if typing.get_origin(field_type) in (typing.Union, types.UnionType):
+            non_none = [a for a in typing.get_args(field_type) if a is not type(None)]
+            field_type = non_none[0] if len(non_none) == 1 else field_type
+        origin, args = typing.get_origin(field_type), typing.get_args(field_type)
+        if len(options) == 1:
+            out[name] = _migrate(options[0], value)
+        elif origin is list and args and isinstance(value, list):
+            inner = _dataclass_options(args[0])
+            if len(inner) == 1:
+                out[name] = [_migrate(inner[0], item) for item in value]
+        elif origin is dict and len(args) == 2 and isinstance(value, dict):
+            inner = _dataclass_options(args[1])
+            if len(inner) == 1:
+                out[name] = {k: _migrate(inner[0], v) for k, v in value.items()}
+    return out
 
 
 def _check_unknown_keys(cls: type, data: Any, path: str) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from fme.core.gridded_ops import LatLonOperations
 from fme.core.loss_scaling import LossScaling, combined_weights
+from fme.core.number_check import check_number
 
 LOSS_TYPES = ("MSE", "L1", "LpLoss", "AreaWeightedMSE", "EnsembleLoss", "NaN")
 GLOBAL_MEAN_LOSS_TYPES = ("LpLoss",)
@@ -32,18 +33,6 @@ _ALLOWED_KWARGS: dict[str, tuple[str, ...]] = {
     "EnsembleLoss": ("crps_weight", "energy_score_weight"),
     "NaN": (),
 }
-
-
-def kwarg_number(*, field: str, key: str, value: Any) -> float:
-    """``value`` as a float.
-
-    Raises:
-        ValueError: naming ``field.key`` if ``value`` is not an int or float
-            (bools are rejected).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field}.{key} must be a number, got {value!r}")
-    return float(value)
 
 
 def validate_loss(*, field: str, type_: str, kwargs: Mapping[str, Any]) -> None:
@@ -67,10 +56,7 @@ def validate_loss(*, field: str, type_: str, kwargs: Mapping[str, Any]) -> None:
             f"{field} kwargs: unknown key(s) {unknown} for type {type_!r}; "
             f"allowed: {list(allowed)}"
         )
-    values = {
-        k: kwarg_number(field=f"{field} kwargs", key=k, value=v)
-        for k, v in kwargs.items()
-    }
+    values = {k: check_number(v, path=f"{field} kwargs.{k}") for k, v in kwargs.items()}
     if values.get("p", 2.0) < 1:
         raise ValueError(f"{field} kwargs.p must be >= 1, got {values['p']}")
     if type_ == "EnsembleLoss":

@@ -1,53 +1,54 @@
-"""Learning-rate schedules on the optimiser-step clock.
+"""Learning-rate schedules: ACE's ``optimization.scheduler`` block.
 
-ACE's ``optimization.scheduler: {type: <torch.optim.lr_scheduler class>,
-kwargs: {...}}`` block stays, and the same block also takes named shorthands.
-Every schedule is a ``torch.optim.lr_scheduler`` object (``LambdaLR`` for the
-shorthands, ``SequentialLR`` for ``sequential``), so its state dict checkpoints.
+``{type, kwargs, step_each_iteration}`` as in ACE, where ``type`` is the name
+of any ``torch.optim.lr_scheduler`` class and ``kwargs`` its arguments. Also:
+the curves of ``fme.core.schedule`` (``constant``, ``linear``,
+``exponential``, ``cosine``, ``warmup_cosine``, ``piecewise_constant``),
+driving a ``LambdaLR``, with ``lr0 = optimization.lr`` as their start and
+these ``kwargs``: ``linear`` and ``cosine``: ``total_steps``, ``lr_end=0``;
+``exponential``: ``decay_rate``, ``decay_steps``, ``lr_end=0`` (a floor);
+``warmup_cosine``: ``warmup_steps``, ``total_steps``, ``lr_start=0``,
+``lr_end=0`` (peak ``lr0``); ``piecewise_constant``: ``boundaries``,
+``values`` (absolute rates); ``constant``: none. ``sequential`` takes
+``schedulers`` (``{type, kwargs}`` blocks) and ``milestones``, as
+``torch.optim.lr_scheduler.SequentialLR``.
 
-Notation used in the docstrings: ``t`` is the number of steps the schedule has
-taken so far (optimiser steps by default, epochs with ``step_each: epoch``);
-``lr(t)`` is the learning rate the next step, step ``t + 1``, uses; ``lr0`` is
-``optimization.lr``.
+The clock (``step_each``, or ACE's ``step_each_iteration``): a torch class
+steps once per epoch unless told otherwise (ACE's default
+``step_each_iteration: false``); the curves and ``sequential`` step once per
+optimiser step (never per micro-step of an accumulated rollout). On the
+optimiser clock ``t`` is read from ``fme.core.schedule.OptimizerClock``.
 
-Shorthands (``lr(t)`` before the optional clamps):
-
-- ``constant``: ``lr(t) = lr0``.
-- ``exponential``: ``lr(t) = max(lr_end, lr0 * decay_rate ** (t / decay_steps))``.
-- ``cosine``: ``lr(t) = lr_end + (lr0 - lr_end) * (1 + cos(pi * min(t, T) / T)) / 2``
-  with ``T = total_steps``.
-- ``warmup_cosine``: ``lr(t) = lr_start + (lr0 - lr_start) * t / W`` for
-  ``t < W = warmup_steps``, then the cosine above from ``lr0`` to ``lr_end``
-  over the remaining ``T - W`` steps:
-  ``lr(t) = lr_end + (lr0 - lr_end) * (1 + cos(pi * min(t - W, T - W) / (T - W))) / 2``.
-- ``piecewise_constant``: ``lr(t) = values[i]`` with ``i`` the number of
-  ``boundaries`` that are ``<= t`` (so ``values[0]`` before ``boundaries[0]``).
-
-Every top-level schedule (shorthand, torch class or ``sequential``) takes
-``min_lr`` / ``max_lr`` in its ``kwargs``:
-``lr_clamped(t) = min(max_lr, max(min_lr, lr(t)))``. The clamp acts on the
-learning rate the optimiser sees; the underlying schedule keeps evolving
-unclamped (a chainable torch scheduler continues from its unclamped value).
-
-With several optimiser parameter groups, a shorthand scales each group's
-initial learning rate by ``lr(t) / lr0``; clamps apply to each group's
-absolute learning rate. Where a torch class has its own argument called
-``min_lr`` or ``max_lr`` (``ReduceLROnPlateau``, ``CyclicLR``, ``OneCycleLR``),
-that key goes to the class, not to the clamp.
+Every type takes ``min_lr`` / ``max_lr`` clamps in its top-level ``kwargs``:
+``lr = min(max_lr, max(min_lr, lr(t)))`` on what the optimiser sees, while
+the schedule keeps evolving unclamped. Where a torch class has its own
+``min_lr`` or ``max_lr`` argument, the key goes to the class. With several
+parameter groups, a curve scales each group's initial rate by ``lr(t) / lr0``.
 """
 
-import bisect
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as torch_lr
 
+from fme.core.number_check import check_number
+from fme.core.schedule import (
+    Exponential,
+    OptimizerClock,
+    Schedule,
+    Sequential,
+    Spelling,
+    check_keys,
+    check_sequential_lists,
+    parse_schedule,
+)
+
 SHORTHAND_TYPES = (
     "constant",
+    "linear",
     "exponential",
     "cosine",
     "warmup_cosine",
@@ -58,18 +59,39 @@ STEP_EACH_OPTIONS = ("optimizer_step", "epoch")
 _CLAMP_KEYS = ("min_lr", "max_lr")
 _PATH = "optimization.scheduler"
 
-# (required keys, optional keys with defaults) of each shorthand, clamps excluded.
-_SHORTHAND_KWARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "constant": ((), {}),
-    "exponential": (("decay_rate", "decay_steps"), {"lr_end": 0.0}),
-    "cosine": (("total_steps",), {"lr_end": 0.0}),
-    "warmup_cosine": (
-        ("warmup_steps", "total_steps"),
-        {"lr_start": 0.0, "lr_end": 0.0},
-    ),
-    "piecewise_constant": (("boundaries", "values"), {}),
-}
 
+def _exponential(
+    *, start: float, decay_rate: float, decay_steps: float, end: float
+) -> Schedule:
+    if decay_rate <= 1:  # lr_end is where the decay stops
+        return Exponential(start, decay_rate, decay_steps, end)
+    growth = Exponential(start, decay_rate, decay_steps)
+    return lambda t: max(end, growth(t))  # a floor below a growing rate
+
+
+_SPELLING = Spelling(
+    keys={
+        "constant": ((), {}),
+        "linear": (("total_steps",), {"lr_end": 0.0}),
+        "exponential": (("decay_rate", "decay_steps"), {"lr_end": 0.0}),
+        "cosine": (("total_steps",), {"lr_end": 0.0}),
+        "warmup_cosine": (
+            ("warmup_steps", "total_steps"),
+            {"lr_start": 0.0, "lr_end": 0.0},
+        ),
+        "piecewise_constant": (("boundaries", "values"), {}),
+    },
+    to_canonical={"lr_start": "start", "lr_end": "end", "total_steps": "n_steps"},
+    from_base={
+        "constant": "value",
+        "linear": "start",
+        "exponential": "start",
+        "cosine": "start",
+        "warmup_cosine": "peak",
+    },
+    extra_keys=_CLAMP_KEYS,
+    curves={"exponential": _exponential},
+)
 # torch.optim.lr_scheduler classes that cannot be configured from YAML.
 _UNSUPPORTED_TORCH = {
     "LRScheduler": "it is the abstract base class",
@@ -79,39 +101,20 @@ _UNSUPPORTED_TORCH = {
     "SequentialLR": "it needs scheduler objects; use type: sequential instead",
     "ChainedScheduler": "it needs scheduler objects; use type: sequential instead",
 }
-_NEEDS_METRIC = ("ReduceLROnPlateau",)
 
 
 @dataclasses.dataclass
 class SchedulerConfig:
-    """ACE's ``optimization.scheduler`` block.
+    """ACE's ``optimization.scheduler`` block (see the module docstring).
 
     Attributes:
-        type: ``None`` (constant ``optimization.lr``, no scheduler), a shorthand
-            (``constant``, ``exponential``, ``cosine``, ``warmup_cosine``,
-            ``piecewise_constant``; see the module docstring for their
-            formulas), ``sequential``, or the name of any class in
-            ``torch.optim.lr_scheduler`` (e.g. ``CosineAnnealingLR``,
-            ``StepLR``).
-        kwargs: the schedule's arguments. Shorthands take exactly their keys
-            (``exponential``: ``decay_rate``, ``decay_steps``, ``lr_end=0``;
-            ``cosine``: ``total_steps``, ``lr_end=0``; ``warmup_cosine``:
-            ``warmup_steps``, ``total_steps``, ``lr_start=0``, ``lr_end=0``;
-            ``piecewise_constant``: ``boundaries`` (increasing positive ints),
-            ``values`` (absolute learning rates, one more than boundaries);
-            ``constant``: none). A torch class takes its constructor's keyword
-            arguments (without ``optimizer``). ``sequential`` takes
-            ``schedulers`` (a list of ``{type, kwargs}`` blocks, torch classes
-            or shorthands) and ``milestones`` (``len(schedulers) - 1``
-            increasing step counts at which the next scheduler takes over), as
-            ``torch.optim.lr_scheduler.SequentialLR``. Every type except
-            ``None`` also takes ``min_lr`` and ``max_lr`` clamps.
-        step_each: the schedule's clock, ``optimizer_step`` (the default: one
-            step per optimiser step, never per micro-step of an accumulated
-            rollout) or ``epoch`` (ACE's default, one step per epoch).
-        step_each_iteration: ACE's spelling of ``step_each``: ``true`` means
-            ``optimizer_step``, ``false`` means ``epoch``. Give at most one of
-            the two.
+        type: ``None`` (constant ``optimization.lr``), a curve, ``sequential``
+            or the name of a ``torch.optim.lr_scheduler`` class.
+        kwargs: the schedule's arguments, plus ``min_lr`` / ``max_lr``.
+        step_each: ``optimizer_step`` or ``epoch``; default ``epoch`` for a
+            torch class (as in ACE), ``optimizer_step`` otherwise.
+        step_each_iteration: ACE's spelling: ``true`` is ``optimizer_step``,
+            ``false`` is ``epoch``. Give at most one of the two.
     """
 
     type: str | None = None
@@ -136,8 +139,8 @@ class SchedulerConfig:
                     f"set {_PATH}.type to one of {_allowed_types_text()}"
                 )
             return
-        _validate_schedule(self.type, self.kwargs, path=_PATH, top_level=True)
-        if self.type in _NEEDS_METRIC and self.resolved_step_each != "epoch":
+        self._build_parts(None, lr0=1.0)  # checks every key now, before training
+        if self.type == "ReduceLROnPlateau" and self.resolved_step_each != "epoch":
             raise ValueError(
                 f"{_PATH}.type {self.type} steps on the validation loss, so it needs "
                 f"{_PATH}.step_each: epoch"
@@ -145,87 +148,226 @@ class SchedulerConfig:
 
     @property
     def resolved_step_each(self) -> str:
-        """``step_each`` after applying ACE's ``step_each_iteration`` and defaults."""
+        """``step_each`` after ACE's ``step_each_iteration`` and the defaults."""
         if self.step_each is not None:
             return self.step_each
         if self.step_each_iteration is not None:
             return "optimizer_step" if self.step_each_iteration else "epoch"
-        return "optimizer_step"
+        if self.type in (None, SEQUENTIAL_TYPE, *SHORTHAND_TYPES):
+            return "optimizer_step"
+        return "epoch"
 
-    def build(self, optimizer: torch.optim.Optimizer, *, lr0: float) -> "LRSchedule":
-        """The schedule driving ``optimizer``'s learning rate.
-
-        Args:
-            optimizer: the optimiser, freshly built with learning rate ``lr0``.
-            lr0: ``optimization.lr``, the base of the shorthands.
+    def build(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        lr0: float,
+        clock: OptimizerClock,
+    ) -> "LRSchedule":
+        """The schedule of ``optimizer``'s learning rate, starting now on ``clock``.
 
         Raises:
             ValueError: if a torch class rejects its kwargs, naming
                 ``optimization.scheduler.kwargs``.
         """
-        if self.type is None:
-            return LRSchedule(
-                optimizer=optimizer, scheduler=None, step_each=self.resolved_step_each
-            )
+        per_epoch = self.resolved_step_each == "epoch"
+        schedule = LRSchedule(optimizer=optimizer, clock=clock, per_epoch=per_epoch)
+        if self.type is not None:
+            curve, clamps = self._build_parts(optimizer, lr0=lr0)
+            if callable(curve) and not isinstance(curve, torch_lr.LRScheduler):
+                position = schedule.position_reader if not per_epoch else None
+                curve = _lambda_lr(optimizer, curve, lr0=lr0, position=position)
+            schedule.attach(curve, **clamps)
+        return schedule
+
+    def _build_parts(
+        self, optimizer: torch.optim.Optimizer | None, *, lr0: float
+    ) -> tuple[Any, dict[str, float | None]]:
+        """(curve or torch scheduler, clamps); only checks when no optimiser."""
+        assert self.type is not None
         kwargs = dict(self.kwargs)
-        clamps = {key: kwargs.pop(key, None) for key in _clamp_keys_of(self.type)}
-        scheduler = _build_scheduler(
-            self.type, kwargs, optimizer=optimizer, lr0=lr0, path=_PATH
+        clamp_keys = _clamp_keys_of(self.type)
+        clamps = {key: kwargs.pop(key, None) for key in clamp_keys}
+        for key, value in clamps.items():
+            if value is not None:
+                check_number(value, path=f"{_PATH}.kwargs.{key}", minimum=0.0)
+        if None not in clamps.values() and len(clamps) == 2:
+            if clamps["min_lr"] > clamps["max_lr"]:  # type: ignore[operator]
+                raise ValueError(
+                    f"{_PATH}.kwargs: min_lr ({clamps['min_lr']}) must not exceed "
+                    f"max_lr ({clamps['max_lr']})"
+                )
+        part = _build_member(
+            self.type, kwargs, path=_PATH, optimizer=optimizer, lr0=lr0, top=True
         )
-        return LRSchedule(
-            optimizer=optimizer,
-            scheduler=scheduler,
-            step_each=self.resolved_step_each,
-            min_lr=clamps.get("min_lr"),
-            max_lr=clamps.get("max_lr"),
+        return part, clamps
+
+
+def _build_member(
+    type_: str,
+    kwargs: Mapping[str, Any],
+    *,
+    path: str,
+    optimizer: torch.optim.Optimizer | None,
+    lr0: float,
+    top: bool,
+) -> Any:
+    """A curve or (with an optimiser) a torch scheduler of one block."""
+    kwargs_path = f"{path}.kwargs"
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{kwargs_path} must be a mapping, got {kwargs!r}")
+    if not top and any(key in kwargs for key in _clamp_keys_of(type_)):
+        raise ValueError(
+            f"{kwargs_path}: min_lr and max_lr are only allowed on the top-level "
+            f"schedule; put them in {_PATH}.kwargs"
         )
+    if type_ in SHORTHAND_TYPES:
+        return parse_schedule(
+            type_, kwargs, path=kwargs_path, spelling=_SPELLING, base=lr0
+        )
+    if type_ == SEQUENTIAL_TYPE:
+        if not top:
+            raise ValueError(f"{path}.type: sequential schedules cannot be nested")
+        return _build_sequential(kwargs, path=kwargs_path, optimizer=optimizer, lr0=lr0)
+    cls = _torch_class(type_, path=path)
+    params = list(inspect.signature(cls).parameters.values())[1:]  # no optimizer
+    check_keys(
+        kwargs,
+        required=[p.name for p in params if p.default is inspect.Parameter.empty],
+        optional=[p.name for p in params],
+        path=kwargs_path,
+        what=f"torch.optim.lr_scheduler.{cls.__name__}",
+    )
+    if optimizer is None:
+        return None
+    try:
+        return cls(optimizer, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{kwargs_path} {dict(kwargs)} are not accepted by "
+            f"torch.optim.lr_scheduler.{type_}: {err}"
+        ) from None
+
+
+def _build_sequential(
+    kwargs: Mapping[str, Any],
+    *,
+    path: str,
+    optimizer: torch.optim.Optimizer | None,
+    lr0: float,
+) -> Any:
+    """One curve if every member is a curve, else a torch ``SequentialLR``."""
+    check_keys(
+        kwargs,
+        required=("schedulers", "milestones"),
+        optional=(),
+        path=path,
+        what="type 'sequential'",
+    )
+    schedulers, milestones = kwargs["schedulers"], kwargs["milestones"]
+    check_sequential_lists(schedulers, milestones, path=path)
+    members = []
+    for i, child in enumerate(schedulers):
+        child_path = f"{path}.schedulers[{i}]"
+        if not isinstance(child, Mapping):
+            raise ValueError(f"{child_path} must be a {{type, kwargs}} mapping")
+        check_keys(
+            child,
+            required=("type",),
+            optional=("kwargs",),
+            path=child_path,
+            what="a sequential member",
+        )
+        members.append(
+            _build_member(
+                child["type"],
+                child.get("kwargs", {}),
+                path=child_path,
+                optimizer=optimizer,
+                lr0=lr0,
+                top=False,
+            )
+        )
+    if optimizer is None:
+        return None
+    if all(not isinstance(m, torch_lr.LRScheduler) for m in members):
+        return Sequential(tuple(members), tuple(milestones))
+    schedulers = [
+        m if isinstance(m, torch_lr.LRScheduler) else _lambda_lr(optimizer, m, lr0=lr0)
+        for m in members
+    ]
+    return torch_lr.SequentialLR(
+        optimizer, schedulers=schedulers, milestones=list(milestones)
+    )
+
+
+def _lambda_lr(
+    optimizer: torch.optim.Optimizer,
+    curve: Schedule,
+    *,
+    lr0: float,
+    position: Callable[[], int] | None = None,
+) -> torch_lr.LambdaLR:
+    """A curve driving the rate: of ``position()`` if given, else of torch's count."""
+    if position is None:
+        return torch_lr.LambdaLR(optimizer, lambda epoch: curve(epoch) / lr0)
+    return torch_lr.LambdaLR(optimizer, lambda _: curve(position()) / lr0)
 
 
 class LRSchedule:
-    """A torch learning-rate scheduler on a chosen clock, with optional clamps.
+    """A learning-rate scheduler on a clock, with optional clamps.
 
-    ``t`` is the number of times the schedule advanced; the optimiser's learning
-    rate is then ``lr(t)`` (see the module docstring), the rate of step
-    ``t + 1``.
+    ``t`` is the number of steps the schedule has taken: optimiser steps since
+    it was built (read from the clock), or epochs (torch's count). The
+    optimiser's rate is then ``lr(t)``, the rate of step ``t + 1``.
 
     Args:
         optimizer: the optimiser whose learning rate is scheduled.
-        scheduler: the torch scheduler, or ``None`` for a constant rate.
-        step_each: ``optimizer_step`` or ``epoch``.
-        min_lr: lower clamp of every group's learning rate, if any.
-        max_lr: upper clamp of every group's learning rate, if any.
+        clock: the optimiser clock; the schedule starts at its current value.
+        per_epoch: the schedule steps at epoch ends, not optimiser steps.
     """
 
     def __init__(
         self,
         *,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch_lr.LRScheduler | None,
-        step_each: str,
+        clock: OptimizerClock,
+        per_epoch: bool,
+    ):
+        self._optimizer = optimizer
+        self._clock = clock
+        self._origin = clock.step
+        self._per_epoch = per_epoch
+        self._scheduler: Any = None
+        self._clamps: tuple[float | None, float | None] = (None, None)
+
+    def position_reader(self) -> int:
+        """Optimiser steps since the schedule started (its ``t`` on that clock)."""
+        return self._clock.step - self._origin
+
+    def attach(
+        self,
+        scheduler: Any,
+        *,
         min_lr: float | None = None,
         max_lr: float | None = None,
-    ):
-        if step_each not in STEP_EACH_OPTIONS:
-            raise ValueError(
-                f"step_each must be one of {list(STEP_EACH_OPTIONS)}, got {step_each!r}"
-            )
-        self._optimizer = optimizer
+    ) -> None:
+        """Drive the rate by ``scheduler`` (a torch scheduler), clamped."""
         self._scheduler = scheduler
-        self._step_each = step_each
-        self._min_lr = min_lr
-        self._max_lr = max_lr
-        self._t = 0
+        self._clamps = (min_lr, max_lr)
         self._apply_clamps()
 
     @property
     def step_each(self) -> str:
         """The schedule's clock: ``optimizer_step`` or ``epoch``."""
-        return self._step_each
+        return "epoch" if self._per_epoch else "optimizer_step"
 
     @property
     def t(self) -> int:
         """Steps the schedule has taken on its clock."""
-        return self._t
+        if self._per_epoch and self._scheduler is not None:
+            return int(self._scheduler.last_epoch)
+        return self.position_reader()
 
     @property
     def needs_metric(self) -> bool:
@@ -238,17 +380,17 @@ class LRSchedule:
         return float(self._optimizer.param_groups[0]["lr"])
 
     def step_optimizer(self) -> None:
-        """Call once after each optimiser step; advances if ``step_each`` is it."""
-        if self._step_each == "optimizer_step":
+        """Call after each optimiser step (the clock ticked); advances per step."""
+        if not self._per_epoch:
             self._advance(None)
 
     def step_epoch(self, metric: float | None = None) -> None:
-        """Call once at the end of each epoch; advances if ``step_each == epoch``.
+        """Call at the end of each epoch; advances a per-epoch schedule.
 
         Args:
             metric: the validation loss, required when ``needs_metric``.
         """
-        if self._step_each == "epoch":
+        if self._per_epoch:
             if self.needs_metric and metric is None:
                 raise ValueError(
                     "ReduceLROnPlateau needs the validation loss: call "
@@ -257,44 +399,36 @@ class LRSchedule:
             self._advance(metric)
 
     def state_dict(self) -> dict[str, Any]:
-        """The clock and the torch scheduler's state dict."""
+        """``t`` (the schedule's position) and the torch scheduler's state."""
+        scheduler = self._scheduler
         return {
-            "t": self._t,
-            "scheduler": (
-                None if self._scheduler is None else self._scheduler.state_dict()
-            ),
+            "t": self.t,
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output and set the optimiser's rates from it.
+        """Restore ``state_dict()`` output (after the clock) and set the rates.
 
         A state without a scheduler (saved with ``type: None``) leaves a
         configured scheduler at its start.
         """
-        self._t = int(state.get("t", 0))
+        if not self._per_epoch:
+            self._origin = self._clock.step - int(state.get("t", 0))
         scheduler_state = state.get("scheduler")
         if self._scheduler is not None and scheduler_state is not None:
             self._scheduler.load_state_dict(scheduler_state)
-            for group, lr in zip(
-                self._optimizer.param_groups,
-                self._scheduler.get_last_lr(),
-                strict=True,
-            ):
-                group["lr"] = lr
+            self._set_rates(self._scheduler.get_last_lr())
             self._apply_clamps()
 
+    def _set_rates(self, rates: list[float]) -> None:
+        for group, lr in zip(self._optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
+
     def _advance(self, metric: float | None) -> None:
-        self._t += 1
         if self._scheduler is None:
             return
-        if self._clamped:
-            # Let the scheduler continue from its own (unclamped) values.
-            for group, lr in zip(
-                self._optimizer.param_groups,
-                self._scheduler.get_last_lr(),
-                strict=True,
-            ):
-                group["lr"] = lr
+        if self._clamps != (None, None):  # continue from the unclamped values
+            self._set_rates(self._scheduler.get_last_lr())
         if isinstance(self._scheduler, torch_lr.ReduceLROnPlateau):
             assert metric is not None
             self._scheduler.step(metric)
@@ -302,31 +436,19 @@ class LRSchedule:
             self._scheduler.step()
         self._apply_clamps()
 
-    @property
-    def _clamped(self) -> bool:
-        return self._min_lr is not None or self._max_lr is not None
-
     def _apply_clamps(self) -> None:
-        if not self._clamped:
-            return
+        low, high = self._clamps
         for group in self._optimizer.param_groups:
-            group["lr"] = _clamp(group["lr"], self._min_lr, self._max_lr)
-
-
-def _clamp(value: float, low: float | None, high: float | None) -> float:
-    if low is not None:
-        value = max(low, value)
-    if high is not None:
-        value = min(high, value)
-    return value
+            if low is not None:
+                group["lr"] = max(low, group["lr"])
+            if high is not None:
+                group["lr"] = min(high, group["lr"])
 
 
 def _clamp_keys_of(type_: str) -> tuple[str, ...]:
     """The clamp keys of a type: a torch class's own argument wins over a clamp."""
-    if type_ in _SHORTHAND_KWARGS or type_ == SEQUENTIAL_TYPE:
-        return _CLAMP_KEYS
-    cls = getattr(torch_lr, type_, None)
-    if not inspect.isclass(cls):
+    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
+    if type_ in (*SHORTHAND_TYPES, SEQUENTIAL_TYPE) or not inspect.isclass(cls):
         return _CLAMP_KEYS
     own = inspect.signature(cls).parameters
     return tuple(key for key in _CLAMP_KEYS if key not in own)
@@ -339,284 +461,14 @@ def _allowed_types_text() -> str:
     )
 
 
-def _validate_schedule(
-    type_: str, kwargs: Mapping[str, Any], *, path: str, top_level: bool
-) -> None:
-    """Check a ``{type, kwargs}`` block; ``path`` names it in messages."""
-    kwargs_path = f"{path}.kwargs"
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{kwargs_path} must be a mapping, got {kwargs!r}")
-    clamp_keys = [key for key in _clamp_keys_of(type_) if key in kwargs]
-    if clamp_keys and not top_level:
-        raise ValueError(
-            f"{kwargs_path}: {clamp_keys} are only allowed on the top-level "
-            f"schedule; put them in {_PATH}.kwargs"
-        )
-    for key in clamp_keys:
-        _number(kwargs[key], path=f"{kwargs_path}.{key}", minimum=0.0)
-    if len(clamp_keys) == 2 and kwargs["min_lr"] > kwargs["max_lr"]:
-        raise ValueError(
-            f"{kwargs_path}: min_lr ({kwargs['min_lr']}) must not exceed "
-            f"max_lr ({kwargs['max_lr']})"
-        )
-    rest = {k: v for k, v in kwargs.items() if k not in clamp_keys}
-    if type_ in _SHORTHAND_KWARGS:
-        _validate_shorthand(type_, rest, path=kwargs_path)
-    elif type_ == SEQUENTIAL_TYPE:
-        if not top_level:
-            raise ValueError(f"{path}.type: sequential schedules cannot be nested")
-        _validate_sequential(rest, path=kwargs_path)
-    else:
-        _validate_torch_kwargs(_torch_class(type_, path=path), rest, path=kwargs_path)
-
-
-def _check_keys(
-    kwargs: Mapping[str, Any],
-    *,
-    required: tuple[str, ...],
-    optional: tuple[str, ...],
-    path: str,
-    what: str,
-) -> None:
-    allowed = sorted([*required, *optional])
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown key(s) {unknown} for {what}; allowed: {allowed}"
-        )
-    missing = [key for key in required if key not in kwargs]
-    if missing:
-        raise ValueError(
-            f"{path}: missing required key(s) {missing} for {what}; allowed: {allowed}"
-        )
-
-
-def _number(
-    value: Any,
-    *,
-    path: str,
-    minimum: float | None = None,
-    exclusive: bool = False,
-    integer: bool = False,
-) -> float:
-    kind = "an integer" if integer else "a number"
-    ok_types: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        hint = (
-            " (YAML reads 1e-5 as text; write 1.0e-5)" if isinstance(value, str) else ""
-        )
-        raise ValueError(f"{path} must be {kind}, got {value!r}{hint}")
-    number = float(cast(float, value))
-    if not math.isfinite(number):
-        raise ValueError(f"{path} must be finite, got {value!r}")
-    if minimum is not None:
-        if exclusive and number <= minimum:
-            raise ValueError(f"{path} must be > {minimum}, got {value!r}")
-        if not exclusive and number < minimum:
-            raise ValueError(f"{path} must be >= {minimum}, got {value!r}")
-    return number
-
-
-def _validate_shorthand(type_: str, kwargs: Mapping[str, Any], *, path: str) -> None:
-    required, optional = _SHORTHAND_KWARGS[type_]
-    _check_keys(
-        kwargs,
-        required=required,
-        optional=(*optional, *_CLAMP_KEYS),
-        path=path,
-        what=f"type {type_!r}",
-    )
-    for key in ("lr_start", "lr_end"):
-        if key in kwargs:
-            _number(kwargs[key], path=f"{path}.{key}", minimum=0.0)
-    if type_ == "exponential":
-        _number(
-            kwargs["decay_rate"], path=f"{path}.decay_rate", minimum=0.0, exclusive=True
-        )
-        _number(
-            kwargs["decay_steps"],
-            path=f"{path}.decay_steps",
-            minimum=0.0,
-            exclusive=True,
-        )
-    elif type_ == "cosine":
-        _number(
-            kwargs["total_steps"], path=f"{path}.total_steps", minimum=1, integer=True
-        )
-    elif type_ == "warmup_cosine":
-        warmup = _number(
-            kwargs["warmup_steps"], path=f"{path}.warmup_steps", minimum=0, integer=True
-        )
-        total = _number(
-            kwargs["total_steps"], path=f"{path}.total_steps", minimum=1, integer=True
-        )
-        if total <= warmup:
-            raise ValueError(
-                f"{path}.total_steps ({int(total)}) must exceed warmup_steps "
-                f"({int(warmup)}); total_steps counts the warm-up too"
-            )
-    elif type_ == "piecewise_constant":
-        _validate_piecewise(kwargs["boundaries"], kwargs["values"], path=path)
-
-
-def _validate_piecewise(boundaries: Any, values: Any, *, path: str) -> None:
-    if not isinstance(boundaries, list) or not isinstance(values, list):
-        raise ValueError(f"{path}.boundaries and {path}.values must be lists")
-    for i, boundary in enumerate(boundaries):
-        _number(boundary, path=f"{path}.boundaries[{i}]", minimum=1, integer=True)
-    if any(b >= c for b, c in zip(boundaries[:-1], boundaries[1:], strict=True)):
-        raise ValueError(
-            f"{path}.boundaries must be strictly increasing, got {boundaries}"
-        )
-    if len(values) != len(boundaries) + 1:
-        raise ValueError(
-            f"{path}.values needs len(boundaries) + 1 = {len(boundaries) + 1} "
-            f"entries, got {len(values)}"
-        )
-    for i, value in enumerate(values):
-        _number(value, path=f"{path}.values[{i}]", minimum=0.0)
-
-
-def _validate_sequential(kwargs: Mapping[str, Any], *, path: str) -> None:
-    _check_keys(
-        kwargs,
-        required=("schedulers", "milestones"),
-        optional=_CLAMP_KEYS,
-        path=path,
-        what="type 'sequential'",
-    )
-    schedulers, milestones = kwargs["schedulers"], kwargs["milestones"]
-    if not isinstance(schedulers, list) or not schedulers:
-        raise ValueError(
-            f"{path}.schedulers must be a non-empty list of {{type, kwargs}} blocks"
-        )
-    if not isinstance(milestones, list) or len(milestones) != len(schedulers) - 1:
-        raise ValueError(
-            f"{path}.milestones must be a list of len(schedulers) - 1 = "
-            f"{len(schedulers) - 1} step counts, got {milestones!r}"
-        )
-    for i, milestone in enumerate(milestones):
-        _number(milestone, path=f"{path}.milestones[{i}]", minimum=1, integer=True)
-    if any(a >= b for a, b in zip(milestones[:-1], milestones[1:], strict=True)):
-        raise ValueError(f"{path}.milestones must be strictly increasing")
-    for i, child in enumerate(schedulers):
-        child_path = f"{path}.schedulers[{i}]"
-        if not isinstance(child, Mapping):
-            raise ValueError(f"{child_path} must be a {{type, kwargs}} mapping")
-        _check_keys(
-            child,
-            required=("type",),
-            optional=("kwargs",),
-            path=child_path,
-            what="a sequential member",
-        )
-        if not isinstance(child["type"], str):
-            raise ValueError(
-                f"{child_path}.type must be one of {_allowed_types_text()}"
-            )
-        _validate_schedule(
-            child["type"], child.get("kwargs", {}), path=child_path, top_level=False
-        )
-
-
 def _torch_class(type_: str, *, path: str) -> type[torch_lr.LRScheduler]:
     if type_ in _UNSUPPORTED_TORCH:
         raise ValueError(
             f"{path}.type {type_!r} is not supported: {_UNSUPPORTED_TORCH[type_]}"
         )
-    cls = getattr(torch_lr, type_, None)
+    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
     if not (inspect.isclass(cls) and issubclass(cls, torch_lr.LRScheduler)):
         raise ValueError(
             f"{path}.type {type_!r} is unknown; allowed: {_allowed_types_text()}"
         )
     return cls
-
-
-def _validate_torch_kwargs(
-    cls: type[torch_lr.LRScheduler], kwargs: Mapping[str, Any], *, path: str
-) -> None:
-    params = list(inspect.signature(cls).parameters.values())[1:]  # drop optimizer
-    names = [p.name for p in params]
-    required = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
-    optional = tuple(name for name in names if name not in required)
-    _check_keys(
-        kwargs,
-        required=required,
-        optional=(*optional, *_clamp_keys_of(cls.__name__)),
-        path=path,
-        what=f"torch.optim.lr_scheduler.{cls.__name__}",
-    )
-
-
-def _build_scheduler(
-    type_: str,
-    kwargs: Mapping[str, Any],
-    *,
-    optimizer: torch.optim.Optimizer,
-    lr0: float,
-    path: str,
-) -> torch_lr.LRScheduler:
-    """The torch scheduler of a validated ``{type, kwargs}`` (clamps removed)."""
-    if type_ in _SHORTHAND_KWARGS:
-        if lr0 <= 0:
-            raise ValueError(f"optimization.lr must be positive, got {lr0}")
-        required, optional = _SHORTHAND_KWARGS[type_]
-        lr_of_t = _shorthand_lr(type_, {**optional, **kwargs}, lr0=lr0)
-        return torch_lr.LambdaLR(optimizer, lambda t: lr_of_t(t) / lr0)
-    if type_ == SEQUENTIAL_TYPE:
-        children = [
-            _build_scheduler(
-                child["type"],
-                child.get("kwargs", {}),
-                optimizer=optimizer,
-                lr0=lr0,
-                path=f"{path}.kwargs.schedulers[{i}]",
-            )
-            for i, child in enumerate(kwargs["schedulers"])
-        ]
-        return torch_lr.SequentialLR(
-            optimizer, schedulers=children, milestones=list(kwargs["milestones"])
-        )
-    cls = _torch_class(type_, path=path)
-    try:
-        return cls(optimizer, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path}.kwargs {dict(kwargs)} are not accepted by "
-            f"torch.optim.lr_scheduler.{type_}: {err}"
-        ) from None
-
-
-def _shorthand_lr(
-    type_: str, kwargs: Mapping[str, Any], *, lr0: float
-) -> Callable[[int], float]:
-    """``lr(t)`` of a shorthand (see the module docstring), before clamps."""
-    if type_ == "constant":
-        return lambda t: lr0
-    if type_ == "exponential":
-        rate, steps = float(kwargs["decay_rate"]), float(kwargs["decay_steps"])
-        lr_end = float(kwargs["lr_end"])
-        return lambda t: max(lr_end, lr0 * rate ** (t / steps))
-    if type_ == "cosine":
-        total, lr_end = int(kwargs["total_steps"]), float(kwargs["lr_end"])
-        return lambda t: _cosine(min(t, total) / total, lr0, lr_end)
-    if type_ == "warmup_cosine":
-        warmup, total = int(kwargs["warmup_steps"]), int(kwargs["total_steps"])
-        lr_start, lr_end = float(kwargs["lr_start"]), float(kwargs["lr_end"])
-
-        def warmup_cosine(t: int) -> float:
-            if t < warmup:
-                return lr_start + (lr0 - lr_start) * t / warmup
-            decay = total - warmup
-            return _cosine(min(t - warmup, decay) / decay, lr0, lr_end)
-
-        return warmup_cosine
-    if type_ == "piecewise_constant":
-        boundaries = [int(b) for b in kwargs["boundaries"]]
-        values = [float(v) for v in kwargs["values"]]
-        return lambda t: values[bisect.bisect_right(boundaries, t)]
-    raise AssertionError(f"unhandled shorthand {type_}")
-
-
-def _cosine(fraction: float, start: float, end: float) -> float:
-    return end + (start - end) * (1.0 + math.cos(math.pi * fraction)) / 2.0

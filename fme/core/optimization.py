@@ -16,8 +16,14 @@ and the learning-rate schedule advance once per optimiser step, not per
 evaluation. Under data parallelism every evaluation's backward all-reduces the
 gradients, and the returned loss is averaged over ranks so that every rank's
 line search takes the same decisions.
+
+``Optimization`` owns the run's one ``OptimizerClock``: it ticks it once per
+optimiser step, saves it once (``optimizer_steps``), and the learning-rate and
+loss-weight schedules read it. Validation runs the same code with a
+``NullOptimization`` (no backward, no step, no clock).
 """
 
+import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
@@ -27,6 +33,8 @@ from typing import Any
 import torch
 
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
+from fme.core.number_check import check_number
+from fme.core.schedule import OptimizerClock
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
@@ -35,16 +43,46 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "LBFGS": torch.optim.LBFGS,
 }
 CLOSURE_OPTIMIZERS = ("LBFGS",)
-# LBFGS kwargs: name -> (allowed types, minimum or None)
-_LBFGS_KWARGS: dict[str, tuple[tuple[type, ...], float | None]] = {
-    "max_iter": ((int,), 1),
-    "max_eval": ((int,), 1),
-    "tolerance_grad": ((int, float), 0.0),
-    "tolerance_change": ((int, float), 0.0),
-    "history_size": ((int,), 1),
-    "line_search_fn": ((str, type(None)), None),
+# numeric LBFGS kwargs: name -> (minimum, integer); also line_search_fn
+_LBFGS_NUMBERS: dict[str, tuple[float, bool]] = {
+    "max_iter": (1, True),
+    "max_eval": (1, True),
+    "tolerance_grad": (0.0, False),
+    "tolerance_change": (0.0, False),
+    "history_size": (1, True),
 }
 _LINE_SEARCHES = (None, "strong_wolfe")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """ACE's ``optimization.checkpoint``: activation checkpointing.
+
+    Attributes:
+        after_n_forward_steps: recompute activations in backward for rollout
+            steps with index ``>= after_n_forward_steps`` (0-based); null (the
+            default, ACE's infinity) never does.
+        kwargs: ACE's extra arguments of ``torch.utils.checkpoint``; not
+            supported here (must be empty).
+    """
+
+    after_n_forward_steps: int | None = None
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.after_n_forward_steps is not None:
+            check_number(
+                self.after_n_forward_steps,
+                path="optimization.checkpoint.after_n_forward_steps",
+                minimum=0,
+                integer=True,
+            )
+        if self.kwargs:
+            raise ValueError(
+                "not supported here: optimization.checkpoint.kwargs "
+                f"{sorted(self.kwargs)}; activation checkpointing always runs "
+                "non-reentrant with torch's defaults, remove the kwargs"
+            )
 
 
 @dataclasses.dataclass
@@ -66,8 +104,9 @@ class OptimizationConfig:
         use_gradient_accumulation: back-propagate after each rollout step and
             detach the state between steps, so memory does not grow with the
             rollout length. Same update as plain backprop for a 1-step rollout.
-        checkpoint_after_n_forward_steps: recompute activations in backward
-            for rollout steps from this index on (activation checkpointing).
+        checkpoint: activation checkpointing (ACE's
+            ``checkpoint.after_n_forward_steps``; the former spelling
+            ``checkpoint_after_n_forward_steps`` is migrated on load).
     """
 
     optimizer_type: str = "Adam"
@@ -76,7 +115,23 @@ class OptimizationConfig:
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     max_grad_norm: float | None = None
     use_gradient_accumulation: bool = False
-    checkpoint_after_n_forward_steps: int | None = None
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    @classmethod
+    def migrate_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Former spellings to current ones (applied by the config loader)."""
+        if "checkpoint_after_n_forward_steps" not in data:
+            return data
+        data = dict(data)
+        after = data.pop("checkpoint_after_n_forward_steps")
+        checkpoint = dict(data.get("checkpoint") or {})
+        if "after_n_forward_steps" in checkpoint:
+            raise ValueError(
+                "optimization: give checkpoint.after_n_forward_steps or the former "
+                "checkpoint_after_n_forward_steps, not both"
+            )
+        data["checkpoint"] = {**checkpoint, "after_n_forward_steps": after}
+        return data
 
     def __post_init__(self):
         if self.optimizer_type not in _OPTIMIZERS:
@@ -92,14 +147,6 @@ class OptimizationConfig:
             )
         if self.optimizer_type == "LBFGS":
             self._check_lbfgs()
-        if (
-            self.checkpoint_after_n_forward_steps is not None
-            and self.checkpoint_after_n_forward_steps < 0
-        ):
-            raise ValueError(
-                "optimization.checkpoint_after_n_forward_steps must be >= 0, got "
-                f"{self.checkpoint_after_n_forward_steps}"
-            )
 
     @property
     def uses_closure(self) -> bool:
@@ -119,21 +166,25 @@ class OptimizationConfig:
                 "gradients disagree with the loss its line search evaluates; "
                 "remove max_grad_norm (the line search already bounds the step)"
             )
+        allowed = sorted([*_LBFGS_NUMBERS, "line_search_fn"])
         for key, value in self.kwargs.items():
-            if key not in _LBFGS_KWARGS:
+            if key not in allowed:
                 raise ValueError(
                     f"optimization.kwargs.{key} is not an LBFGS option; allowed: "
-                    f"{sorted(_LBFGS_KWARGS)}"
+                    f"{allowed}"
                 )
-            types, minimum = _LBFGS_KWARGS[key]
-            if isinstance(value, bool) or not isinstance(value, types):
-                raise ValueError(
-                    f"optimization.kwargs.{key} must be of type "
-                    f"{' or '.join(t.__name__ for t in types)}, got {value!r}"
-                )
-            if minimum is not None and value < minimum:  # type: ignore[operator]
-                raise ValueError(
-                    f"optimization.kwargs.{key} must be >= {minimum}, got {value}"
+            if key in _LBFGS_NUMBERS:
+                minimum, integer = _LBFGS_NUMBERS[key]
+                if integer and (isinstance(value, bool) or not isinstance(value, int)):
+                    # torch needs an int here, not an integral float
+                    raise ValueError(
+                        f"optimization.kwargs.{key} must be of type int, got {value!r}"
+                    )
+                check_number(
+                    value,
+                    path=f"optimization.kwargs.{key}",
+                    minimum=minimum,
+                    integer=integer,
                 )
         line_search = self.kwargs.get("line_search_fn", "strong_wolfe")
         if line_search not in _LINE_SEARCHES:
@@ -151,6 +202,7 @@ class OptimizationConfig:
         self,
         parameters: Iterable[torch.nn.Parameter],
         *,
+        start_step: int = 0,
         no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
         mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> "Optimization":
@@ -158,6 +210,9 @@ class OptimizationConfig:
 
         Args:
             parameters: the trainable parameters.
+            start_step: optimiser steps the run already took (a later training
+                phase); the clock starts there and the learning-rate schedule
+                starts at ``t = 0``.
             no_sync: a context manager factory that suppresses gradient
                 synchronisation (DDP's ``no_sync``), used for every backward of
                 an accumulated rollout but the last.
@@ -177,27 +232,60 @@ class OptimizationConfig:
                 f"optimization.kwargs {self.kwargs} are not accepted by "
                 f"{self.optimizer_type}: {err}"
             ) from None
+        clock = OptimizerClock(start_step)
         return Optimization(
             optimizer=optimizer,
-            schedule=self.scheduler.build(optimizer, lr0=self.lr),
+            clock=clock,
+            schedule=self.scheduler.build(optimizer, lr0=self.lr, clock=clock),
             max_grad_norm=self.max_grad_norm,
             use_gradient_accumulation=self.use_gradient_accumulation,
-            checkpoint_after_n_forward_steps=self.checkpoint_after_n_forward_steps,
+            checkpoint_after_n_forward_steps=self.checkpoint.after_n_forward_steps,
             no_sync=no_sync,
             uses_closure=self.uses_closure,
             mean_over_ranks=mean_over_ranks,
         )
 
 
-class Optimization:
-    """Owns backward, clipping, the optimiser step and the optimiser-step clock.
+class OptimizationABC(abc.ABC):
+    """What a training rollout asks of its optimisation."""
+
+    use_gradient_accumulation: bool
+    checkpoint_after_n_forward_steps: int | None
+
+    @abc.abstractmethod
+    def rollout_step_context(self, *, is_last: bool) -> AbstractContextManager[Any]:
+        """Wrap one rollout step's forward and backward in this context."""
+
+    @abc.abstractmethod
+    def accumulate_loss(self, loss: torch.Tensor) -> None:
+        """Take one optimised rollout step's loss."""
+
+
+class NullOptimization(OptimizationABC):
+    """Validation: the rollout and losses of training, nothing optimised."""
+
+    use_gradient_accumulation = False
+    checkpoint_after_n_forward_steps = None
+
+    def rollout_step_context(self, *, is_last: bool) -> AbstractContextManager[Any]:
+        """No context: there is no gradient synchronisation."""
+        return contextlib.nullcontext()
+
+    def accumulate_loss(self, loss: torch.Tensor) -> None:
+        """Drop the loss: nothing is back-propagated."""
+
+
+class Optimization(OptimizationABC):
+    """Owns backward, clipping, the optimiser step and the optimiser clock.
 
     Args:
         optimizer: the torch optimiser.
-        schedule: the learning-rate schedule.
+        clock: the optimiser clock, ticked once per optimiser step.
+        schedule: the learning-rate schedule (reading ``clock``).
         max_grad_norm: clip threshold or None.
         use_gradient_accumulation: back-propagate each loss immediately.
-        checkpoint_after_n_forward_steps: see ``OptimizationConfig``.
+        checkpoint_after_n_forward_steps: ``OptimizationConfig.checkpoint``'s
+            ``after_n_forward_steps``.
         no_sync: see ``OptimizationConfig.build``.
         uses_closure: the optimiser needs ``step_with_closure`` (L-BFGS).
         mean_over_ranks: see ``OptimizationConfig.build``.
@@ -207,6 +295,7 @@ class Optimization:
         self,
         *,
         optimizer: torch.optim.Optimizer,
+        clock: OptimizerClock,
         schedule: LRSchedule,
         max_grad_norm: float | None,
         use_gradient_accumulation: bool,
@@ -218,16 +307,21 @@ class Optimization:
         if uses_closure and use_gradient_accumulation:
             raise ValueError("a closure optimiser cannot accumulate gradients")
         self.optimizer = optimizer
+        self.clock = clock
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
         self.use_gradient_accumulation = use_gradient_accumulation
         self.checkpoint_after_n_forward_steps = checkpoint_after_n_forward_steps
         self._no_sync = no_sync
         self._pending: list[torch.Tensor] = []
-        self.optimizer_steps = 0
         self.uses_closure = uses_closure
         self._mean_over_ranks = mean_over_ranks
         self.last_closure_evaluations = 0
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimiser steps the run has taken (the clock's count)."""
+        return self.clock.step
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -275,7 +369,7 @@ class Optimization:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_steps += 1
+        self.clock.tick()
         self.schedule.step_optimizer()
 
     def step_with_closure(self, run_forward: Callable[[], None]) -> None:
@@ -315,7 +409,7 @@ class Optimization:
         finally:
             self._pending = []
         self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_steps += 1
+        self.clock.tick()
         self.schedule.step_optimizer()
 
     def discard(self) -> None:
@@ -333,11 +427,11 @@ class Optimization:
         self.schedule.step_epoch(metric if self.schedule.needs_metric else None)
 
     def get_state(self) -> dict[str, Any]:
-        """Optimiser, schedule and clock state."""
+        """Optimiser, clock and learning-rate schedule state."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "optimizer_steps": self.optimizer_steps,
+            "optimizer_steps": self.clock.step,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -357,5 +451,5 @@ class Optimization:
                 "checkpoint was written with"
             )
         self.optimizer.load_state_dict(state["optimizer"])
+        self.clock.load(int(state["optimizer_steps"]))
         self.schedule.load_state_dict(state["schedule"])
-        self.optimizer_steps = int(state["optimizer_steps"])

@@ -17,13 +17,21 @@ def wrap_data_parallel(
     """``module`` on ``dist.device``, wrapped in DDP when several processes train.
 
     Model code stays unaware of parallelism: this is the only place that
-    wraps it.
+    wraps it. A module already wrapped is unwrapped first (a new training
+    phase with other frozen parameters needs a new wrapper).
     """
-    module = module.to(dist.device)
+    module = unwrap_data_parallel(module).to(dist.device)
     if not dist.is_distributed or not any(p.requires_grad for p in module.parameters()):
         return module
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def unwrap_data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DDP wrapper (``module`` itself if not wrapped)."""
+    if isinstance(module, DistributedDataParallel):
+        return module.module
+    return module
 
 
 def no_sync_context(

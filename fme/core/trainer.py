@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from fme.core.checkpoint import load_checkpoint, save_checkpoint
 from fme.core.distributed import DistributedContext
+from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.optimization import Optimization
@@ -238,7 +239,7 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 # loss weights are state of the clock, logged under their own name
                 batch_metrics = {
-                    k if k.startswith("loss_weight/") else f"batch_{k}": v
+                    k if k.startswith(LOSS_WEIGHT_PREFIX) else f"batch_{k}": v
                     for k, v in out.metrics.items()
                 }
                 batch_metrics["lr"] = self.optimization.learning_rate
@@ -340,8 +341,9 @@ class Trainer:
                 "and cannot be resumed; start a new experiment_dir and fine-tune "
                 "from it with stepper_training.parameter_init.weights_path"
             )
-        self.trainable.load_state(state["trainable"])
+        # the clock first: the trainable's schedules find their position on it
         self.optimization.load_state(state["optimization"])
+        self.trainable.load_state(state["trainable"])
         trainer_state = state["trainer"]
         self.epoch = int(trainer_state["epoch"])
         self.best_value = float(trainer_state["best_value"])

@@ -12,6 +12,7 @@ from fme.core.loss_weight_schedule import (
     build_loss_weight_schedules,
     check_loss_weight_schedule_terms,
 )
+from fme.core.schedule import OptimizerClock
 
 TERMS = ["main", "corrector_regularization", "global_mean"]
 
@@ -20,14 +21,28 @@ def _config(**fields: Any) -> LossWeightScheduleConfig:
     return from_dict_strict(LossWeightScheduleConfig, fields)
 
 
+# the optimiser clock each set of schedules reads (Optimization owns it in training)
+_CLOCKS: dict[int, OptimizerClock] = {}
+
+
 def _schedules(
     configs: dict[str, dict[str, Any]], base_weights: dict[str, float] | None = None
 ) -> LossWeightSchedules:
-    return build_loss_weight_schedules(
+    clock = OptimizerClock()
+    schedules = build_loss_weight_schedules(
         {name: _config(**fields) for name, fields in configs.items()},
         term_names=TERMS,
         base_weights=base_weights or {},
+        clock=clock,
     )
+    _CLOCKS[id(schedules)] = clock
+    return schedules
+
+
+def _step(schedules: LossWeightSchedules, term_losses: Any = None) -> None:
+    """One optimiser step: the step's losses are observed, then the clock ticks."""
+    schedules.observe(term_losses or {})
+    _CLOCKS[id(schedules)].tick()
 
 
 @pytest.mark.parametrize("t", [0, 1, 25_000, 50_000, 100_000, 300_000])
@@ -87,7 +102,7 @@ def test_effective_weight_is_schedule_times_base_and_steps_count():
     seen = []
     for _ in range(6):
         seen.append(schedules.weights())
-        schedules.step_optimizer()
+        _step(schedules)
     assert schedules.t == 6
     assert [w["corrector_regularization"] for w in seen] == pytest.approx(
         [2.0, 1.5, 1.0, 0.5, 0.0, 0.0]
@@ -131,12 +146,13 @@ def test_adaptive_matches_hand_computation():
     for (main_loss, global_loss), w_main, w_global in zip(
         steps, expected_main, expected_global, strict=True
     ):
-        schedules.step_optimizer(
+        _step(
+            schedules,
             {
                 "main": main_loss,
                 "global_mean": global_loss,
                 "corrector_regularization": 7,
-            }
+            },
         )
         weights = schedules.weights()
         assert weights["main"] == pytest.approx(w_main)
@@ -149,7 +165,7 @@ def test_adaptive_with_grad_tensors_gives_plain_floats():
     parameter = torch.nn.Parameter(torch.tensor(2.0))
     loss = parameter**2  # 4.0, requires grad
     schedules = _schedules({"main": {"type": "adaptive", "target": 1.0}})
-    schedules.step_optimizer({"main": loss})
+    _step(schedules, {"main": loss})
     weights = schedules.weights()
     assert type(weights["main"]) is float
     assert weights["main"] == pytest.approx(0.25)
@@ -163,13 +179,13 @@ def test_adaptive_with_grad_tensors_gives_plain_floats():
 def test_adaptive_errors():
     schedules = _schedules({"main": {"type": "adaptive"}})
     with pytest.raises(ValueError, match=r"\['main'\]"):
-        schedules.step_optimizer()
+        _step(schedules)
     with pytest.raises(ValueError, match="'main' is nan at optimiser step 1"):
-        schedules.step_optimizer({"main": float("nan")})
+        _step(schedules, {"main": float("nan")})
     with pytest.raises(ValueError, match="unknown loss term"):
-        schedules.step_optimizer({"main": 1.0, "mian": 1.0})
+        _step(schedules, {"main": 1.0, "mian": 1.0})
     with pytest.raises(ValueError, match="scalars"):
-        schedules.step_optimizer({"main": torch.ones(2)})
+        _step(schedules, {"main": torch.ones(2)})
     assert schedules.t == 0  # failed steps do not advance the clock
 
 
@@ -188,7 +204,7 @@ def test_state_dict_round_trip_continues_identically():
     def run(schedules: LossWeightSchedules, batch: list[dict[str, float]]):
         out = []
         for term_losses in batch:
-            schedules.step_optimizer(term_losses)
+            _step(schedules, term_losses)
             out.append(schedules.weights())
         return out
 

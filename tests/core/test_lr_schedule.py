@@ -6,8 +6,11 @@ import torch
 
 from fme.core.config_loading import ConfigError, from_dict_strict
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
+from fme.core.schedule import OptimizerClock
 
 LR0 = 0.1
+# the optimiser clock each schedule reads (Optimization owns it in training)
+_CLOCKS: dict[int, OptimizerClock] = {}
 
 
 def _optimizer(lr: float = LR0) -> torch.optim.Optimizer:
@@ -21,7 +24,22 @@ def _build(
         SchedulerConfig, {"type": type_, "kwargs": kwargs or {}, **extra}
     )
     optimizer = _optimizer()
-    return optimizer, config.build(optimizer, lr0=LR0)
+    return optimizer, _build_config(config, optimizer)
+
+
+def _build_config(
+    config: SchedulerConfig, optimizer: torch.optim.Optimizer
+) -> LRSchedule:
+    clock = OptimizerClock()
+    schedule = config.build(optimizer, lr0=LR0, clock=clock)
+    _CLOCKS[id(schedule)] = clock
+    return schedule
+
+
+def _tick(schedule: LRSchedule) -> None:
+    """What Optimization does after each optimiser step."""
+    _CLOCKS[id(schedule)].tick()
+    schedule.step_optimizer()
 
 
 def _run(
@@ -31,7 +49,7 @@ def _run(
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(n_steps):
         optimizer.step()
-        schedule.step_optimizer()
+        _tick(schedule)
         lrs.append(optimizer.param_groups[0]["lr"])
         assert schedule.current_lr == lrs[-1]
     return lrs
@@ -104,7 +122,9 @@ def test_piecewise_constant_values_at_boundaries():
 
 
 def test_torch_step_lr():
-    optimizer, schedule = _build("StepLR", {"step_size": 3, "gamma": 0.5})
+    optimizer, schedule = _build(
+        "StepLR", {"step_size": 3, "gamma": 0.5}, step_each="optimizer_step"
+    )
     lrs = _run(optimizer, schedule, 7)
     assert lrs == pytest.approx([LR0 * 0.5 ** (t // 3) for t in range(8)])
 
@@ -113,7 +133,9 @@ def test_torch_cosine_annealing_clamp_keeps_unclamped_trajectory():
     # CosineAnnealingLR is chainable: it computes lr(t+1) from lr(t). The clamp
     # must not feed back, so the clamped values equal clip(closed form).
     kwargs = {"T_max": 4, "eta_min": 0.0, "max_lr": 0.08, "min_lr": 0.01}
-    optimizer, schedule = _build("CosineAnnealingLR", kwargs)
+    optimizer, schedule = _build(
+        "CosineAnnealingLR", kwargs, step_each="optimizer_step"
+    )
     lrs = _run(optimizer, schedule, 8)
     for t, lr in enumerate(lrs):
         unclamped = 0.5 * LR0 * (1 + math.cos(math.pi * t / 4))  # periodic past T
@@ -155,20 +177,36 @@ def test_step_each_epoch_ignores_optimizer_steps():
         type="StepLR", kwargs={"step_size": 1, "gamma": 0.5}, step_each="epoch"
     )
     optimizer = _optimizer()
-    schedule = config.build(optimizer, lr0=LR0)
+    schedule = _build_config(config, optimizer)
     optimizer.step()
-    schedule.step_optimizer()
+    _tick(schedule)
     assert schedule.current_lr == pytest.approx(LR0)
     schedule.step_epoch()
     assert schedule.current_lr == pytest.approx(LR0 / 2)
     assert schedule.t == 1
 
 
-def test_default_steps_each_optimizer_step_not_epoch():
+def test_torch_class_defaults_to_epochs_as_in_ace():
+    # ACE's SchedulerConfig.step_each_iteration defaults to false: a torch
+    # class steps at epoch ends unless told otherwise.
     optimizer, schedule = _build("StepLR", {"step_size": 1, "gamma": 0.5})
-    assert schedule.step_each == "optimizer_step"
-    schedule.step_epoch()
+    assert schedule.step_each == "epoch"
+    optimizer.step()
+    _tick(schedule)
     assert schedule.current_lr == pytest.approx(LR0)
+    schedule.step_epoch()
+    assert schedule.current_lr == pytest.approx(LR0 / 2)
+
+
+@pytest.mark.parametrize("type_", ["cosine", "sequential", None])
+def test_curves_default_to_optimizer_steps(type_):
+    kwargs = {
+        "cosine": {"total_steps": 4},
+        "sequential": {"schedulers": [{"type": "constant"}], "milestones": []},
+        None: {},
+    }[type_]
+    _, schedule = _build(type_, kwargs)
+    assert schedule.step_each == "optimizer_step"
 
 
 @pytest.mark.parametrize("flag, expected", [(True, "optimizer_step"), (False, "epoch")])
@@ -213,15 +251,16 @@ ROUND_TRIP_CASES = [
 
 @pytest.mark.parametrize("type_, kwargs", ROUND_TRIP_CASES)
 def test_state_dict_round_trip_continues_identically(type_, kwargs):
-    optimizer, schedule = _build(type_, kwargs)
+    clock = {"step_each": "optimizer_step"}
+    optimizer, schedule = _build(type_, kwargs, **clock)
     uninterrupted = _run(optimizer, schedule, 10)
 
-    optimizer, schedule = _build(type_, kwargs)
+    optimizer, schedule = _build(type_, kwargs, **clock)
     first = _run(optimizer, schedule, 5)
     optimizer_state = optimizer.state_dict()
     schedule_state = schedule.state_dict()
 
-    resumed_optimizer, resumed = _build(type_, kwargs)
+    resumed_optimizer, resumed = _build(type_, kwargs, **clock)
     resumed_optimizer.load_state_dict(optimizer_state)
     resumed.load_state_dict(schedule_state)
     assert resumed.t == 5
@@ -248,9 +287,9 @@ def test_shorthand_scales_every_param_group():
         lr=LR0,
     )
     config = SchedulerConfig(type="cosine", kwargs={"total_steps": 2})
-    schedule = config.build(optimizer, lr0=LR0)
+    schedule = _build_config(config, optimizer)
     optimizer.step()
-    schedule.step_optimizer()
+    _tick(schedule)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.05, 0.1])
 
 
@@ -329,7 +368,7 @@ def test_torch_constructor_error_at_build_names_kwargs():
     # epochs + steps_per_epoch, which only the constructor checks.
     config = SchedulerConfig(type="OneCycleLR", kwargs={"max_lr": 0.5})
     with pytest.raises(ValueError, match=r"optimization\.scheduler\.kwargs"):
-        config.build(_optimizer(), lr0=LR0)
+        _build_config(config, _optimizer())
 
 
 @pytest.mark.parametrize("type_", ["LambdaLR", "SequentialLR", "LRScheduler"])
@@ -338,7 +377,8 @@ def test_unsupported_torch_classes(type_):
 
 
 def test_reduce_on_plateau_needs_epoch_stepping():
-    assert "step_each: epoch" in _error({"type": "ReduceLROnPlateau"})
+    message = _error({"type": "ReduceLROnPlateau", "step_each": "optimizer_step"})
+    assert "step_each: epoch" in message
 
 
 def test_step_each_errors():

@@ -19,7 +19,11 @@ def _quadratic_setup(**kwargs):
         {
             "optimizer_type": "LBFGS",
             "lr": 1.0,
-            "scheduler": {"type": "ExponentialLR", "kwargs": {"gamma": 0.5}},
+            "scheduler": {
+                "type": "ExponentialLR",
+                "kwargs": {"gamma": 0.5},
+                "step_each_iteration": True,
+            },
             **kwargs,
         },
     )

@@ -46,7 +46,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
     config.logging.configure_python_logging(experiment_dir, dist)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     stepper = load_stepper(config.checkpoint_path).to(dist.device)
-    stepper.step.module.eval()
+    stepper.module.eval()
     data = InferenceData(
         config.loader, names=stepper.all_names, n_forward_steps=config.n_forward_steps
     )

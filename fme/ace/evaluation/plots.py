@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 TRAINING_CURVES_FILENAME = "training_curves.png"
 LOSS_WEIGHTS_FILENAME = "loss_weights.png"
 _STEP_KEY = "optimizer_step"
-_LOSS_WEIGHT_PREFIX = "loss_weight/"
 
 
 def _new_figure(
@@ -110,7 +111,7 @@ def plot_training_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
     """
     records = _read_jsonl(Path(metrics_jsonl))
     keys = list(dict.fromkeys(k for record in records for k in record))
-    weight_keys = [k for k in keys if k.startswith(_LOSS_WEIGHT_PREFIX)]
+    weight_keys = [k for k in keys if k.startswith(LOSS_WEIGHT_PREFIX)]
     loss_keys = [k for k in keys if "loss" in k and k not in weight_keys]
     out_dir = Path(out_dir)
     paths = []

@@ -35,8 +35,7 @@ class InlineInferenceConfig:
 
 def conserved_names(stepper: Stepper) -> list[str]:
     """Variables whose global mean the stepper's corrector conserves."""
-    corrector = stepper.step.corrector
-    return list(getattr(corrector, "conserved_names", []))
+    return list(getattr(stepper.corrector, "conserved_names", []))
 
 
 class InlineInference:

@@ -134,6 +134,9 @@ class SingleModuleStep(StepABC):
     def corrector_enabled(self) -> bool:
         return self.corrector is not None
 
+    def wrap_module(self, fn: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        self.module = fn(self.module)
+
     def step(
         self,
         input_data: TensorMapping,

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from fme.ace.corrector.corrector import CorrectorABC
+from fme.core.normalizer import StandardNormalizer
 from fme.core.tensors import TensorDict, TensorMapping
 
 
@@ -36,7 +38,21 @@ class StepOutput:
 
 
 class StepABC(abc.ABC, nn.Module):
-    """Advances the state by one time step: network plus optional corrector."""
+    """Advances the state by one time step: network plus optional corrector.
+
+    Attributes:
+        module: the network (possibly wrapped, e.g. for data parallelism).
+        corrector: the physical corrector, or None.
+        normalizer: the network normaliser.
+    """
+
+    module: nn.Module
+    corrector: CorrectorABC | None
+    normalizer: StandardNormalizer
+
+    @abc.abstractmethod
+    def wrap_module(self, fn: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace the network by ``fn(network)`` (DDP, activation checkpointing)."""
 
     @property
     @abc.abstractmethod

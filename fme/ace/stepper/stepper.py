@@ -1,23 +1,24 @@
 """The stepper: a step rolled forward over many times, with its checkpoint state."""
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from fme.ace.corrector.corrector import CorrectorABC
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.data.dataset_info_state import (
     dataset_info_from_state,
     dataset_info_to_state,
 )
 from fme.ace.step.registry import StepSelector
-from fme.ace.step.single_module import SingleModuleStep
-from fme.ace.step.step import StepOutput
+from fme.ace.step.step import StepABC, StepOutput
 from fme.core.config_loading import from_dict_strict, to_dict
 from fme.core.lora import load_state_with_adapters, plain_state_dict
 from fme.core.normalizer import StandardNormalizer
+from fme.core.parallelize import unwrap_data_parallel
 from fme.core.tensors import TensorDict, TensorMapping
 
 
@@ -73,7 +74,7 @@ class Stepper:
         self,
         *,
         config: StepperConfig,
-        step: SingleModuleStep,
+        step: StepABC,
         dataset_info: DatasetInfo,
         loss_normalizer: StandardNormalizer,
     ):
@@ -111,6 +112,15 @@ class Stepper:
     def module(self) -> torch.nn.Module:
         """The network (possibly wrapped for data parallelism)."""
         return self.step.module
+
+    @property
+    def corrector(self) -> CorrectorABC | None:
+        """The step's physical corrector, or None."""
+        return self.step.corrector
+
+    def wrap_module(self, fn: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Replace the network by ``fn(network)``, e.g. a data-parallel wrapper."""
+        self.step.wrap_module(fn)
 
     def to(self, device: torch.device) -> "Stepper":
         """Move the network to ``device``."""
@@ -176,8 +186,7 @@ class Stepper:
     @property
     def base_module(self) -> torch.nn.Module:
         """The network without any data-parallel wrapper."""
-        module = self.step.module
-        return getattr(module, "module", module)
+        return unwrap_data_parallel(self.step.module)
 
     def load_weights(
         self,

@@ -1,30 +1,33 @@
 """Training of a stepper's rollouts: losses per step into one optimiser step."""
 
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from fme.ace.corrector.inverse import CorrectorInverse
 from fme.ace.data.batch import BatchData
 from fme.ace.step.step import StepOutput
+from fme.ace.stepper.rollout_length import (
+    ForwardStepsDistribution,
+    ForwardStepsOutcome,
+    RolloutLengthSampler,
+    max_forward_steps,
+)
 from fme.ace.stepper.stepper import Stepper
-from fme.core.corrector.loss import CorrectorLossConfig, build_step_output_loss
-from fme.core.distributed import DistributedContext
-from fme.core.lora import LoRAConfig, adapter_state_dict, has_lora
-from fme.core.loss import (
-    GLOBAL_MEAN_TERM,
-    MAIN_TERM,
+from fme.core.corrector.loss import (
     REGULARIZATION_TERM,
-    StepLossConfig,
+    CorrectorLossConfig,
     StepOutputLoss,
     StepOutputLossResult,
+    build_step_output_loss,
+    loss_term_names,
 )
-from fme.core.loss_scaling import LossScalingConfig
+from fme.core.distributed import DistributedContext
+from fme.core.lora import LoRAConfig, adapter_state_dict, has_lora
+from fme.core.loss import MAIN_TERM, StepLossConfig
 from fme.core.loss_weight_schedule import (
     LossWeightScheduleConfig,
     LossWeightSchedules,
@@ -32,51 +35,15 @@ from fme.core.loss_weight_schedule import (
     check_loss_weight_schedule_terms,
 )
 from fme.core.metrics_aggregator import MeanAggregator
-from fme.core.optimization import Optimization
+from fme.core.optimization import NullOptimization, Optimization, OptimizationABC
 from fme.core.parameter_init import ParameterInitConfig
+from fme.core.schedule import OptimizerClock
 from fme.core.tensors import TensorDict
 
 _NONFINITE_POLICIES = ("raise", "skip_batch")
+_SCALABLE_TERMS = (MAIN_TERM, REGULARIZATION_TERM)
 
-
-@dataclasses.dataclass
-class ForwardStepsOutcome:
-    """One possible rollout length and its probability.
-
-    Attributes:
-        n_forward_steps: the rollout length.
-        probability: its probability (all outcomes must sum to 1).
-    """
-
-    n_forward_steps: int
-    probability: float
-
-
-@dataclasses.dataclass
-class ForwardStepsDistribution:
-    """A random rollout length per batch: ``{outcomes: [...]}``.
-
-    Attributes:
-        outcomes: the possible lengths and their probabilities.
-    """
-
-    outcomes: list[ForwardStepsOutcome]
-
-    def __post_init__(self):
-        if not self.outcomes:
-            raise ValueError("stepper_training.n_forward_steps.outcomes is empty")
-        total = sum(o.probability for o in self.outcomes)
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                "stepper_training.n_forward_steps.outcomes probabilities must sum "
-                f"to 1, got {total}"
-            )
-        for o in self.outcomes:
-            if o.n_forward_steps < 1 or o.probability < 0:
-                raise ValueError(
-                    "stepper_training.n_forward_steps.outcomes need "
-                    f"n_forward_steps >= 1 and probability >= 0, got {o}"
-                )
+__all__ = ["ForwardStepsDistribution", "ForwardStepsOutcome", "TrainStepperConfig"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,10 +72,6 @@ class TrainStepperConfig:
             term, step, epoch and batch; ``skip_batch`` drops the batch and
             counts it in the ``skipped_batches`` metric (under data parallelism
             every rank skips it together).
-        loss_scaling: per-point, detached weights of a loss term's pointwise
-            loss before its mean, per term: ``{main: [{type: area}, ...],
-            corrector_regularization: [...]}``; see ``fme.core.loss_scaling``.
-            Order inside a term: per-point loss -> scaling -> mean -> term weight.
         parameter_init: start from a checkpoint's weights (``weights_path``,
             ``exclude_parameters``) and freeze parameters
             (``frozen_parameters``); applied by the training entry point when a
@@ -128,45 +91,64 @@ class TrainStepperConfig:
         default_factory=dict
     )
     on_nonfinite_loss: str = "raise"
-    loss_scaling: dict[str, list[LossScalingConfig]] = dataclasses.field(
-        default_factory=dict
-    )
     parameter_init: ParameterInitConfig = dataclasses.field(
         default_factory=ParameterInitConfig
     )
     lora: LoRAConfig | None = None
 
+    @classmethod
+    def migrate_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Former spellings to current ones (applied by the config loader).
+
+        ``loss_scaling: {main: [...], corrector_regularization: [...]}`` moves
+        to each term's own key, ``loss.scaling`` and
+        ``corrector_loss.regularization.scaling``.
+        """
+        if "loss_scaling" not in data:
+            return data
+        data = dict(data)
+        moved = dict(data.pop("loss_scaling") or {})
+        unknown = [t for t in moved if t not in _SCALABLE_TERMS]
+        if unknown:
+            raise ValueError(
+                f"stepper_training.loss_scaling has unknown term(s) {unknown}; "
+                f"allowed: {list(_SCALABLE_TERMS)}"
+            )
+        owners = {
+            MAIN_TERM: ("loss",),
+            REGULARIZATION_TERM: ("corrector_loss", "regularization"),
+        }
+        for term, scaling in moved.items():
+            if not scaling:
+                continue
+            node = data
+            for key in owners[term]:
+                if not isinstance(node.get(key), dict):
+                    raise ValueError(
+                        f"stepper_training.loss_scaling.{term} needs "
+                        f"stepper_training.{'.'.join(owners[term])}"
+                    )
+                node[key] = dict(node[key])
+                node = node[key]
+            if node.get("scaling"):
+                raise ValueError(
+                    f"set the {term} term's scaling once, in stepper_training."
+                    f"{'.'.join(owners[term])}.scaling (loss_scaling.{term} is its "
+                    "former spelling)"
+                )
+            node["scaling"] = scaling
+            logging.warning(
+                "stepper_training.loss_scaling.%s is now spelled "
+                "stepper_training.%s.scaling",
+                term,
+                ".".join(owners[term]),
+            )
+        return data
+
     def __post_init__(self):
         check_loss_weight_schedule_terms(
             self.loss_weight_schedules, term_names=self.loss_term_names
         )
-        scalable = [MAIN_TERM, REGULARIZATION_TERM]
-        unknown = [t for t in self.loss_scaling if t not in scalable]
-        if unknown:
-            raise ValueError(
-                f"stepper_training.loss_scaling has unknown term(s) {unknown}; "
-                f"allowed: {scalable}"
-            )
-        if self.loss_scaling.get(MAIN_TERM) and self.loss.scaling:
-            raise ValueError(
-                "set the main term's scaling once: in stepper_training."
-                "loss_scaling.main or in stepper_training.loss.scaling, not both"
-            )
-        if self.loss_scaling.get(REGULARIZATION_TERM):
-            regularization = (
-                self.corrector_loss.regularization if self.corrector_loss else None
-            )
-            if regularization is None:
-                raise ValueError(
-                    "stepper_training.loss_scaling.corrector_regularization needs "
-                    "stepper_training.corrector_loss.regularization"
-                )
-            if regularization.scaling:
-                raise ValueError(
-                    "set the regularisation scaling once: in stepper_training."
-                    "loss_scaling.corrector_regularization or in corrector_loss."
-                    "regularization.scaling, not both"
-                )
         if isinstance(self.n_forward_steps, int) and self.n_forward_steps < 1:
             raise ValueError(
                 "stepper_training.n_forward_steps must be >= 1, got "
@@ -185,24 +167,23 @@ class TrainStepperConfig:
     @property
     def loss_term_names(self) -> list[str]:
         """The named terms this configuration's total loss is made of."""
-        names = [MAIN_TERM]
-        if self.loss.global_mean_type is not None:
-            names.append(GLOBAL_MEAN_TERM)
-        if self.corrector_loss is not None and self.corrector_loss.regularization:
-            names.append(REGULARIZATION_TERM)
-        return names
+        return loss_term_names(
+            global_mean=self.loss.global_mean_type is not None,
+            regularization=bool(
+                self.corrector_loss and self.corrector_loss.regularization
+            ),
+        )
 
     @property
     def max_forward_steps(self) -> int:
         """The longest rollout a batch may need."""
-        if isinstance(self.n_forward_steps, int):
-            return self.n_forward_steps
-        return max(o.n_forward_steps for o in self.n_forward_steps.outcomes)
+        return max_forward_steps(self.n_forward_steps)
 
     def build(
         self,
         stepper: Stepper,
         *,
+        clock: OptimizerClock | None = None,
         seed: int = 0,
         dist: DistributedContext | None = None,
     ) -> "TrainStepper":
@@ -210,10 +191,13 @@ class TrainStepperConfig:
 
         Args:
             stepper: the model.
+            clock: the optimiser clock the loss-weight schedules read (the
+                ``Optimization``'s); None: a clock of its own at 0, for
+                validation only.
             seed: seeds the per-batch rollout-length sampling (same on all ranks).
             dist: lets every rank agree to skip a batch with a non-finite loss.
         """
-        if self.corrector_loss is not None and not stepper.step.corrector_enabled:
+        if self.corrector_loss is not None and stepper.corrector is None:
             raise ValueError(
                 "stepper_training.corrector_loss is set but the step has no "
                 "corrector; add stepper.step.config.corrector or remove "
@@ -222,37 +206,22 @@ class TrainStepperConfig:
         if (
             self.corrector_loss is not None
             and self.corrector_loss.needs_corrector_inverse
-            and not isinstance(stepper.step.corrector, CorrectorInverse)
+            and not isinstance(stepper.corrector, CorrectorInverse)
         ):
             raise ValueError(
                 "stepper_training.corrector_loss.precorrector_optimization.target "
                 "'inverse' needs a corrector with local inverses (nearest "
-                f"pre-images), but {type(stepper.step.corrector).__name__} has "
+                f"pre-images), but {type(stepper.corrector).__name__} has "
                 "none; use target 'raw' or a corrector such as atmosphere_corrector"
             )
         gridded_ops = stepper.dataset_info.gridded_operations
-        loss_config = self.loss
-        if self.loss_scaling.get(MAIN_TERM):
-            loss_config = dataclasses.replace(
-                self.loss, scaling=list(self.loss_scaling[MAIN_TERM])
-            )
-        corrector_loss = self.corrector_loss
-        if corrector_loss is not None and self.loss_scaling.get(REGULARIZATION_TERM):
-            assert corrector_loss.regularization is not None
-            corrector_loss = dataclasses.replace(
-                corrector_loss,
-                regularization=dataclasses.replace(
-                    corrector_loss.regularization,
-                    scaling=list(self.loss_scaling[REGULARIZATION_TERM]),
-                ),
-            )
-        step_loss = loss_config.build(
+        step_loss = self.loss.build(
             out_names=stepper.out_names,
             normalizer=stepper.loss_normalizer,
             gridded_ops=gridded_ops,
         )
         loss = build_step_output_loss(
-            corrector_loss,
+            self.corrector_loss,
             step_loss=step_loss,
             normalizer=stepper.loss_normalizer,
             out_names=stepper.out_names,
@@ -263,13 +232,16 @@ class TrainStepperConfig:
             self.loss_weight_schedules,
             term_names=loss.term_names,
             base_weights=loss.base_term_weights,
+            clock=clock or OptimizerClock(),
         )
         return TrainStepper(
-            config=self,
             stepper=stepper,
             loss=loss,
             loss_weights=schedules,
-            seed=seed,
+            rollout_length=RolloutLengthSampler(self.n_forward_steps, seed=seed),
+            optimize_last_step_only=self.optimize_last_step_only,
+            on_nonfinite_loss=self.on_nonfinite_loss,
+            n_ensemble=self.n_ensemble,
             dist=dist,
         )
 
@@ -293,50 +265,48 @@ class TrainStepper:
     """Rolls the stepper forward on a batch, computes losses, steps the optimiser.
 
     Args:
-        config: the ``stepper_training`` config.
         stepper: the model.
         loss: the one loss object of every step (a ``StepOutputLoss``).
         loss_weights: weight schedules of the named loss terms.
-        seed: seeds the per-batch rollout length sampling.
+        rollout_length: draws each batch's rollout length.
+        optimize_last_step_only: only the last rollout step's loss is optimised.
+        on_nonfinite_loss: ``raise`` or ``skip_batch``.
+        n_ensemble: ensemble members per sample.
         dist: the distributed context (None: one process).
     """
 
     def __init__(
         self,
         *,
-        config: TrainStepperConfig,
         stepper: Stepper,
         loss: StepOutputLoss,
         loss_weights: LossWeightSchedules,
-        seed: int = 0,
+        rollout_length: RolloutLengthSampler,
+        optimize_last_step_only: bool = False,
+        on_nonfinite_loss: str = "raise",
+        n_ensemble: int = 1,
         dist: DistributedContext | None = None,
     ):
-        self.config = config
         self.stepper = stepper
         self.loss = loss
         self.loss_weights = loss_weights
-        self._rng = np.random.default_rng(seed)
+        self._rollout_length = rollout_length
+        self._last_step_only = optimize_last_step_only
+        self._skip_nonfinite = on_nonfinite_loss == "skip_batch"
+        self._n_ensemble = n_ensemble
         self._dist = dist or DistributedContext()
         self._warned_empty_uncorrected = False
 
     @property
     def n_timesteps(self) -> int:
         """Times per data window: the initial condition plus the longest rollout."""
-        return self.config.max_forward_steps + 1
-
-    def _sample_n_forward_steps(self) -> int:
-        n = self.config.n_forward_steps
-        if isinstance(n, int):
-            return n
-        lengths = [o.n_forward_steps for o in n.outcomes]
-        probs = [o.probability for o in n.outcomes]
-        return int(self._rng.choice(lengths, p=probs))
+        return self._rollout_length.max_length + 1
 
     def _rollout_inputs(
         self, batch: BatchData, n_steps: int
     ) -> tuple[TensorDict, TensorDict]:
         data = batch.data
-        n_ens = self.config.n_ensemble
+        n_ens = self._n_ensemble
         initial = {n: data[n][:, 0] for n in self.stepper.prognostic_names}
         forcing = {n: data[n][:, : n_steps + 1] for n in self.stepper.forcing_names}
         if n_ens > 1:  # sample-major ensemble layout: index b * n_ens + e
@@ -351,14 +321,16 @@ class TrainStepper:
 
         Args:
             batch: windows of at least ``n_forward_steps + 1`` times.
-            optimization: owns backward and the optimiser.
+            optimization: owns backward, the optimiser and the clock.
             where: position for error messages, e.g. "epoch 2, batch 7".
 
         Raises:
             NonFiniteLossError: a loss term is NaN/inf and the policy is ``raise``.
         """
-        n_steps = self._sample_n_forward_steps()
+        n_steps = self._rollout_length.sample()
+        self.loss_weights.read_clock(optimization.clock)
         weights = self.loss_weights.weights()
+        weight_metrics = self.loss_weights.metrics()
         if optimization.uses_closure:
             outputs = self._step_with_closure(
                 batch,
@@ -376,13 +348,13 @@ class TrainStepper:
                 where=where,
             )
             if outputs is not None:
+                self.loss_weights.observe(outputs[1])
                 optimization.step_weights()
         if outputs is None:
             optimization.discard()
             return TrainOutput({"skipped_batches": 1.0}, n_steps, skipped=True)
-        metrics, term_losses = outputs
-        self.loss_weights.step_optimizer(term_losses)
-        metrics.update({f"loss_weight/{k}": float(v) for k, v in weights.items()})
+        metrics, _ = outputs
+        metrics.update(weight_metrics)
         metrics["skipped_batches"] = 0.0
         return TrainOutput(metrics, n_steps)
 
@@ -423,6 +395,7 @@ class TrainStepper:
                 )
             if not first:
                 first.append(outputs)
+                self.loss_weights.observe(outputs[1])
 
         try:
             optimization.step_with_closure(run_forward)
@@ -435,11 +408,11 @@ class TrainStepper:
     @torch.no_grad()
     def validate_on_batch(self, batch: BatchData) -> TrainOutput:
         """The same loss terms as training, without gradients or updates."""
-        n_steps = self.config.max_forward_steps
+        n_steps = self._rollout_length.max_length
         outputs = self._run(
             batch,
             n_steps=n_steps,
-            optimization=None,
+            optimization=NullOptimization(),
             term_weights=self.loss_weights.weights(),
             where="validation",
         )
@@ -452,33 +425,24 @@ class TrainStepper:
         batch: BatchData,
         *,
         n_steps: int,
-        optimization: Optimization | None,
+        optimization: OptimizationABC,
         term_weights: dict[str, float],
         where: str,
     ) -> tuple[dict[str, float], dict[str, float]] | None:
         initial, forcing = self._rollout_inputs(batch, n_steps)
-        accumulate = optimization is not None and optimization.use_gradient_accumulation
         rollout = self.stepper.rollout(
             initial_condition=initial,
             forcing=forcing,
             n_forward_steps=n_steps,
             detach_uncorrected=not self.loss.needs_uncorrected_grad,
-            detach_between_steps=accumulate,
-            checkpoint_after_n_steps=(
-                optimization.checkpoint_after_n_forward_steps
-                if optimization is not None
-                else None
-            ),
+            detach_between_steps=optimization.use_gradient_accumulation,
+            checkpoint_after_n_steps=optimization.checkpoint_after_n_forward_steps,
         )
         metrics = MeanAggregator()
         term_sums: dict[str, float] = {}
         total_loss = 0.0
         for i in range(n_steps):
-            with (
-                optimization.rollout_step_context(is_last=i == n_steps - 1)
-                if optimization is not None
-                else contextlib.nullcontext()
-            ):
+            with optimization.rollout_step_context(is_last=i == n_steps - 1):
                 outcome = self._run_step(
                     rollout,
                     batch,
@@ -499,7 +463,7 @@ class TrainStepper:
         step_metrics = metrics.get_means()
         step_metrics["loss"] = total_loss
         step_metrics["main_loss"] = term_sums.get(MAIN_TERM, 0.0)
-        n_optimized = 1 if self.config.optimize_last_step_only else n_steps
+        n_optimized = 1 if self._last_step_only else n_steps
         term_losses = {k: v / n_optimized for k, v in term_sums.items()}
         return step_metrics, term_losses
 
@@ -510,7 +474,7 @@ class TrainStepper:
         *,
         step: int,
         n_steps: int,
-        optimization: Optimization | None,
+        optimization: OptimizationABC,
         term_weights: dict[str, float],
         where: str,
         metrics: MeanAggregator,
@@ -526,7 +490,7 @@ class TrainStepper:
         target = {n: batch.data[n][:, step + 1] for n in self.stepper.out_names}
         result = self.loss(out, target, step=step, term_weights=term_weights)
         bad_term = _first_nonfinite_term(result)
-        if self.config.on_nonfinite_loss == "skip_batch" and self._dist.is_distributed:
+        if self._skip_nonfinite and self._dist.is_distributed:
             any_bad = self._dist.reduce_max(torch.tensor(float(bad_term is not None)))
             if bad_term is None and float(any_bad) > 0:
                 bad_term = "(on another rank)"
@@ -535,18 +499,17 @@ class TrainStepper:
                 f"loss term {bad_term!r} is not finite at rollout step {step}"
                 f"{', ' + where if where else ''}"
             )
-            if self.config.on_nonfinite_loss == "raise":
+            if not self._skip_nonfinite:
                 raise NonFiniteLossError(
                     message + "; training stopped, the last checkpoint is intact"
                 )
             logging.warning("%s; skipping the batch", message)
             return None
         self._record_step_metrics(metrics, result, out, step=step)
-        if self.config.optimize_last_step_only and step != n_steps - 1:
+        if self._last_step_only and step != n_steps - 1:
             return None, {}
         total = result.total()
-        if optimization is not None:
-            optimization.accumulate_loss(total)
+        optimization.accumulate_loss(total)
         raw_terms = {k: float(v.detach()) for k, v in result.raw_terms().items()}
         return float(total.detach()), raw_terms
 
@@ -589,17 +552,21 @@ class TrainStepper:
         state = {
             "stepper": self.stepper.get_state(),
             "loss_weights": self.loss_weights.state_dict(),
-            "rng": self._rng.bit_generator.state,
+            "rng": self._rollout_length.get_state(),
         }
         if has_lora(self.stepper.base_module):
             state["lora"] = adapter_state_dict(self.stepper.base_module)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore ``get_state()`` output (weights into the existing network)."""
+        """Restore ``get_state()`` output (weights into the existing network).
+
+        Load the optimisation (its clock) first: the loss-weight schedules
+        find their position on it.
+        """
         self.stepper.load_weights(state["stepper"], adapters=state.get("lora"))
         self.loss_weights.load_state_dict(state["loss_weights"])
-        self._rng.bit_generator.state = state["rng"]
+        self._rollout_length.load_state(state["rng"])
 
 
 def _first_nonfinite_term(result: StepOutputLossResult) -> str | None:

@@ -100,17 +100,17 @@ def build_phase_trainer(
     logger: MetricsLogger,
     end_of_epoch: InlineInference | None,
 ) -> tuple[Trainer, TrainStepper]:
-    """The trainer of one phase: freezing/LoRA, DDP, losses, a new optimiser."""
+    """The trainer of one phase: freezing/LoRA, DDP, a new optimiser, losses."""
     prepare_network(stepper, phase, dist=dist)
-    train_stepper: TrainStepper = phase.stepper_training.build(
-        stepper, seed=config.seed + phase.index, dist=dist
-    )
     optimization = phase.optimization.build(
-        stepper.step.module.parameters(),
-        no_sync=no_sync_context(stepper.step.module),
+        stepper.module.parameters(),
+        start_step=progress.start_step,
+        no_sync=no_sync_context(stepper.module),
         mean_over_ranks=_mean_over_ranks(dist),
     )
-    optimization.optimizer_steps = progress.start_step
+    train_stepper: TrainStepper = phase.stepper_training.build(
+        stepper, clock=optimization.clock, seed=config.seed + phase.index, dist=dist
+    )
     max_epochs, max_steps = progress.trainer_limits(
         phase, run_max_steps=config.max_steps
     )

@@ -11,12 +11,15 @@ settings), except the length: a phase with neither ``max_epochs`` nor
 every phase and what carries over:
 
 - weights: carry over (LoRA adapters are merged into them at a phase's end);
-- optimiser and learning-rate schedule: new in every phase (the phase's
-  ``optimization``; a schedule's ``t`` counts the phase's optimiser steps);
 - optimiser-step clock (``optimizer_step`` in metrics, top-level
-  ``max_steps``): one global clock across phases;
-- loss-weight schedules: carry over with their state unless the phase sets
-  ``loss_weight_schedules``, which then start at ``t = 0``;
+  ``max_steps``): one global clock across phases, owned by the phase's
+  ``Optimization``; every schedule reads its ``t`` from it as the steps since
+  the schedule started;
+- optimiser and learning-rate schedule: new in every phase (the phase's
+  ``optimization``), so the schedule starts at the phase's first step;
+- loss-weight schedules: carry over (keep their start and state) unless the
+  phase sets ``loss_weight_schedules``, which then start at the phase's first
+  step;
 - epochs: counted globally (data order keeps changing); a phase that stopped
   mid-epoch on ``max_steps`` lets the next phase start at the next epoch;
 - the best-checkpoint metric: reset at each phase (losses of different
@@ -290,7 +293,7 @@ def prepare_network(
             "%s: LoRA rank %d on %s", phase.label, phase.lora.rank, ", ".join(adapted)
         )
     log_trainable_parameters(module, label=phase.label)
-    stepper.step.module = wrap_data_parallel(module, dist)
+    stepper.wrap_module(lambda network: wrap_data_parallel(network, dist))
 
 
 def finish_network(stepper: Stepper) -> int:

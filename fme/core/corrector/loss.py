@@ -16,6 +16,10 @@ Two features, usable alone or together (``stepper_training.corrector_loss``):
 Combined, the main loss trains the raw network output while the penalty keeps
 it close to the constraint manifold. Both need gradients through
 ``StepOutput.uncorrected`` (``StepOutputLoss.needs_uncorrected_grad``).
+
+This module is the config side of the corrector loss: it checks every setting
+once and builds the runtime, ``fme.core.corrector.step_output_loss``, which
+imports no config.
 """
 
 import dataclasses
@@ -23,19 +27,30 @@ from collections.abc import Sequence
 
 import torch
 
-from fme.core.gridded_ops import LatLonOperations
-from fme.core.loss import (
-    PRECORRECTOR_TARGETS,
-    StepLoss,
+from fme.core.corrector.step_output_loss import (
+    REGULARIZATION_TERM,
     StepOutputLoss,
-    WeightedMappingLoss,
+    StepOutputLossResult,
+    loss_term_names,
 )
+from fme.core.gridded_ops import LatLonOperations
+from fme.core.loss import StepLoss, WeightedMappingLoss
 from fme.core.loss_functions import LossConfig
 from fme.core.loss_scaling import LossScalingConfig
 from fme.core.name_and_prefix_matcher import NameAndPrefixMatcher
 from fme.core.normalizer import StandardNormalizer
 
 REGULARIZATION_LOSS_TYPES = ("MSE", "L1", "AreaWeightedMSE")
+PRECORRECTOR_TARGETS = ("raw", "inverse")
+
+__all__ = [
+    "REGULARIZATION_TERM",
+    "CorrectorLossConfig",
+    "StepOutputLoss",
+    "StepOutputLossResult",
+    "build_step_output_loss",
+    "loss_term_names",
+]
 
 
 @dataclasses.dataclass
@@ -172,6 +187,12 @@ class CorrectorLossConfig:
             ValueError: for an exclusion entry matching no output variable, or
                 target ``inverse`` with ``n_ensemble`` other than 1.
         """
+        if self.needs_corrector_inverse and n_ensemble != 1:
+            raise ValueError(
+                "precorrector_optimization.target 'inverse' needs n_ensemble = "
+                f"1 (one proxy target per prediction), got {n_ensemble}; use "
+                "target 'raw' for ensembles"
+            )
         exclude = None
         target, eta = "raw", 1.0
         if self.precorrector_optimization is not None:
@@ -226,7 +247,21 @@ def build_step_output_loss(
     n_ensemble: int,
     gridded_ops: LatLonOperations | None = None,
 ) -> StepOutputLoss:
-    """The step-output loss; a pass-through to ``step_loss`` when not configured."""
+    """The step-output loss; a pass-through to ``step_loss`` when not configured.
+
+    Every setting of the loss is checked here, once.
+
+    Raises:
+        ValueError: for ``n_ensemble`` < 1, an ensemble loss with one member,
+            or a corrector-loss setting that does not fit the outputs.
+    """
+    if n_ensemble < 1:
+        raise ValueError(f"n_ensemble must be >= 1, got {n_ensemble}")
+    if step_loss.requires_ensemble and n_ensemble < 2:
+        raise ValueError(
+            "loss type 'EnsembleLoss' needs n_ensemble >= 2 (and a stochastic "
+            f"module), got n_ensemble={n_ensemble}"
+        )
     if corrector_loss is None:
         return StepOutputLoss(step_loss=step_loss, n_ensemble=n_ensemble)
     return corrector_loss.build(

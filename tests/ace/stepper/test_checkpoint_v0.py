@@ -51,7 +51,7 @@ def test_format_0_checkpoint_can_be_fine_tuned():
     assert torch.equal(stepper.base_module.weight, source["weight"])
     train = build_train_stepper(stepper)
     optimization = OptimizationConfig(optimizer_type="Adam", lr=0.05).build(
-        stepper.step.module.parameters()
+        stepper.module.parameters()
     )
     data = batch(seed=2)
     first = train.validate_on_batch(data).metrics["loss"]

@@ -22,7 +22,7 @@ BOTH_FEATURES = {
 
 def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None:
     stepper = build_stepper(seed=0, corrector=CORRECTOR)
-    stepper.step.module = wrap_data_parallel(stepper.step.module, dist)
+    stepper.wrap_module(lambda module: wrap_data_parallel(module, dist))
     calls = {"n": 0}
     if dist.is_distributed:
 
@@ -38,13 +38,13 @@ def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None
             averaged.set_result(buffer / dist.world_size)
             return averaged
 
-        stepper.step.module.register_comm_hook(None, counting_allreduce)
+        stepper.module.register_comm_hook(None, counting_allreduce)
     training = {"n_forward_steps": 2, "corrector_loss": BOTH_FEATURES}
     train = build_train_stepper(stepper, training)
     optimization = OptimizationConfig(
         optimizer_type="Adam", lr=1e-2, use_gradient_accumulation=case["accumulate"]
     ).build(
-        stepper.step.module.parameters(), no_sync=no_sync_context(stepper.step.module)
+        stepper.module.parameters(), no_sync=no_sync_context(stepper.module)
     )
     global_batch = batch(n_samples=4, n_times=3, seed=5)
     local = dist.local_batch_size(4)
@@ -101,7 +101,7 @@ def test_global_batch_must_divide_world_size():
 def test_deepcopy_of_stepper_is_independent():
     stepper = build_stepper()
     clone = copy.deepcopy(stepper)
-    next(clone.step.module.parameters()).data.add_(1.0)
+    next(clone.module.parameters()).data.add_(1.0)
     assert not torch.equal(
-        next(clone.step.module.parameters()), next(stepper.step.module.parameters())
+        next(clone.module.parameters()), next(stepper.module.parameters())
     )

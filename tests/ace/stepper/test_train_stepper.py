@@ -8,18 +8,18 @@ from stepper_builders import STDS, batch, build_stepper, build_train_stepper
 from fme.ace.corrector.corrector import CorrectorABC
 from fme.ace.stepper.train_stepper import NonFiniteLossError
 from fme.core.lr_schedule import SchedulerConfig
-from fme.core.optimization import OptimizationConfig
+from fme.core.optimization import CheckpointConfig, OptimizationConfig
 
 
 def _sgd(stepper, *, accumulate: bool, lr: float = 1.0):
     config = OptimizationConfig(
         optimizer_type="SGD", lr=lr, use_gradient_accumulation=accumulate
     )
-    return config.build(stepper.step.module.parameters())
+    return config.build(stepper.module.parameters())
 
 
 def _params(stepper) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in stepper.step.module.parameters()]
+    return [p.detach().clone() for p in stepper.module.parameters()]
 
 
 def test_gradient_accumulation_equals_plain_backprop_for_one_step():
@@ -57,7 +57,7 @@ def test_gradient_accumulation_multistep_is_truncated_backprop():
     for i, out in enumerate(rollout):
         target = {n: data.data[n][:, i + 1] for n in ["a", "b"]}
         total = total + train.loss(out, target, step=i).total()
-    grads = torch.autograd.grad(total, list(reference.step.module.parameters()))
+    grads = torch.autograd.grad(total, list(reference.module.parameters()))
     for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
         assert torch.isfinite(p1).all()
         torch.testing.assert_close(p1, p0 - 0.1 * g, rtol=1e-5, atol=1e-6)
@@ -179,7 +179,7 @@ def test_precorrector_exclusion_and_warn_once(caplog):
 
 def _regularization_gradient_reference(stepper, data, weight):
     """The penalty's parameter gradient, computed without StepOutputLoss."""
-    module = stepper.step.module
+    module = stepper.module
     inputs = {n: data.data[n][:, 0] for n in ["a", "b", "f"]}
     normalizer = stepper.step.normalizer
     packed = torch.stack(
@@ -254,7 +254,7 @@ def test_both_features_under_gradient_accumulation_match_reference():
             float(result.regularization.detach()), rel=1e-5
         )
         total = total + result.total()
-    grads = torch.autograd.grad(total, list(reference.step.module.parameters()))
+    grads = torch.autograd.grad(total, list(reference.module.parameters()))
     for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
         torch.testing.assert_close(p1, p0 - 0.1 * g, rtol=1e-5, atol=1e-6)
     assert "correction_rms/a" in out.metrics
@@ -324,7 +324,7 @@ def test_inverse_target_training_loss_and_update_match_hand_computation():
     raw_loss = sum(((raw[n] - target[n]) / STDS[n]).pow(2).mean() for n in raw) / 2
     assert float(expected.detach()) < float(raw_loss.detach()) - 1e-3
     grads = torch.autograd.grad(
-        expected, list(reference.step.module.parameters()), retain_graph=True
+        expected, list(reference.module.parameters()), retain_graph=True
     )
     for p0, p1, g in zip(before, _params(stepper), grads, strict=True):
         torch.testing.assert_close(p1, p0 - 0.5 * g, rtol=1e-5, atol=1e-7)
@@ -373,7 +373,7 @@ def test_clock_advances_once_per_optimizer_step(accumulate):
         scheduler=SchedulerConfig(
             type="exponential", kwargs={"decay_rate": 0.5, "decay_steps": 1}
         ),
-    ).build(stepper.step.module.parameters())
+    ).build(stepper.module.parameters())
     weights = []
     for _ in range(2):
         out = train.train_on_batch(batch(n_times=4), optimization)
@@ -401,15 +401,15 @@ def test_activation_checkpointing_gives_the_same_update(accumulate):
     forward_calls = {}
     for stepper, after in ((plain, None), (checkpointed, 1)):
         calls = forward_calls.setdefault(after, [0])
-        stepper.step.module.register_forward_hook(
+        stepper.module.register_forward_hook(
             lambda *_, calls=calls: calls.__setitem__(0, calls[0] + 1)
         )
         optimization = OptimizationConfig(
             optimizer_type="SGD",
             lr=0.1,
             use_gradient_accumulation=accumulate,
-            checkpoint_after_n_forward_steps=after,
-        ).build(stepper.step.module.parameters())
+            checkpoint=CheckpointConfig(after_n_forward_steps=after),
+        ).build(stepper.module.parameters())
         build_train_stepper(stepper, training).train_on_batch(data, optimization)
     # steps 1 and 2 are recomputed in backward
     assert forward_calls == {None: [3], 1: [5]}

@@ -17,11 +17,11 @@ def _lbfgs(stepper, **kwargs):
     config = OptimizationConfig(
         optimizer_type="LBFGS", lr=1.0, kwargs={"max_iter": 5, **kwargs}
     )
-    return config.build(stepper.step.module.parameters())
+    return config.build(stepper.module.parameters())
 
 
 def _params(stepper) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in stepper.step.module.parameters()]
+    return [p.detach().clone() for p in stepper.module.parameters()]
 
 
 def test_lbfgs_step_reruns_rollout_and_ticks_clocks_once():
@@ -84,11 +84,11 @@ def test_lbfgs_loss_is_the_plain_backprop_loss():
         ).total()
         for i, out in enumerate(rollout)
     )
-    params = list(reference.step.module.parameters())
+    params = list(reference.module.parameters())
     grads = torch.autograd.grad(total, params)
     g_l1 = sum(g.abs().sum() for g in grads)
     step = lr * min(1.0, 1.0 / float(g_l1))
-    updated = list(stepper.step.module.parameters())
+    updated = list(stepper.module.parameters())
     for p0, p1, g in zip(params, updated, grads, strict=True):
         torch.testing.assert_close(
             p1.detach(), p0.detach() - step * g, rtol=1e-5, atol=1e-7
@@ -114,7 +114,7 @@ def test_lora_state_saves_merged_weights_and_resumes_adapters():
     apply_lora(stepper.base_module, LORA, layouts=LORA_LAYOUTS)
     train = build_train_stepper(stepper)
     optimization = OptimizationConfig(optimizer_type="Adam", lr=0.05).build(
-        stepper.step.module.parameters()
+        stepper.module.parameters()
     )
     for _ in range(2):
         train.train_on_batch(batch(), optimization)

@@ -34,7 +34,6 @@ import torch
 
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
 from fme.core.number_check import check_number
-from fme.core.schedule import OptimizerClock
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
@@ -52,6 +51,34 @@ _LBFGS_NUMBERS: dict[str, tuple[float, bool]] = {
     "history_size": (1, True),
 }
 _LINE_SEARCHES = (None, "strong_wolfe")
+
+
+class OptimizerClock:
+    """The run's count of optimiser steps: the one clock every schedule reads.
+
+    ``Optimization`` owns it, ticks it once per optimiser step and saves it
+    once (``optimizer_steps``). A schedule starts at the clock's value when it
+    is built and reads its ``t`` as the steps taken since.
+
+    Args:
+        step: the optimiser steps already taken (a later training phase).
+    """
+
+    def __init__(self, step: int = 0):
+        self._step = int(step)
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken so far."""
+        return self._step
+
+    def tick(self) -> None:
+        """Count one optimiser step."""
+        self._step += 1
+
+    def load(self, step: int) -> None:
+        """Set the count from a checkpoint."""
+        self._step = int(step)
 
 
 @dataclasses.dataclass

@@ -1,29 +1,22 @@
-"""Schedules: a value as a pure function of ``t``, the steps taken on a clock.
+"""Schedules: a value as a pure function of ``t``, the steps since it started.
 
-Learning-rate schedules (``optimization.scheduler``, see
-``fme.core.lr_schedule``) and loss-weight schedules
-(``stepper_training.loss_weight_schedules``, see
-``fme.core.loss_weight_schedule``) are the same curves. ``t`` counts optimiser
-steps (or, for a learning rate with ``step_each: epoch``, epochs) since the
-schedule started. ``v(t)`` is the value used by step ``t + 1``:
+Learning-rate (``fme.core.lr_schedule``) and loss-weight
+(``fme.core.loss_weight_schedule``) schedules are these curves. ``t`` counts
+optimiser steps (epochs for a learning rate with ``step_each: epoch``); ``v(t)``
+is the value used by step ``t + 1``; ``s = min(t, n_steps) / n_steps``.
 
-- ``constant``: ``v(t) = value``.
-- ``linear``: ``v(t) = start + (end - start) * min(t, n_steps) / n_steps``.
-- ``exponential``: ``v(t) = start * decay_rate ** (t / decay_steps)``; with
-  ``end`` it stops there (a floor when decaying, a ceiling when growing).
-- ``cosine``: ``v(t) = end + (start - end) * (1 + cos(pi * s)) / 2`` with
-  ``s = min(t, n_steps) / n_steps``.
+- ``constant``: ``value``. ``linear``: ``start + (end - start) * s``.
+- ``exponential``: ``start * decay_rate ** (t / decay_steps)``, stopping at
+  ``end`` if given (a floor when decaying, a ceiling when growing).
+- ``cosine``: ``end + (start - end) * (1 + cos(pi * s)) / 2``.
 - ``warmup_cosine``: ``linear`` from ``start`` to ``peak`` over
   ``warmup_steps``, then ``cosine`` from ``peak`` to ``end`` over the remaining
-  ``n_steps - warmup_steps`` (``n_steps`` counts the warm-up too).
-- ``piecewise_constant``: ``v(t) = values[i]`` with ``i`` the number of
-  ``boundaries`` that are ``<= t``.
-- ``sequential``: ``v(t) = schedulers[i](t - milestones[i - 1])`` with ``i`` the
-  number of ``milestones`` that are ``<= t`` (each member restarts at 0).
+  ``n_steps - warmup_steps`` (``n_steps`` counts the warm-up).
+- ``piecewise_constant``: ``values[i]``, ``i`` the number of ``boundaries <= t``.
+- ``sequential``: member ``i`` from ``milestones[i - 1]`` on, restarted at 0.
 
-Each config surface spells the curves' parameters its own way (a learning
-rate's ``start`` is ``optimization.lr``; see ``Spelling``); ``parse_schedule``
-checks a block strictly against its spelling and returns the curve.
+Each config surface spells the keys its own way (``Spelling``);
+``parse_schedule`` checks a ``{type, kwargs}`` block strictly.
 """
 
 import bisect
@@ -35,16 +28,14 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-
-# Bounds of every numeric key of every spelling: (minimum, exclusive, integer).
-_NON_NEGATIVE = (0.0, False, False)
-_POSITIVE = (0.0, True, False)
+_NON_NEGATIVE, _POSITIVE = (0.0, False, False), (0.0, True, False)
+# (minimum, exclusive, integer) of every numeric key of every spelling
 _KEY_BOUNDS: dict[str, tuple[float, bool, bool]] = {
     **dict.fromkeys(
-        ("value", "start", "end", "peak", "lr_start", "lr_end", "min_lr", "max_lr"),
-        _NON_NEGATIVE,
+        ("value", "start", "end", "peak", "lr_start", "lr_end"), _NON_NEGATIVE
     ),
-    **dict.fromkeys(("min_value", "max_value", "ema_decay"), _NON_NEGATIVE),
+    **dict.fromkeys(("min_lr", "max_lr", "min_value", "max_value"), _NON_NEGATIVE),
+    **dict.fromkeys(("ema_decay",), _NON_NEGATIVE),
     **dict.fromkeys(("decay_rate", "decay_steps", "target"), _POSITIVE),
     **dict.fromkeys(("n_steps", "total_steps"), (1, False, True)),
     "warmup_steps": (0, False, True),
@@ -103,10 +94,8 @@ class Cosine:
     n_steps: int
 
     def __call__(self, t: int) -> float:
-        fraction = min(t, self.n_steps) / self.n_steps
-        return (
-            self.end + (self.start - self.end) * (1 + math.cos(math.pi * fraction)) / 2
-        )
+        s = min(t, self.n_steps) / self.n_steps
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * s)) / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +125,11 @@ def warmup_cosine(
     *, start: float, peak: float, end: float, warmup_steps: int, n_steps: int
 ) -> Schedule:
     """Linear warm-up from ``start`` to ``peak``, then cosine to ``end``."""
+    if n_steps <= warmup_steps:
+        raise ValueError(
+            f"n_steps ({n_steps}) must exceed warmup_steps ({warmup_steps}); "
+            "it counts the warm-up too"
+        )
     cosine = Cosine(peak, end, n_steps - warmup_steps)
     if warmup_steps == 0:
         return cosine
@@ -144,19 +138,17 @@ def warmup_cosine(
 
 @dataclasses.dataclass(frozen=True)
 class Spelling:
-    """How one config surface writes the schedules.
+    """How one config surface writes the schedules' ``kwargs``.
 
     Attributes:
-        keys: for each type, its required keys and its optional keys with
-            their defaults.
+        keys: each type's required keys and optional keys with defaults.
         to_canonical: renames of this surface's keys to the curve parameters.
-        from_base: for each type, the curve parameter set to the surface's
-            base value (a learning rate's ``start`` is ``optimization.lr``).
-        extra_keys: keys every type also takes, handled by the caller (the
-            learning rate's clamps); checked as numbers here.
-        curves: the curve of a type from its canonical parameters, where a
-            surface parametrises the type differently (default: the classes).
-        not_in_sequential: types that cannot be members of ``sequential``.
+        from_base: per type, the curve parameter set to the surface's base
+            value (a learning rate's ``start`` is ``optimization.lr``).
+        extra_keys: keys every type also takes, handled by the caller.
+        curves: constructors from canonical parameters where a surface
+            parametrises a type its own way (default: the classes above).
+        not_in_sequential: types that cannot be ``sequential`` members.
     """
 
     keys: Mapping[str, tuple[tuple[str, ...], Mapping[str, Any]]]
@@ -167,95 +159,7 @@ class Spelling:
     not_in_sequential: tuple[str, ...] = ("sequential",)
 
 
-def parse_schedule(
-    type_: str,
-    params: Mapping[str, Any],
-    *,
-    path: str,
-    spelling: Spelling,
-    base: float = 1.0,
-) -> Schedule:
-    """The curve of a ``{type, <params>}`` block, checked strictly.
-
-    Args:
-        type_: a type of ``spelling``.
-        params: the block's keys and values (without ``type``).
-        path: where the parameters sit in the config, for messages.
-        spelling: the surface's keys.
-        base: the surface's base value (see ``Spelling.from_base``).
-
-    Raises:
-        ValueError: naming the key for an unknown or missing key, a bad number
-            or inconsistent values.
-    """
-    required, optional = spelling.keys[type_]
-    check_keys(
-        params,
-        required=required,
-        optional=(*optional, *spelling.extra_keys),
-        path=path,
-        what=f"type {type_!r}",
-    )
-    for key, value in params.items():
-        if key in _KEY_BOUNDS:
-            minimum, exclusive, integer = _KEY_BOUNDS[key]
-            check_number(
-                value,
-                path=f"{path}.{key}",
-                minimum=minimum,
-                exclusive=exclusive,
-                integer=integer,
-            )
-    values = {
-        spelling.to_canonical.get(key, key): value
-        for key, value in {**optional, **params}.items()
-        if key not in spelling.extra_keys
-    }
-    if type_ in spelling.from_base:
-        values[spelling.from_base[type_]] = base
-    if type_ == "sequential":
-        return _parse_sequential(values, path=path, spelling=spelling, base=base)
-    if type_ == "piecewise_constant":
-        return PiecewiseConstant(*check_piecewise(params, path=path))
-    if type_ == "warmup_cosine" and values["n_steps"] <= values["warmup_steps"]:
-        total = spelling_of("n_steps", spelling)
-        raise ValueError(
-            f"{path}.{total} ({values['n_steps']}) must exceed warmup_steps "
-            f"({values['warmup_steps']}); {total} counts the warm-up too"
-        )
-    try:
-        return {**_CURVES, **spelling.curves}[type_](**values)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
-def check_keys(
-    params: Mapping[str, Any],
-    *,
-    required: Sequence[str],
-    optional: Sequence[str],
-    path: str,
-    what: str,
-) -> None:
-    """Raise naming ``path`` for keys ``what`` does not take or needs."""
-    allowed = sorted({*required, *optional})
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"{path}: {what} does not take {unknown}; allowed: {allowed}")
-    missing = [key for key in required if key not in params]
-    if missing:
-        raise ValueError(
-            f"{path}: {what} needs the missing key(s) {missing}; allowed: {allowed}"
-        )
-
-
-def spelling_of(canonical: str, spelling: Spelling) -> str:
-    """The surface's name of a curve parameter."""
-    names = [k for k, v in spelling.to_canonical.items() if v == canonical]
-    return names[0] if names else canonical
-
-
-_CURVES: dict[str, Callable[..., Schedule]] = {
+_CURVES: dict[str, Callable[..., Any]] = {
     "constant": Constant,
     "linear": Linear,
     "exponential": Exponential,
@@ -264,11 +168,98 @@ _CURVES: dict[str, Callable[..., Schedule]] = {
 }
 
 
+def parse_schedule(
+    type_: str, kwargs: Any, *, path: str, spelling: Spelling, base: float = 1.0
+) -> Any:
+    """The curve of a ``{type, kwargs}`` block, checked strictly.
+
+    Args:
+        type_: a type of ``spelling``.
+        kwargs: the block's arguments.
+        path: where ``kwargs`` sits in the config, for messages.
+        spelling: the surface's keys.
+        base: the surface's base value (see ``Spelling.from_base``).
+
+    Raises:
+        ValueError: naming the key for an unknown or missing key, a bad number
+            or inconsistent values.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path} must be a mapping, got {kwargs!r}")
+    required, optional = spelling.keys[type_]
+    what = f"type {type_!r}"
+    check_keys(kwargs, required, (*optional, *spelling.extra_keys), path, what)
+    for key, value in kwargs.items():
+        if key in _KEY_BOUNDS:
+            low, exclusive, integer = _KEY_BOUNDS[key]
+            check_number(
+                value,
+                path=f"{path}.{key}",
+                minimum=low,
+                exclusive=exclusive,
+                integer=integer,
+            )
+    values = {
+        spelling.to_canonical.get(key, key): value
+        for key, value in {**optional, **kwargs}.items()
+        if key not in spelling.extra_keys
+    }
+    if type_ in spelling.from_base:
+        values[spelling.from_base[type_]] = base
+    if type_ == "piecewise_constant":
+        return PiecewiseConstant(*check_piecewise(kwargs, path=path))
+    if type_ == "sequential":
+        members = check_sequential(kwargs, path=path)
+        allowed = sorted(set(spelling.keys) - set(spelling.not_in_sequential))
+        for i, (member_type, _) in enumerate(members):
+            if member_type not in allowed:
+                raise ValueError(
+                    f"{path}.schedulers[{i}].type {member_type!r} is unknown; "
+                    f"allowed: {allowed}"
+                )
+        curves = tuple(
+            parse_schedule(
+                member_type,
+                member_kwargs,
+                path=f"{path}.schedulers[{i}].kwargs",
+                spelling=spelling,
+                base=base,
+            )
+            for i, (member_type, member_kwargs) in enumerate(members)
+        )
+        return Sequential(curves, tuple(kwargs["milestones"]))
+    try:
+        return {**_CURVES, **spelling.curves}[type_](**values)
+    except ValueError as err:
+        names = {v: k for k, v in spelling.to_canonical.items()}
+        message = " ".join(names.get(word, word) for word in str(err).split(" "))
+        raise ValueError(f"{path}: {message}") from None
+
+
+def check_keys(
+    kwargs: Mapping[str, Any],
+    required: Sequence[str],
+    optional: Sequence[str],
+    path: str,
+    what: str,
+) -> None:
+    """Raise naming ``path`` for keys ``what`` does not take or needs."""
+    allowed = sorted({*required, *optional})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{path}: {what} does not take {unknown}; allowed: {allowed}")
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        raise ValueError(
+            f"{path}: {what} needs the missing key(s) {missing}; allowed: {allowed}"
+        )
+
+
 def check_piecewise(
-    params: Mapping[str, Any], *, path: str
+    kwargs: Mapping[str, Any], *, path: str
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """``boundaries`` (increasing ints >= 1) and ``values`` (one more, >= 0)."""
-    boundaries, values = params["boundaries"], params["values"]
+    boundaries, values = kwargs["boundaries"], kwargs["values"]
     if not isinstance(boundaries, list) or not isinstance(values, list):
         raise ValueError(f"{path}.boundaries and {path}.values must be lists")
     check_milestones(boundaries, path=f"{path}.boundaries")
@@ -290,62 +281,25 @@ def check_milestones(milestones: Sequence[Any], *, path: str) -> None:
         raise ValueError(f"{path} must be strictly increasing, got {list(milestones)}")
 
 
-def check_sequential_lists(schedules: Any, milestones: Any, *, path: str) -> None:
-    """A non-empty list of member blocks and ``len(schedules) - 1`` milestones."""
-    if not isinstance(schedules, list) or not schedules:
+def check_sequential(
+    kwargs: Mapping[str, Any], *, path: str, extra_keys: Sequence[str] = ()
+) -> list[tuple[Any, Mapping[str, Any]]]:
+    """``(type, kwargs)`` of the members of a ``sequential`` block's ``kwargs``."""
+    check_keys(kwargs, ("schedulers", "milestones"), extra_keys, path, "sequential")
+    schedulers, milestones = kwargs["schedulers"], kwargs["milestones"]
+    if not isinstance(schedulers, list) or not schedulers:
         raise ValueError(f"{path}.schedulers must be a non-empty list of blocks")
-    if not isinstance(milestones, list) or len(milestones) != len(schedules) - 1:
+    if not isinstance(milestones, list) or len(milestones) != len(schedulers) - 1:
         raise ValueError(
             f"{path}.milestones must be a list of len(schedulers) - 1 = "
-            f"{len(schedules) - 1} step counts, got {milestones!r}"
+            f"{len(schedulers) - 1} step counts, got {milestones!r}"
         )
     check_milestones(milestones, path=f"{path}.milestones")
-
-
-def _parse_sequential(
-    values: Mapping[str, Any], *, path: str, spelling: Spelling, base: float
-) -> Schedule:
-    schedules, milestones = values["schedulers"], values["milestones"]
-    check_sequential_lists(schedules, milestones, path=path)
     members = []
-    for i, child in enumerate(schedules):
-        child_path = f"{path}.schedulers[{i}]"
-        types = sorted(set(spelling.keys) - set(spelling.not_in_sequential))
-        if not isinstance(child, Mapping) or child.get("type") not in types:
-            raise ValueError(f"{child_path} must be a block with a type of {types}")
-        params = {k: v for k, v in child.items() if k != "type"}
-        members.append(
-            parse_schedule(
-                child["type"], params, path=child_path, spelling=spelling, base=base
-            )
-        )
-    return Sequential(tuple(members), tuple(milestones))
-
-
-class OptimizerClock:
-    """The run's count of optimiser steps, the one clock every schedule reads.
-
-    ``fme.core.optimization.Optimization`` owns it and ticks it once per
-    optimiser step; it is saved once in the checkpoint (as
-    ``optimization.optimizer_steps``). A schedule starts at the clock's value
-    when it is built and reads its ``t`` as the steps taken since.
-
-    Args:
-        step: the optimiser steps already taken (a later training phase).
-    """
-
-    def __init__(self, step: int = 0):
-        self._step = int(step)
-
-    @property
-    def step(self) -> int:
-        """Optimiser steps taken so far."""
-        return self._step
-
-    def tick(self) -> None:
-        """Count one optimiser step."""
-        self._step += 1
-
-    def load(self, step: int) -> None:
-        """Set the count from a checkpoint."""
-        self._step = int(step)
+    for i, member in enumerate(schedulers):
+        member_path = f"{path}.schedulers[{i}]"
+        if not isinstance(member, Mapping):
+            raise ValueError(f"{member_path} must be a {{type, kwargs}} mapping")
+        check_keys(member, ("type",), ("kwargs",), member_path, "a sequential member")
+        members.append((member["type"], member.get("kwargs", {})))
+    return members

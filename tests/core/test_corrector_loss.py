@@ -15,8 +15,8 @@ from fme.core.corrector.loss import (
     PreCorrectorOptimizationConfig,
     build_step_output_loss,
 )
-from fme.core.gridded_ops import LatLonOperations
 from fme.core.corrector.step_output_loss import StepOutputLoss
+from fme.core.gridded_ops import LatLonOperations
 from fme.core.loss import StepLossConfig
 from fme.core.loss_functions import LossConfig
 from fme.core.normalizer import StandardNormalizer

@@ -12,7 +12,7 @@ from fme.core.loss_weight_schedule import (
     build_loss_weight_schedules,
     check_loss_weight_schedule_terms,
 )
-from fme.core.schedule import OptimizerClock
+from fme.core.optimization import OptimizerClock
 
 TERMS = ["main", "corrector_regularization", "global_mean"]
 

@@ -6,7 +6,7 @@ import torch
 
 from fme.core.config_loading import ConfigError, from_dict_strict
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
-from fme.core.schedule import OptimizerClock
+from fme.core.optimization import OptimizerClock
 
 LR0 = 0.1
 # the optimiser clock each schedule reads (Optimization owns it in training)

@@ -35,9 +35,13 @@ from fme.core.loss_weight_schedule import (
     check_loss_weight_schedule_terms,
 )
 from fme.core.metrics_aggregator import MeanAggregator
-from fme.core.optimization import NullOptimization, Optimization, OptimizationABC
+from fme.core.optimization import (
+    NullOptimization,
+    Optimization,
+    OptimizationABC,
+    OptimizerClock,
+)
 from fme.core.parameter_init import ParameterInitConfig
-from fme.core.schedule import OptimizerClock
 from fme.core.tensors import TensorDict
 
 _NONFINITE_POLICIES = ("raise", "skip_batch")

@@ -43,9 +43,7 @@ def _train_one_step(dist: DistributedContext, case: dict, out_dir: Path) -> None
     train = build_train_stepper(stepper, training)
     optimization = OptimizationConfig(
         optimizer_type="Adam", lr=1e-2, use_gradient_accumulation=case["accumulate"]
-    ).build(
-        stepper.module.parameters(), no_sync=no_sync_context(stepper.module)
-    )
+    ).build(stepper.module.parameters(), no_sync=no_sync_context(stepper.module))
     global_batch = batch(n_samples=4, n_times=3, seed=5)
     local = dist.local_batch_size(4)
     shard = global_batch.select_samples(dist.rank * local, (dist.rank + 1) * local)

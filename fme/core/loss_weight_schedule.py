@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fme.core.schedule import Exponential, Schedule, Spelling, parse_schedule
+from fme.core.schedule import CURVES, Schedule, Spelling, exponential, parse_schedule
 
 if TYPE_CHECKING:
     from fme.core.optimization import OptimizerClock
@@ -100,7 +100,7 @@ class AdaptiveWeight(WeightSchedule):
 def _exponential(*, start: float, end: float, n_steps: int) -> Schedule:
     if not (start > 0 and end > 0):
         raise ValueError(f"exponential start and end must be > 0, got {start}, {end}")
-    return Exponential(start, end / start, n_steps, end)
+    return exponential(start, end / start, n_steps, end)
 
 
 _THREE: Any = (("start", "end", "n_steps"), {})
@@ -122,7 +122,7 @@ _SPELLING = Spelling(
         "sequential": (("schedulers", "milestones"), {}),
         "adaptive": ((), _ADAPTIVE),
     },
-    curves={"exponential": _exponential, "adaptive": AdaptiveWeight},
+    curves={**CURVES, "exponential": _exponential, "adaptive": AdaptiveWeight},
     not_in_sequential=("sequential", "adaptive"),
 )
 LOSS_WEIGHT_SCHEDULE_TYPES = tuple(_SPELLING.keys)

@@ -30,12 +30,13 @@ from torch.optim import lr_scheduler as torch_lr
 
 from fme.core.number_check import check_number
 from fme.core.schedule import (
-    Exponential,
+    CURVES,
     Schedule,
-    Sequential,
     Spelling,
     check_sequential,
+    exponential,
     parse_schedule,
+    sequential,
 )
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ _NOT_FROM_YAML = {  # torch classes that cannot be configured from YAML
 
 def _exponential(*, start: float, decay_rate: float, decay_steps: float, end: float):
     if decay_rate <= 1:  # lr_end is where the decay stops
-        return Exponential(start, decay_rate, decay_steps, end)
-    growth = Exponential(start, decay_rate, decay_steps)
+        return exponential(start, decay_rate, decay_steps, end)
+    growth = exponential(start, decay_rate, decay_steps)
     return lambda t: max(end, growth(t))  # a floor below a growing rate
 
 
@@ -90,7 +91,7 @@ _SPELLING = Spelling(
         "warmup_cosine": "peak",
     },
     extra_keys=_CLAMPS,
-    curves={"exponential": _exponential},
+    curves={**CURVES, "exponential": _exponential},
 )
 
 
@@ -194,15 +195,14 @@ class SchedulerConfig:
             return None, (low, high)
         milestones = list(kwargs["milestones"])
         if not any(isinstance(m, torch_lr.LRScheduler) for m in members):
-            return Sequential(tuple(members), tuple(milestones)), (low, high)
+            return sequential(members, milestones), (low, high)
         schedulers = [
             m
             if isinstance(m, torch_lr.LRScheduler)
             else _lambda_lr(optimizer, m, lr0=lr0)
             for m in members
         ]
-        sequential = torch_lr.SequentialLR(optimizer, schedulers, milestones)
-        return sequential, (low, high)
+        return torch_lr.SequentialLR(optimizer, schedulers, milestones), (low, high)
 
 
 def _member(

@@ -1,21 +1,20 @@
 """Schedules: a value as a pure function of ``t``, the steps since it started.
 
 Learning-rate (``fme.core.lr_schedule``) and loss-weight
-(``fme.core.loss_weight_schedule``) schedules are these curves. ``t`` counts
-optimiser steps (epochs for a learning rate with ``step_each: epoch``); ``v(t)``
-is the value used by step ``t + 1``; ``s = min(t, n_steps) / n_steps``.
+(``fme.core.loss_weight_schedule``) schedules are these curves; ``t`` counts
+optimiser steps (or a learning rate's epochs) and ``v(t)`` is the value of step
+``t + 1``. With ``s = min(t, n_steps) / n_steps``:
 
-- ``constant``: ``value``. ``linear``: ``start + (end - start) * s``.
+- ``constant``: ``value``; ``linear``: ``start + (end - start) * s``;
 - ``exponential``: ``start * decay_rate ** (t / decay_steps)``, stopping at
-  ``end`` if given (a floor when decaying, a ceiling when growing).
-- ``cosine``: ``end + (start - end) * (1 + cos(pi * s)) / 2``.
-- ``warmup_cosine``: ``linear`` from ``start`` to ``peak`` over
-  ``warmup_steps``, then ``cosine`` from ``peak`` to ``end`` over the remaining
-  ``n_steps - warmup_steps`` (``n_steps`` counts the warm-up).
-- ``piecewise_constant``: ``values[i]``, ``i`` the number of ``boundaries <= t``.
+  ``end`` if given (a floor when decaying, a ceiling when growing);
+- ``cosine``: ``end + (start - end) * (1 + cos(pi * s)) / 2``;
+- ``warmup_cosine``: ``linear`` from ``start`` to ``peak`` in ``warmup_steps``,
+  then ``cosine`` to ``end`` in the other ``n_steps - warmup_steps``;
+- ``piecewise_constant``: ``values[i]``, ``i`` the number of ``boundaries <= t``;
 - ``sequential``: member ``i`` from ``milestones[i - 1]`` on, restarted at 0.
 
-Each config surface spells the keys its own way (``Spelling``);
+Each config surface spells the ``kwargs`` its own way (``Spelling``);
 ``parse_schedule`` checks a ``{type, kwargs}`` block strictly.
 """
 
@@ -28,97 +27,65 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-_NON_NEGATIVE, _POSITIVE = (0.0, False, False), (0.0, True, False)
-# (minimum, exclusive, integer) of every numeric key of every spelling
-_KEY_BOUNDS: dict[str, tuple[float, bool, bool]] = {
+# (minimum, exclusive, integer) of the numeric keys of every spelling
+_BOUNDS = {
     **dict.fromkeys(
-        ("value", "start", "end", "peak", "lr_start", "lr_end"), _NON_NEGATIVE
+        "value start end peak lr_start lr_end min_lr max_lr min_value max_value "
+        "ema_decay".split(),
+        (0.0, False, False),
     ),
-    **dict.fromkeys(("min_lr", "max_lr", "min_value", "max_value"), _NON_NEGATIVE),
-    **dict.fromkeys(("ema_decay",), _NON_NEGATIVE),
-    **dict.fromkeys(("decay_rate", "decay_steps", "target"), _POSITIVE),
+    **dict.fromkeys(("decay_rate", "decay_steps", "target"), (0.0, True, False)),
     **dict.fromkeys(("n_steps", "total_steps"), (1, False, True)),
     "warmup_steps": (0, False, True),
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Constant:
+def constant(value: float) -> Schedule:
     """``v(t) = value``."""
-
-    value: float
-
-    def __call__(self, t: int) -> float:
-        return self.value
+    return lambda t: value
 
 
-@dataclasses.dataclass(frozen=True)
-class Linear:
+def linear(start: float, end: float, n_steps: int) -> Schedule:
     """``start`` to ``end`` in ``n_steps``, then ``end``."""
-
-    start: float
-    end: float
-    n_steps: int
-
-    def __call__(self, t: int) -> float:
-        return (
-            self.start + (self.end - self.start) * min(t, self.n_steps) / self.n_steps
-        )
+    return lambda t: start + (end - start) * min(t, n_steps) / n_steps
 
 
-@dataclasses.dataclass(frozen=True)
-class Exponential:
+def exponential(
+    start: float, decay_rate: float, decay_steps: float, end: float | None = None
+) -> Schedule:
     """``start * decay_rate ** (t / decay_steps)``, stopping at ``end`` if set."""
+    stop = (max if decay_rate <= 1 else min) if end is not None else None
 
-    start: float
-    decay_rate: float
-    decay_steps: float
-    end: float | None = None
-
-    def __call__(self, t: int) -> float:
+    def value(t: int) -> float:
         try:
-            value = self.start * self.decay_rate ** (t / self.decay_steps)
+            v = start * decay_rate ** (t / decay_steps)
         except OverflowError:
-            value = math.inf
-        if self.end is None:
-            return value
-        return max(self.end, value) if self.decay_rate <= 1 else min(self.end, value)
+            v = math.inf
+        return v if stop is None else stop(end, v)
+
+    return value
 
 
-@dataclasses.dataclass(frozen=True)
-class Cosine:
+def cosine(start: float, end: float, n_steps: int) -> Schedule:
     """Half a cosine from ``start`` to ``end`` in ``n_steps``, then ``end``."""
-
-    start: float
-    end: float
-    n_steps: int
-
-    def __call__(self, t: int) -> float:
-        s = min(t, self.n_steps) / self.n_steps
-        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * s)) / 2
+    return lambda t: (
+        end + (start - end) * (1 + math.cos(math.pi * min(t, n_steps) / n_steps)) / 2
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class PiecewiseConstant:
+def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """``values[i]``, ``i`` the number of ``boundaries <= t``."""
-
-    boundaries: tuple[int, ...]
-    values: tuple[float, ...]
-
-    def __call__(self, t: int) -> float:
-        return self.values[bisect.bisect_right(self.boundaries, t)]
+    return lambda t: values[bisect.bisect_right(boundaries, t)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Sequential:
+def sequential(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
     """``schedules[i]`` from ``milestones[i - 1]`` on, restarted at 0."""
 
-    schedules: tuple[Schedule, ...]
-    milestones: tuple[int, ...]
+    def value(t: int) -> float:
+        i = bisect.bisect_right(milestones, t)
+        return schedules[i](t - (milestones[i - 1] if i else 0))
 
-    def __call__(self, t: int) -> float:
-        i = bisect.bisect_right(self.milestones, t)
-        return self.schedules[i](t - (self.milestones[i - 1] if i else 0))
+    return value
 
 
 def warmup_cosine(
@@ -130,40 +97,38 @@ def warmup_cosine(
             f"n_steps ({n_steps}) must exceed warmup_steps ({warmup_steps}); "
             "it counts the warm-up too"
         )
-    cosine = Cosine(peak, end, n_steps - warmup_steps)
+    decay = cosine(peak, end, n_steps - warmup_steps)
     if warmup_steps == 0:
-        return cosine
-    return Sequential((Linear(start, peak, warmup_steps), cosine), (warmup_steps,))
+        return decay
+    return sequential([linear(start, peak, warmup_steps), decay], [warmup_steps])
 
 
 @dataclasses.dataclass(frozen=True)
 class Spelling:
-    """How one config surface writes the schedules' ``kwargs``.
+    """How one config surface writes the ``kwargs`` of the curves.
 
     Attributes:
         keys: each type's required keys and optional keys with defaults.
-        to_canonical: renames of this surface's keys to the curve parameters.
-        from_base: per type, the curve parameter set to the surface's base
-            value (a learning rate's ``start`` is ``optimization.lr``).
+        to_canonical: renames of this surface's keys to the curves' arguments.
+        from_base: per type, the argument set to the surface's base value.
         extra_keys: keys every type also takes, handled by the caller.
-        curves: constructors from canonical parameters where a surface
-            parametrises a type its own way (default: the classes above).
+        curves: each type's curve from its (canonical) arguments.
         not_in_sequential: types that cannot be ``sequential`` members.
     """
 
     keys: Mapping[str, tuple[tuple[str, ...], Mapping[str, Any]]]
+    curves: Mapping[str, Callable[..., Any]]
     to_canonical: Mapping[str, str] = dataclasses.field(default_factory=dict)
     from_base: Mapping[str, str] = dataclasses.field(default_factory=dict)
     extra_keys: tuple[str, ...] = ()
-    curves: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     not_in_sequential: tuple[str, ...] = ("sequential",)
 
 
-_CURVES: dict[str, Callable[..., Any]] = {
-    "constant": Constant,
-    "linear": Linear,
-    "exponential": Exponential,
-    "cosine": Cosine,
+CURVES: dict[str, Callable[..., Any]] = {
+    "constant": constant,
+    "linear": linear,
+    "exponential": exponential,
+    "cosine": cosine,
     "warmup_cosine": warmup_cosine,
 }
 
@@ -187,50 +152,45 @@ def parse_schedule(
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"{path} must be a mapping, got {kwargs!r}")
     required, optional = spelling.keys[type_]
-    what = f"type {type_!r}"
-    check_keys(kwargs, required, (*optional, *spelling.extra_keys), path, what)
-    for key, value in kwargs.items():
-        if key in _KEY_BOUNDS:
-            low, exclusive, integer = _KEY_BOUNDS[key]
-            check_number(
-                value,
-                path=f"{path}.{key}",
-                minimum=low,
-                exclusive=exclusive,
-                integer=integer,
+    extra = spelling.extra_keys
+    check_keys(kwargs, required, (*optional, *extra), path, f"type {type_!r}")
+    for key in set(kwargs) & set(_BOUNDS):
+        low, exclusive, integer = _BOUNDS[key]
+        check_number(
+            kwargs[key],
+            path=f"{path}.{key}",
+            minimum=low,
+            exclusive=exclusive,
+            integer=integer,
+        )
+    if type_ == "piecewise_constant":
+        return piecewise_constant(*check_piecewise(kwargs, path=path))
+    if type_ == "sequential":
+        allowed = sorted(set(spelling.keys) - set(spelling.not_in_sequential))
+        members = []
+        for i, (member, member_kwargs) in enumerate(check_sequential(kwargs, path)):
+            if member not in allowed:
+                raise ValueError(
+                    f"{path}.schedulers[{i}].type {member!r} is unknown; "
+                    f"allowed: {allowed}"
+                )
+            member_path = f"{path}.schedulers[{i}].kwargs"
+            members.append(
+                parse_schedule(
+                    member, member_kwargs, path=member_path, spelling=spelling
+                )
             )
+        return sequential(members, kwargs["milestones"])
     values = {
-        spelling.to_canonical.get(key, key): value
-        for key, value in {**optional, **kwargs}.items()
-        if key not in spelling.extra_keys
+        spelling.to_canonical.get(k, k): v
+        for k, v in {**optional, **kwargs}.items()
+        if k not in extra
     }
     if type_ in spelling.from_base:
         values[spelling.from_base[type_]] = base
-    if type_ == "piecewise_constant":
-        return PiecewiseConstant(*check_piecewise(kwargs, path=path))
-    if type_ == "sequential":
-        members = check_sequential(kwargs, path=path)
-        allowed = sorted(set(spelling.keys) - set(spelling.not_in_sequential))
-        for i, (member_type, _) in enumerate(members):
-            if member_type not in allowed:
-                raise ValueError(
-                    f"{path}.schedulers[{i}].type {member_type!r} is unknown; "
-                    f"allowed: {allowed}"
-                )
-        curves = tuple(
-            parse_schedule(
-                member_type,
-                member_kwargs,
-                path=f"{path}.schedulers[{i}].kwargs",
-                spelling=spelling,
-                base=base,
-            )
-            for i, (member_type, member_kwargs) in enumerate(members)
-        )
-        return Sequential(curves, tuple(kwargs["milestones"]))
     try:
-        return {**_CURVES, **spelling.curves}[type_](**values)
-    except ValueError as err:
+        return spelling.curves[type_](**values)
+    except ValueError as err:  # name the keys as this surface spells them
         names = {v: k for k, v in spelling.to_canonical.items()}
         message = " ".join(names.get(word, word) for word in str(err).split(" "))
         raise ValueError(f"{path}: {message}") from None
@@ -246,18 +206,16 @@ def check_keys(
     """Raise naming ``path`` for keys ``what`` does not take or needs."""
     allowed = sorted({*required, *optional})
     unknown = sorted(set(kwargs) - set(allowed))
+    missing = [key for key in required if key not in kwargs]
     if unknown:
         raise ValueError(f"{path}: {what} does not take {unknown}; allowed: {allowed}")
-    missing = [key for key in required if key not in kwargs]
     if missing:
-        raise ValueError(
-            f"{path}: {what} needs the missing key(s) {missing}; allowed: {allowed}"
-        )
+        raise ValueError(f"{path}: {what} needs the missing key(s) {missing}")
 
 
 def check_piecewise(
     kwargs: Mapping[str, Any], *, path: str
-) -> tuple[tuple[int, ...], tuple[float, ...]]:
+) -> tuple[list[int], list[float]]:
     """``boundaries`` (increasing ints >= 1) and ``values`` (one more, >= 0)."""
     boundaries, values = kwargs["boundaries"], kwargs["values"]
     if not isinstance(boundaries, list) or not isinstance(values, list):
@@ -270,7 +228,7 @@ def check_piecewise(
         )
     for i, value in enumerate(values):
         check_number(value, path=f"{path}.values[{i}]", minimum=0.0)
-    return tuple(boundaries), tuple(float(v) for v in values)
+    return boundaries, [float(v) for v in values]
 
 
 def check_milestones(milestones: Sequence[Any], *, path: str) -> None:
@@ -281,25 +239,22 @@ def check_milestones(milestones: Sequence[Any], *, path: str) -> None:
         raise ValueError(f"{path} must be strictly increasing, got {list(milestones)}")
 
 
-def check_sequential(
-    kwargs: Mapping[str, Any], *, path: str, extra_keys: Sequence[str] = ()
-) -> list[tuple[Any, Mapping[str, Any]]]:
+def check_sequential(kwargs: Mapping[str, Any], path: str) -> list[tuple[Any, Any]]:
     """``(type, kwargs)`` of the members of a ``sequential`` block's ``kwargs``."""
-    check_keys(kwargs, ("schedulers", "milestones"), extra_keys, path, "sequential")
-    schedulers, milestones = kwargs["schedulers"], kwargs["milestones"]
-    if not isinstance(schedulers, list) or not schedulers:
+    check_keys(kwargs, ("schedulers", "milestones"), (), path, "type 'sequential'")
+    members, milestones = kwargs["schedulers"], kwargs["milestones"]
+    if not isinstance(members, list) or not members:
         raise ValueError(f"{path}.schedulers must be a non-empty list of blocks")
-    if not isinstance(milestones, list) or len(milestones) != len(schedulers) - 1:
+    if not isinstance(milestones, list) or len(milestones) != len(members) - 1:
         raise ValueError(
             f"{path}.milestones must be a list of len(schedulers) - 1 = "
-            f"{len(schedulers) - 1} step counts, got {milestones!r}"
+            f"{len(members) - 1} step counts, got {milestones!r}"
         )
     check_milestones(milestones, path=f"{path}.milestones")
-    members = []
-    for i, member in enumerate(schedulers):
-        member_path = f"{path}.schedulers[{i}]"
+    for i, member in enumerate(members):
         if not isinstance(member, Mapping):
-            raise ValueError(f"{member_path} must be a {{type, kwargs}} mapping")
-        check_keys(member, ("type",), ("kwargs",), member_path, "a sequential member")
-        members.append((member["type"], member.get("kwargs", {})))
-    return members
+            raise ValueError(f"{path}.schedulers[{i}] must be a {{type, kwargs}} block")
+        check_keys(
+            member, ("type",), ("kwargs",), f"{path}.schedulers[{i}]", "a member"
+        )
+    return [(member["type"], member.get("kwargs", {})) for member in members]

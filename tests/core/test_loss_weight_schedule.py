@@ -280,3 +280,36 @@ def test_yaml_block_loads_as_dict_of_configs():
     )
     config = holder.loss_weight_schedules["corrector_regularization"]
     assert config.build().value(100_000) == pytest.approx(1.0)
+
+
+def test_former_flat_spelling_is_migrated_to_type_and_kwargs():
+    flat = _config(type="linear", start=2.0, end=0.0, n_steps=8)
+    block = from_dict_strict(
+        LossWeightScheduleConfig,
+        {"type": "linear", "kwargs": {"start": 2.0, "end": 0.0, "n_steps": 8}},
+    )
+    assert flat == block
+    assert flat.build().value(4) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="under kwargs"):
+        from_dict_strict(
+            LossWeightScheduleConfig,
+            {"type": "linear", "start": 2.0, "kwargs": {"end": 0.0, "n_steps": 8}},
+        )
+
+
+def test_sequential_and_warmup_cosine_weights():
+    weight = _config(
+        type="sequential",
+        schedulers=[
+            {"type": "constant", "kwargs": {"value": 2.0}},
+            {"type": "linear", "kwargs": {"start": 1.0, "end": 0.0, "n_steps": 2}},
+        ],
+        milestones=[3],
+    ).build()
+    assert [weight.value(t) for t in range(7)] == [2, 2, 2, 1, 0.5, 0, 0]
+    with pytest.raises(ConfigError, match="'adaptive' is unknown"):
+        _config(type="sequential", schedulers=[{"type": "adaptive"}], milestones=[])
+    warm = _config(
+        type="warmup_cosine", start=0.0, peak=1.0, end=0.0, warmup_steps=2, n_steps=4
+    ).build()
+    assert [warm.value(t) for t in range(5)] == pytest.approx([0, 0.5, 1, 0.5, 0])

@@ -125,6 +125,8 @@ class TrainStepperConfig:
         for term, scaling in moved.items():
             if not scaling:
                 continue
+            if term == MAIN_TERM:
+                data.setdefault("loss", {})
             node = data
             for key in owners[term]:
                 if not isinstance(node.get(key), dict):

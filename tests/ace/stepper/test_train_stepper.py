@@ -421,3 +421,38 @@ def test_activation_checkpointing_gives_the_same_update(accumulate):
             _params(plain), _params(_corrector_stepper(seed=4)), strict=True
         )
     )
+
+
+def test_former_loss_scaling_key_moves_to_each_terms_scaling():
+    from fme.ace.stepper.train_stepper import TrainStepperConfig
+    from fme.core.config_loading import ConfigError, from_dict_strict
+
+    area = [{"type": "area"}]
+    regularization = {"regularization": {"weight": 0.5}}
+    former = from_dict_strict(
+        TrainStepperConfig,
+        {
+            "corrector_loss": regularization,
+            "loss_scaling": {"main": area, "corrector_regularization": area},
+        },
+    )
+    current = from_dict_strict(
+        TrainStepperConfig,
+        {
+            "loss": {"scaling": area},
+            "corrector_loss": {"regularization": {"weight": 0.5, "scaling": area}},
+        },
+    )
+    assert former == current
+    assert [s.type for s in current.loss.scaling] == ["area"]
+    with pytest.raises(ConfigError, match="scaling once"):
+        from_dict_strict(
+            TrainStepperConfig,
+            {"loss": {"scaling": area}, "loss_scaling": {"main": area}},
+        )
+    with pytest.raises(ConfigError, match="needs stepper_training.corrector_loss"):
+        from_dict_strict(
+            TrainStepperConfig, {"loss_scaling": {"corrector_regularization": area}}
+        )
+    with pytest.raises(ConfigError, match="unknown term"):
+        from_dict_strict(TrainStepperConfig, {"loss_scaling": {"global_mean": area}})

@@ -114,6 +114,17 @@ class SchedulerConfig:
     step_each: str | None = None
     step_each_iteration: bool | None = None
 
+    @classmethod
+    def migrate_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Refuse ACE's untyped sequential block with the fix."""
+        if "schedulers" in data and "type" not in data:
+            raise ValueError(
+                f"not supported here: ACE's {_PATH} block {{schedulers, milestones}}; "
+                "write {type: sequential, kwargs: {schedulers: [...], milestones: "
+                "[...]}} (members {type, kwargs}; step_each_iteration on the block)"
+            )
+        return data
+
     def __post_init__(self):
         if self.step_each not in (None, *STEP_EACH_OPTIONS):
             raise ValueError(

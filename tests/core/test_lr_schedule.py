@@ -420,3 +420,8 @@ def test_sequential_errors():
     assert "schedulers[0].type 'x' is unknown" in message
     message = _error({"type": "sequential", "kwargs": {"schedulers": [child]}})
     assert "missing" in message and "milestones" in message
+
+
+def test_ace_untyped_sequential_block_is_refused_with_the_fix():
+    message = _error({"schedulers": [{"type": "StepLR"}], "milestones": []})
+    assert "not supported here" in message and "type: sequential" in message

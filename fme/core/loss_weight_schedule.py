@@ -151,6 +151,13 @@ class LossWeightScheduleConfig:
         logging.info("%s: keys %s moved under kwargs", _PATH, sorted(moved))
         return {"type": data.get("type"), "kwargs": moved}
 
+    def __getattr__(self, name: str) -> Any:
+        """The type's keys read as attributes (e.g. ``config.end``), as before."""
+        kwargs = self.__dict__.get("kwargs", {})
+        if name in kwargs:
+            return kwargs[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def __post_init__(self):
         if self.type not in _SPELLING.keys:
             raise ValueError(

@@ -1,5 +1,7 @@
 """``Optimization``: one clock, ACE's scheduler and checkpoint keys, validation."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +120,31 @@ def test_null_optimization_neither_backpropagates_nor_synchronises():
     assert parameter.grad is None
     assert not null.use_gradient_accumulation
     assert null.checkpoint_after_n_forward_steps is None
+
+
+REFERENCE = Path(__file__).parent / "data" / "ace_lr_schedules.json"
+
+
+@pytest.mark.parametrize("case", sorted(json.loads(REFERENCE.read_text())["cases"]))
+def test_torch_schedulers_follow_the_released_ace_clock(case: str):
+    """Rates per batch equal the released package's (scripts/reference_ace_...)."""
+    reference = json.loads(REFERENCE.read_text())
+    meta, expected = reference["meta"], reference["cases"][case]
+    module = torch.nn.Linear(1, 1, bias=False)
+    optimization = from_dict_strict(
+        OptimizationConfig,
+        {
+            "optimizer_type": "Adam",
+            "lr": meta["lr"],
+            "scheduler": expected["scheduler"],
+        },
+    ).build(module.parameters())
+    rates = []
+    for epoch in range(meta["n_epochs"]):
+        for _ in range(meta["n_batches"]):
+            rates.append(optimization.learning_rate)
+            optimization.accumulate_loss(module(torch.ones(1, 1)).sum() ** 2)
+            optimization.step_weights()
+        optimization.step_epoch(metric=meta["valid_losses"][epoch])
+    rates.append(optimization.learning_rate)
+    assert rates == pytest.approx(expected["rates"], rel=1e-12, abs=1e-15)

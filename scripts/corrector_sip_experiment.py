@@ -266,7 +266,7 @@ def run_variant(
     state = load_checkpoint(config.checkpoint_dir / LATEST_CHECKPOINT)
     steps = int(state["optimization"]["optimizer_steps"])
     stepper = Stepper.from_state(state["trainable"]["stepper"])
-    stepper.step.module.eval()
+    stepper.module.eval()
     result = evaluate(
         stepper, data_dir=data_dir, n_leads=args.n_leads, ic_stride=args.ic_stride
     )

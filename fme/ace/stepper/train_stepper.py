@@ -47,7 +47,14 @@ from fme.core.tensors import TensorDict
 _NONFINITE_POLICIES = ("raise", "skip_batch")
 _SCALABLE_TERMS = (MAIN_TERM, REGULARIZATION_TERM)
 
-__all__ = ["ForwardStepsDistribution", "ForwardStepsOutcome", "TrainStepperConfig"]
+__all__ = [  # the rollout-length configs are re-exported for their old import path
+    "ForwardStepsDistribution",
+    "ForwardStepsOutcome",
+    "NonFiniteLossError",
+    "TrainOutput",
+    "TrainStepper",
+    "TrainStepperConfig",
+]
 
 
 class NonFiniteLossError(RuntimeError):

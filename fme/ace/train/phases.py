@@ -37,8 +37,9 @@ import logging
 from typing import Any
 
 from fme.ace.models.lora_layouts import LORA_LAYOUTS
+from fme.ace.stepper.rollout_length import ForwardStepsDistribution
 from fme.ace.stepper.stepper import Stepper
-from fme.ace.stepper.train_stepper import ForwardStepsDistribution, TrainStepperConfig
+from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.core.distributed import DistributedContext
 from fme.core.freezing import (
     FrozenParameterConfig,

@@ -6,6 +6,7 @@ visible. Each repeat is a fresh ``pytest`` process over every test that starts
 several processes (``mp.spawn`` gloo workers and ``torchrun``)::
 
     python scripts/repeat_distributed_tests.py --repeats 50
+    python scripts/repeat_distributed_tests.py --repeats 50 tests/core/test_data_parallel_fine_tuning.py
     python scripts/repeat_distributed_tests.py --repeats 20 --torchrun-training CONFIG.yaml
 
 With ``--torchrun-training CONFIG`` each repeat is instead one
@@ -60,6 +61,12 @@ def _failed(result: subprocess.CompletedProcess) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "tests",
+        nargs="*",
+        default=DISTRIBUTED_TESTS,
+        help="test files to repeat (default: every distributed test)",
+    )
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument(
         "--torchrun-training",
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.torchrun_training, log_dir / f"run{repeat}"
             )
         else:
-            command = _pytest_command() + DISTRIBUTED_TESTS
+            command = _pytest_command() + list(args.tests)
         start = time.perf_counter()
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start

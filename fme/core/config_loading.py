@@ -125,21 +125,59 @@ def _check_unknown_keys(cls: type, data: Any, path: str) -> None:
     for name, value in data.items():
         field_type = hints[name]
         options = _dataclass_options(field_type)
-        if len(options) == 1:
-            _check_unknown_keys(options[0], value, f"{path}.{name}")
+        if options:
+            _check_union(options, value, f"{path}.{name}")
             continue
         origin = typing.get_origin(field_type)
         args = typing.get_args(field_type)
         if origin is list and args and isinstance(value, list):
             inner = _dataclass_options(args[0])
-            if len(inner) == 1:
+            if inner:
                 for i, item in enumerate(value):
-                    _check_unknown_keys(inner[0], item, f"{path}.{name}[{i}]")
+                    _check_union(inner, item, f"{path}.{name}[{i}]")
         elif origin is dict and len(args) == 2 and isinstance(value, dict):
             inner = _dataclass_options(args[1])
-            if len(inner) == 1:
+            if inner:
                 for key, item in value.items():
-                    _check_unknown_keys(inner[0], item, f"{path}.{name}.{key}")
+                    _check_union(inner, item, f"{path}.{name}.{key}")
+
+
+def _check_union(options: list[type], value: Any, path: str) -> None:
+    """Check ``value`` against the one dataclass of ``options`` it can be.
+
+    The candidate is the option whose fields include all of ``value``'s keys
+    and whose required fields are all given (e.g. ``{concat: [...]}`` is a
+    concat config, ``{data_path: ...}`` a single dataset). When no option
+    fits, the error lists each option's keys.
+    """
+    if len(options) == 1 or not isinstance(value, dict):
+        _check_unknown_keys(options[0], value, path)
+        return
+    fitting = [o for o in options if _fits(o, value)]
+    if len(fitting) >= 1:
+        _check_unknown_keys(fitting[0], value, path)
+        return
+    described = "; ".join(
+        f"{o.__name__}: {sorted(f.name for f in dataclasses.fields(o))}"
+        for o in options
+    )
+    raise ConfigError(
+        f"{path}: keys {sorted(map(str, value))} match none of the allowed forms "
+        f"({described})"
+    )
+
+
+def _fits(cls: type, value: dict) -> bool:
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields if f.init}
+    required = {
+        f.name
+        for f in fields
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    }
+    return set(value) <= names and required <= set(value)
 
 
 def _type_name(tp: Any) -> str:

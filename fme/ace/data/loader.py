@@ -16,7 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from fme.ace.data.batch import BatchData, DatasetInfo
-from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
+from fme.ace.data.combined import (
+    ConcatDatasetConfig,
+    MergeDatasetConfig,
+    build_dataset,
+)
+from fme.ace.data.netcdf_dataset import XarrayDataConfig
 from fme.core.tensors import TensorDict
 
 
@@ -25,16 +30,20 @@ class DataLoaderConfig:
     """ACE's ``train_loader`` / ``validation_loader`` block.
 
     Attributes:
-        dataset: where the netCDF files are and which samples to use.
+        dataset: one dataset (``data_path``, ...), ``concat: [...]`` of datasets
+            (more samples) or ``merge: [...]`` (more variables).
         batch_size: the global batch size, summed over all processes; it must
             be divisible by the number of processes.
         num_data_workers: worker processes reading data (0 reads in the main
             process).
+        prefetch_factor: batches each worker reads ahead (with workers only;
+            torch's default when null).
     """
 
-    dataset: XarrayDataConfig
+    dataset: XarrayDataConfig | ConcatDatasetConfig | MergeDatasetConfig
     batch_size: int
     num_data_workers: int = 0
+    prefetch_factor: int | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -42,6 +51,10 @@ class DataLoaderConfig:
         if self.num_data_workers < 0:
             raise ValueError(
                 f"num_data_workers must be >= 0, got {self.num_data_workers}"
+            )
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise ValueError(
+                f"prefetch_factor must be >= 1 or null, got {self.prefetch_factor}"
             )
 
 
@@ -245,7 +258,7 @@ def build_data_loader(
         ValueError: if the batch size does not divide over the processes, or the
             dataset has fewer samples than one global batch (with ``drop_last``).
     """
-    dataset = XarrayDataset(config.dataset, names=names, n_timesteps=n_timesteps)
+    dataset = build_dataset(config.dataset, names=names, n_timesteps=n_timesteps)
     sampler = WindowBatchSampler(
         len(dataset),
         global_batch_size=config.batch_size,
@@ -257,7 +270,7 @@ def build_data_loader(
     )
     if sampler.n_batches == 0:
         raise ValueError(
-            f"the dataset at {config.dataset.data_path} has {len(dataset)} samples "
+            f"{dataset.description} has {len(dataset)} samples "
             f"of {n_timesteps} times, fewer than batch_size={config.batch_size}; "
             "lower batch_size or widen the subset"
         )
@@ -266,6 +279,7 @@ def build_data_loader(
         batch_sampler=sampler,
         num_workers=config.num_data_workers,
         collate_fn=collate_windows,
+        prefetch_factor=config.prefetch_factor if config.num_data_workers else None,
     )
     return GriddedData(
         loader=loader,

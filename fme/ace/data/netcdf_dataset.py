@@ -1,109 +1,114 @@
-"""Windows of consecutive times read from netCDF files, configured as in ACE.
+"""Windows of consecutive times from netCDF files or zarr stores, as in ACE.
 
-Each file holds one trajectory (or a chunk of consecutive times); a sample is a
-window of ``n_timesteps`` consecutive times inside one file. Windows never
-cross file boundaries, so separate trajectories are never glued together.
+The files of a dataset form one time axis (``fme.ace.data.store``); a sample
+is a window of ``n_timesteps`` consecutive times on it, never crossing a gap
+between separate trajectories. ``subset`` then selects samples by index or
+time.
 
-Files are scanned (opened and closed again) at construction; no netCDF handle
-is kept open, so the dataset is safe to fork into data-loader workers. When the
-requested variables of all files fit in ``CACHE_LIMIT_BYTES`` they are read
-once, at construction (which also finds NaNs before training starts), and
-served from memory; otherwise each window is read from its file on request.
+No file handle is kept open at construction, so the dataset is safe to fork
+into data-loader workers. When the requested variables fit in
+``CACHE_LIMIT_BYTES`` and ``cache_in_memory`` is on, they are read once at
+construction (which also finds NaNs before training) and served from memory;
+otherwise each window is read on request, chunk-aware for zarr.
 """
 
 import dataclasses
 import datetime
-import os
-from pathlib import Path
+from collections.abc import Mapping
 
-import netCDF4
 import numpy as np
 import torch
-import xarray as xr
 
-from fme.ace.data.batch import DatasetInfo, HybridSigmaPressureCoordinate
+from fme.ace.data.batch import DatasetInfo
+from fme.ace.data.store import ENGINES, TimeSeriesStore
+from fme.ace.data.time_subset import RepeatedInterval, Slice, TimeSlice
 from fme.core.tensors import TensorDict
+
+__all__ = [
+    "CACHE_LIMIT_BYTES",
+    "FillNaNsConfig",
+    "OverwriteConfig",
+    "RepeatedInterval",
+    "Slice",
+    "TimeSlice",
+    "XarrayDataConfig",
+    "XarrayDataset",
+]
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
 @dataclasses.dataclass
-class Slice:
-    """Index-based subset of the samples (ACE's ``subset: {start, stop, step}``).
-
-    Applied like a Python slice to the list of all windows (samples) of the
-    dataset, files in sorted order.
+class OverwriteConfig:
+    """ACE's ``overwrite``: replace or scale loaded fields.
 
     Attributes:
-        start: first sample index (``None``: from the first).
-        stop: stop before this sample index (``None``: to the end).
-        step: take every ``step``-th sample (``None``: every sample).
+        constant: ``{name: value}`` fields replaced by a constant.
+        multiply_scalar: ``{name: factor}`` fields multiplied by a factor.
     """
 
-    start: int | None = None
-    stop: int | None = None
-    step: int | None = None
+    constant: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    multiply_scalar: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if self.step is not None and self.step < 1:
-            raise ValueError(f"subset.step must be a positive integer, got {self.step}")
+        both = sorted(set(self.constant) & set(self.multiply_scalar))
+        if both:
+            raise ValueError(
+                f"overwrite lists {both} under both constant and multiply_scalar; "
+                "keep each variable in one of them"
+            )
 
-    def select(self, start_times: np.ndarray) -> np.ndarray:
-        """Indices of the selected samples, given every sample's start time."""
-        return np.arange(len(start_times))[self.start : self.stop : self.step]
+    def apply(self, data: dict[str, np.ndarray]) -> None:
+        """Overwrite ``data`` in place."""
+        for name, value in self.constant.items():
+            if name in data:
+                data[name] = np.full_like(data[name], value)
+        for name, factor in self.multiply_scalar.items():
+            if name in data:
+                data[name] = data[name] * np.float32(factor)
 
 
 @dataclasses.dataclass
-class TimeSlice:
-    """Time-based subset (ACE's ``subset: {start_time, stop_time, step}``).
-
-    Selects the samples whose first time lies in ``[start_time, stop_time]``
-    (both inclusive), then every ``step``-th of those.
+class FillNaNsConfig:
+    """ACE's ``fill_nans``: replace NaNs by a constant before use.
 
     Attributes:
-        start_time: ISO 8601 time, e.g. ``"2000-01-01"`` or
-            ``"2000-01-01T06:00"`` (``None``: no lower bound).
-        stop_time: ISO 8601 time, inclusive (``None``: no upper bound).
-        step: take every ``step``-th selected sample (``None``: all).
+        method: only ``constant``.
+        value: the value NaNs become.
     """
 
-    start_time: str | None = None
-    stop_time: str | None = None
-    step: int | None = None
+    method: str = "constant"
+    value: float = 0.0
 
     def __post_init__(self):
-        for name in ("start_time", "stop_time"):
-            value = getattr(self, name)
-            if value is not None:
-                try:
-                    np.datetime64(value, "ns")
-                except ValueError:
-                    raise ValueError(
-                        f"subset.{name} must be an ISO 8601 time such as "
-                        f"'2000-01-01T06:00', got {value!r}"
-                    ) from None
-        if self.step is not None and self.step < 1:
-            raise ValueError(f"subset.step must be a positive integer, got {self.step}")
-
-    def select(self, start_times: np.ndarray) -> np.ndarray:
-        """Indices of the selected samples, given every sample's start time."""
-        keep = np.ones(len(start_times), dtype=bool)
-        if self.start_time is not None:
-            keep &= start_times >= np.datetime64(self.start_time, "ns")
-        if self.stop_time is not None:
-            keep &= start_times <= np.datetime64(self.stop_time, "ns")
-        return np.flatnonzero(keep)[:: self.step]
+        if self.method != "constant":
+            raise ValueError(
+                f"fill_nans.method {self.method!r} is unknown; allowed: constant"
+            )
 
 
 @dataclasses.dataclass
 class XarrayDataConfig:
-    """Where the netCDF files of one dataset are (ACE's ``dataset`` block).
+    """One dataset: files in a directory (ACE's ``dataset`` block).
 
     Attributes:
-        data_path: directory holding the netCDF files.
-        file_pattern: glob pattern of the files inside ``data_path``.
-        subset: which samples to use: ``{start, stop, step}`` (indices) or
-            ``{start_time, stop_time, step}`` (ISO times of a window's start).
+        data_path: directory holding the netCDF files or zarr stores.
+        file_pattern: glob of the files (or the zarr store's name) inside
+            ``data_path``; for ``engine: zarr`` it must be set (the default
+            ``*.nc`` is refused, as in ACE).
+        n_repeats: repeat the data in time this many times, times shifted by
+            the whole span (the data should be continuous across repeats).
+        engine: ``netcdf4`` or ``zarr`` (read lazily, chunk by chunk).
+        spatial_dimensions: only ``latlon`` (the last two dims are lat, lon).
+        subset: which samples to use: ``{start, stop, step}`` (indices),
+            ``{start_time, stop_time, step}`` (times of a sample's first step,
+            inclusive) or ``{interval_length, start, block_length}``.
+        infer_timestep: must be true (ACE training needs the timestep).
+        dtype: only ``float32``.
+        overwrite: fields replaced by constants or scaled.
+        fill_nans: replace NaNs by a constant (before the NaN check).
+        isel: not supported here (must be empty).
+        labels: not supported here (must be null).
         allow_nans: accept NaNs in the data; by default a NaN is an error.
         cache_in_memory: read every requested variable once at start-up and
             keep it in memory (fastest, and NaNs are found before training);
@@ -113,44 +118,62 @@ class XarrayDataConfig:
 
     data_path: str
     file_pattern: str = "*.nc"
-    subset: Slice | TimeSlice = dataclasses.field(default_factory=Slice)
+    n_repeats: int = 1
+    engine: str = "netcdf4"
+    spatial_dimensions: str = "latlon"
+    subset: Slice | TimeSlice | RepeatedInterval = dataclasses.field(
+        default_factory=Slice
+    )
+    infer_timestep: bool = True
+    dtype: str | None = "float32"
+    overwrite: OverwriteConfig = dataclasses.field(default_factory=OverwriteConfig)
+    fill_nans: FillNaNsConfig | None = None
+    isel: dict[str, int] = dataclasses.field(default_factory=dict)
+    labels: list[str] | None = None
     allow_nans: bool = False
     cache_in_memory: bool = True
 
     def __post_init__(self):
         if not self.file_pattern:
             raise ValueError("file_pattern must be a non-empty glob such as '*.nc'")
-
-
-@dataclasses.dataclass
-class _FileInfo:
-    path: Path
-    times: np.ndarray  # datetime64[ns]
-    n_windows: int
-
-
-def _to_datetime64(values: np.ndarray, path: Path) -> np.ndarray:
-    """Decoded time values (datetime64 or cftime objects) as datetime64[ns]."""
-    if np.issubdtype(values.dtype, np.datetime64):
-        return values.astype("datetime64[ns]")
-    for v in values:
-        # numpy silently wraps dates outside the datetime64[ns] range
-        if not 1678 <= v.year <= 2261:
+        if self.engine not in ENGINES:
             raise ValueError(
-                f"time {v.isoformat()} in {path} is outside the datetime64[ns] "
-                "range (years 1678-2261) that batches carry; shift the time axis"
+                f"engine {self.engine!r} is unknown; allowed: {list(ENGINES)}"
             )
-    return np.array([np.datetime64(v.isoformat(), "ns") for v in values])
+        if self.engine == "zarr" and self.file_pattern == "*.nc":
+            raise ValueError(
+                "engine is zarr but file_pattern is the netCDF default '*.nc'; set "
+                "file_pattern to the zarr store's name, e.g. data.zarr"
+            )
+        if self.n_repeats < 1:
+            raise ValueError(f"n_repeats must be >= 1, got {self.n_repeats}")
+        if self.spatial_dimensions != "latlon":
+            raise ValueError(
+                f"not supported here: spatial_dimensions {self.spatial_dimensions!r}"
+                "; only latlon grids"
+            )
+        if not self.infer_timestep:
+            raise ValueError(
+                "not supported here: infer_timestep: false (rollouts need the "
+                "timestep); remove the key"
+            )
+        if self.dtype != "float32":
+            raise ValueError(
+                f"not supported here: dtype {self.dtype!r}; data are read as float32"
+            )
+        if self.isel:
+            raise ValueError("not supported here: isel; select the data beforehand")
+        if self.labels is not None:
+            raise ValueError("not supported here: labels")
 
-
-def _timedelta(delta) -> datetime.timedelta:
-    if isinstance(delta, np.timedelta64):
-        return datetime.timedelta(microseconds=int(delta / np.timedelta64(1, "us")))
-    return delta
+    @property
+    def description(self) -> str:
+        """``data_path/file_pattern``, for messages."""
+        return f"{self.data_path}/{self.file_pattern}"
 
 
 class XarrayDataset(torch.utils.data.Dataset):
-    """Windows of ``n_timesteps`` consecutive times from a directory of netCDF files.
+    """Windows of ``n_timesteps`` consecutive times of one dataset.
 
     ``dataset[i]`` is ``({name: [n_timesteps, lat, lon] float32}, times)`` with
     ``times`` a ``[n_timesteps]`` ``datetime64[ns]`` array. Variables without a
@@ -163,8 +186,8 @@ class XarrayDataset(torch.utils.data.Dataset):
 
     Raises:
         ValueError: when the path has no matching files, a variable is missing,
-            a file is shorter than a window, times are irregular, or the data
-            hold NaNs that are not allowed.
+            the data hold fewer times than a window, times are irregular, or
+            the data hold NaNs that are not allowed.
     """
 
     def __init__(self, config: XarrayDataConfig, *, names: list[str], n_timesteps: int):
@@ -175,244 +198,148 @@ class XarrayDataset(torch.utils.data.Dataset):
         self.config = config
         self.names = list(names)
         self.n_timesteps = n_timesteps
-        self._files = self._scan_files()
-        self._windows = np.array(
-            [(i, s) for i, f in enumerate(self._files) for s in range(f.n_windows)],
-            dtype=np.int64,
-        ).reshape(-1, 2)
-        start_times = np.array(
-            [self._files[i].times[s] for i, s in self._windows], dtype="datetime64[ns]"
+        self.store = TimeSeriesStore(
+            data_path=config.data_path,
+            file_pattern=config.file_pattern,
+            engine=config.engine,
+            names=self.names,
+            n_repeats=config.n_repeats,
         )
-        self._selected = config.subset.select(start_times)
-        if len(self._selected) == 0:
+        self._static = self.store.static_fields()
+        self._check_static(self._static)
+        self._check_segments()
+        starts = self._window_starts()
+        if len(starts) == 0:
             raise ValueError(
-                f"subset {config.subset} selects none of the {len(start_times)} "
-                f"samples in {config.data_path}; widen or remove the subset"
+                f"{config.description} holds no {n_timesteps} consecutive times "
+                f"(its longest stretch has {self._longest_segment()} times) but a "
+                f"sample needs n_timesteps={n_timesteps} (n_forward_steps + 1); use "
+                "fewer forward steps or more data"
             )
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
-        self._handles: dict[int, netCDF4.Dataset] = {}
-        self._handles_pid = os.getpid()
-        if config.cache_in_memory and self._data_bytes() <= CACHE_LIMIT_BYTES:
-            for i in range(len(self._files)):
-                self._cache[i] = self._read(i, None)
+        self._starts = starts[
+            config.subset.select(self.store.times[starts], self.store.timestep)
+        ]
+        if len(self._starts) == 0:
+            raise ValueError(
+                f"subset {config.subset} selects none of the {len(starts)} samples "
+                f"of {n_timesteps} times in {config.description} (they start from "
+                f"{self.store.times[starts[0]]} to {self.store.times[starts[-1]]}); "
+                "widen or remove the subset"
+            )
+        if config.cache_in_memory and self.store.n_bytes <= CACHE_LIMIT_BYTES:
+            self.store.load_into_memory()
+            for path, arrays in self.store.cached_files():
+                self._check_nans(arrays, str(path))
 
-    def _files_matching(self) -> list[Path]:
-        path = Path(self.config.data_path)
-        if not path.is_dir():
-            raise ValueError(
-                f"dataset.data_path {str(path)!r} is not an existing directory; "
-                "point it at the directory that holds the netCDF files"
-            )
-        files = sorted(p for p in path.glob(self.config.file_pattern) if p.is_file())
-        if not files:
-            raise ValueError(
-                f"no files match file_pattern {self.config.file_pattern!r} in "
-                f"dataset.data_path {str(path)!r}; check both settings"
-            )
-        return files
+    def _window_starts(self) -> np.ndarray:
+        segment = self.store.segment_id
+        n = self.n_timesteps
+        if len(segment) < n:
+            return np.arange(0)
+        candidates = np.arange(len(segment) - n + 1)
+        return candidates[segment[candidates] == segment[candidates + n - 1]]
 
-    def _scan_files(self) -> list[_FileInfo]:
-        infos = []
-        steps: set[datetime.timedelta] = set()
-        for index, path in enumerate(self._files_matching()):
-            with xr.open_dataset(path) as ds:
-                self._check_variables(ds, path)
-                if index == 0:
-                    self._info_from_first_file(ds, path)
-                else:
-                    self._check_same_grid(ds, path)
-                raw_times = ds["time"].values
-            steps.update(_timedelta(d) for d in np.diff(raw_times))
-            n_times = len(raw_times)
-            if n_times < self.n_timesteps:
+    def _check_segments(self) -> None:
+        """A separate trajectory (segment) shorter than a window is an error."""
+        lengths = np.bincount(self.store.segment_id)
+        short = np.flatnonzero(lengths < self.n_timesteps)
+        if len(short):
+            first_time = int(self.store.segment_starts[short[0]])
+            raise ValueError(
+                f"{self.store.file_path(first_time)} has {lengths[short[0]]} times "
+                "in a separate trajectory (after a gap in time), but a "
+                f"sample needs n_timesteps={self.n_timesteps} consecutive times "
+                "(n_forward_steps + 1); use fewer forward steps or longer files"
+            )
+
+    def _longest_segment(self) -> int:
+        return int(np.bincount(self.store.segment_id).max())
+
+    def _check_static(self, static: dict[str, np.ndarray]) -> None:
+        if self.config.fill_nans is not None:
+            for name, values in static.items():
+                static[name] = np.nan_to_num(values, nan=self.config.fill_nans.value)
+        self._check_nans(static, self.config.description)
+
+    def _check_nans(self, arrays: dict[str, np.ndarray], where: str) -> None:
+        if self.config.allow_nans or self.config.fill_nans is not None:
+            return
+        for name, values in arrays.items():
+            if np.isnan(values).any():
                 raise ValueError(
-                    f"{path} has {n_times} times but a sample needs "
-                    f"n_timesteps={self.n_timesteps} consecutive times "
-                    "(n_forward_steps + 1); use fewer forward steps or longer files"
+                    f"variable {name!r} in {where} contains NaN; clean the data, "
+                    "set fill_nans: {value: ...} or allow_nans: true in the "
+                    "dataset config"
                 )
-            infos.append(
-                _FileInfo(
-                    path=path,
-                    times=_to_datetime64(raw_times, path),
-                    n_windows=n_times - self.n_timesteps + 1,
-                )
-            )
-        if len(steps) > 1:
-            found = sorted(str(s) for s in steps)
+
+    def read_times(self, start: int, n_times: int) -> tuple[TensorDict, np.ndarray]:
+        """``n_times`` consecutive times from axis index ``start``.
+
+        Raises:
+            ValueError: if the range leaves the data or crosses a gap.
+        """
+        stop = start + n_times
+        if start < 0 or stop > self.store.n_times:
             raise ValueError(
-                f"times in {self.config.data_path} are not regularly spaced "
-                f"(found steps {found}); every file needs one constant timestep"
+                f"times {start}..{stop - 1} are outside the {self.store.n_times} "
+                f"times of {self.config.description}"
             )
-        if not steps:
+        segment = self.store.segment_id
+        if segment[start] != segment[stop - 1]:
             raise ValueError(
-                f"cannot infer the timestep: every file in {self.config.data_path} "
-                "has a single time"
+                f"times {start}..{stop - 1} of {self.config.description} cross a gap "
+                "between separate trajectories; start later or roll out fewer steps"
             )
-        self._timestep = steps.pop()
-        return infos
-
-    def _check_variables(self, ds: xr.Dataset, path: Path) -> None:
-        if "time" not in ds.coords:
-            raise ValueError(f"{path} has no 'time' coordinate")
-        missing = [n for n in self.names if n not in ds.data_vars]
-        if missing:
-            raise ValueError(
-                f"variables {missing} are not in {path}; it holds "
-                f"{sorted(str(v) for v in ds.data_vars)}. Fix the names in the "
-                "config or the dataset path"
+        arrays = self.store.read(start, stop)
+        if not self.store.in_memory:
+            if self.config.fill_nans is not None:
+                value = self.config.fill_nans.value
+                arrays = {k: np.nan_to_num(v, nan=value) for k, v in arrays.items()}
+            self._check_nans(
+                arrays, f"{self.store.file_path(start)} (times {start}..{stop - 1})"
             )
-        for name in self.names:
-            dims = ds[name].dims
-            if "time" in dims:
-                well_formed = len(dims) == 3 and dims[0] == "time"
-            else:
-                well_formed = len(dims) == 2
-            if not well_formed:
-                raise ValueError(
-                    f"variable {name!r} in {path} has dims {dims}; expected "
-                    "(time, lat, lon) or, for a time-invariant field, (lat, lon)"
-                )
-
-    def _info_from_first_file(self, ds: xr.Dataset, path: Path) -> None:
-        lat_dim, lon_dim = ds[self.names[0]].dims[-2:]
-        for dim in (lat_dim, lon_dim):
-            if dim not in ds.coords:
-                raise ValueError(f"{path} has no coordinate values for dim {dim!r}")
-        self._lat = torch.tensor(ds[lat_dim].values.astype(np.float32))
-        self._lon = torch.tensor(ds[lon_dim].values.astype(np.float32))
-        self._metadata = {
-            name: {
-                key: str(ds[name].attrs[key])
-                for key in ("units", "long_name")
-                if key in ds[name].attrs
-            }
-            for name in self.names
-        }
-        self._vertical = _vertical_coordinate(ds)
-
-    def _check_same_grid(self, ds: xr.Dataset, path: Path) -> None:
-        lat_dim, lon_dim = ds[self.names[0]].dims[-2:]
-        for dim, expected in ((lat_dim, self._lat), (lon_dim, self._lon)):
-            values = ds[dim].values.astype(np.float32) if dim in ds.coords else None
-            if values is None or not np.array_equal(values, expected.numpy()):
-                raise ValueError(
-                    f"{path} has a different {dim!r} coordinate than "
-                    f"{self.config.data_path}'s first file; all files need one grid"
-                )
-
-    def _data_bytes(self) -> int:
-        per_time = 4 * len(self.names) * self._lat.numel() * self._lon.numel()
-        return sum(per_time * len(f.times) for f in self._files)
-
-    def _read(self, file_index: int, window: slice | None) -> dict[str, np.ndarray]:
-        """Requested variables of one file, all times or the ``window`` times."""
-        path = self._files[file_index].path
-        out = {}
-        # cache=False and copy=False: read each array once, keep no second copy
-        with xr.open_dataset(path, cache=False) as ds:
-            for name in self.names:
-                variable = ds[name]
-                if window is not None and "time" in variable.dims:
-                    variable = variable.isel(time=window)
-                values = variable.values.astype(np.float32, copy=False)
-                if not self.config.allow_nans and np.isnan(values).any():
-                    raise ValueError(
-                        f"variable {name!r} in {path} contains NaN; clean the data "
-                        "or set allow_nans: true in the dataset config"
-                    )
-                out[name] = values
-        return out
-
-    def _handle(self, file_index: int) -> netCDF4.Dataset:
-        """An open handle of a file, opened lazily in this process."""
-        if self._handles_pid != os.getpid():  # a forked worker: own handles
-            self._handles, self._handles_pid = {}, os.getpid()
-        if file_index not in self._handles:
-            handle = netCDF4.Dataset(self._files[file_index].path, "r")
-            handle.set_auto_mask(False)
-            self._handles[file_index] = handle
-        return self._handles[file_index]
-
-    def _read_window(self, file_index: int, window: slice) -> dict[str, np.ndarray]:
-        """Requested variables of ``window`` times, read through an open handle."""
-        handle = self._handle(file_index)
-        out = {}
-        for name in self.names:
-            variable = handle.variables[name]
-            if "time" in variable.dimensions:
-                values = np.asarray(variable[window], dtype=np.float32)
-            else:
-                values = np.asarray(variable[:], dtype=np.float32)
-            if not self.config.allow_nans and np.isnan(values).any():
-                raise ValueError(
-                    f"variable {name!r} in {self._files[file_index].path} contains "
-                    "NaN; clean the data or set allow_nans: true in the dataset config"
-                )
-            out[name] = values
-        return out
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_handles"] = {}  # handles are per process, never pickled
-        return state
+        elif self.config.fill_nans is not None:
+            value = self.config.fill_nans.value
+            arrays = {k: np.nan_to_num(v, nan=value) for k, v in arrays.items()}
+        for name, values in self._static.items():
+            arrays[name] = np.broadcast_to(values, (n_times, *values.shape))
+        self.config.overwrite.apply(arrays)
+        data = {n: torch.tensor(arrays[n], dtype=torch.float32) for n in self.names}
+        return data, self.store.times[start:stop].copy()
 
     def __len__(self) -> int:
-        return len(self._selected)
+        return len(self._starts)
 
     def __getitem__(self, index: int) -> tuple[TensorDict, np.ndarray]:
-        file_index, start = (int(v) for v in self._windows[self._selected[index]])
-        window = slice(start, start + self.n_timesteps)
-        if file_index in self._cache:
-            arrays = self._cache[file_index]
-            times_slice = window
-        else:
-            arrays = self._read_window(file_index, window)
-            times_slice = slice(None)
-        data = {}
-        for name, values in arrays.items():
-            if values.ndim == 2:  # time-invariant: repeat over the window
-                chunk = np.broadcast_to(values, (self.n_timesteps, *values.shape))
-            else:
-                chunk = values[times_slice]
-            data[name] = torch.tensor(chunk, dtype=torch.float32)
-        times = self._files[file_index].times[window].copy()
-        return data, times
+        return self.read_times(int(self._starts[index]), self.n_timesteps)
+
+    @property
+    def all_times(self) -> np.ndarray:
+        """``datetime64[ns]`` times of the whole axis (inference indexes these)."""
+        return self.store.times
 
     @property
     def sample_start_times(self) -> np.ndarray:
         """``datetime64[ns]`` first time of every selected sample."""
-        return np.array(
-            [self._files[i].times[s] for i, s in self._windows[self._selected]],
-            dtype="datetime64[ns]",
-        )
+        return self.store.times[self._starts]
 
     @property
     def dataset_info(self) -> DatasetInfo:
         """Grid, timestep, vertical coordinate and metadata of the data."""
         return DatasetInfo(
-            lat=self._lat.clone(),
-            lon=self._lon.clone(),
-            timestep=self._timestep,
-            vertical_coordinate=self._vertical,
-            variable_metadata={k: dict(v) for k, v in self._metadata.items()},
+            lat=self.store.lat.clone(),
+            lon=self.store.lon.clone(),
+            timestep=self.store.timestep,
+            vertical_coordinate=self.store.vertical_coordinate,
+            variable_metadata={k: dict(v) for k, v in self.store.metadata.items()},
         )
 
+    @property
+    def timestep(self) -> datetime.timedelta:
+        """Time between consecutive times."""
+        return self.store.timestep
 
-def _vertical_coordinate(ds: xr.Dataset) -> HybridSigmaPressureCoordinate | None:
-    """``ak_<i>``/``bk_<i>`` scalars (i = 0, 1, ...) as a hybrid coordinate."""
-    ak: list[float] = []
-    bk: list[float] = []
-    while f"ak_{len(ak)}" in ds.variables and f"bk_{len(bk)}" in ds.variables:
-        ak.append(float(ds[f"ak_{len(ak)}"].values))
-        bk.append(float(ds[f"bk_{len(bk)}"].values))
-    if not ak:
-        return None
-    if f"ak_{len(ak)}" in ds.variables or f"bk_{len(bk)}" in ds.variables:
-        raise ValueError(
-            f"ak_<i>/bk_<i> in {ds.encoding.get('source', 'the data')} do not pair up "
-            f"at i={len(ak)}; both must exist for every interface"
-        )
-    return HybridSigmaPressureCoordinate(
-        ak=torch.tensor(ak, dtype=torch.float32),
-        bk=torch.tensor(bk, dtype=torch.float32),
-    )
+    @property
+    def description(self) -> str:
+        """Where the data are, for messages."""
+        return self.config.description

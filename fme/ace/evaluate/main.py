@@ -6,14 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
-from fme.ace.data.batch import BatchData
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluation import plots
+from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.evaluation.writer import PredictionWriter
 from fme.ace.inference.data import InferenceData
-from fme.ace.inference.inline import conserved_names
-from fme.ace.inference.rollout import run_rollout
+from fme.ace.inference.rollout import RolloutChunk, run_rollout
 from fme.ace.stepper.stepper import Stepper
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import (
@@ -24,7 +23,6 @@ from fme.core.config_loading import (
 )
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
-from fme.core.tensors import TensorDict
 
 
 def load_stepper(checkpoint_path: str | Path) -> Stepper:
@@ -48,13 +46,18 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
     stepper = load_stepper(config.checkpoint_path).to(dist.device)
     stepper.module.eval()
     data = InferenceData(
-        config.loader, names=stepper.all_names, n_forward_steps=config.n_forward_steps
+        config.loader.dataset,
+        start_indices=config.loader.start_indices,
+        names=stepper.all_names,
+        n_forward_steps=config.n_forward_steps,
     )
     info = data.dataset_info
+    conserved = conserved_quantities(stepper)
     aggregator = RolloutMetricsAggregator(
         gridded_operations=info.gridded_operations,
         names=stepper.out_names,
-        conserved_names=conserved_names(stepper),
+        conserved_names=conserved.names,
+        derived_quantities=conserved.derived,
         n_lead_times=config.n_forward_steps,
     )
     writer = None
@@ -69,23 +72,40 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
             timestep=info.timestep,
             variable_metadata=info.variable_metadata,
         )
-    batch = data.batch()
-    assert batch is not None
-    final_prediction = run_rollout(
+    last: list[RolloutChunk] = []
+
+    def on_chunk(chunk: RolloutChunk) -> None:
+        aggregator.record(
+            lead_start=chunk.lead_start,
+            prediction=chunk.prediction,
+            target={n: chunk.data[n] for n in stepper.out_names},
+            initial_condition=chunk.initial_condition,
+            corrections=chunk.corrections,
+        )
+        if writer is not None:
+            if chunk.lead_start == 1:
+                writer.set_init_times(0, data.initial_times)
+            writer.append(
+                sample_start=0,
+                lead_start=chunk.lead_start,
+                prediction=chunk.prediction,
+                target={n: chunk.data[n] for n in stepper.out_names},
+            )
+        last[:] = [chunk]
+
+    run_rollout(
         stepper=stepper,
-        batch=batch.to(dist.device),
+        data=data,
         n_forward_steps=config.n_forward_steps,
         forward_steps_in_memory=config.forward_steps_in_memory,
-        aggregator=aggregator,
-        writer=writer,
+        on_chunk=on_chunk,
+        device=dist.device,
     )
     if writer is not None:
         writer.close()
     metrics = aggregator.get_metrics()
     (experiment_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    image_paths = _make_plots(
-        config, aggregator, batch, final_prediction, stepper, experiment_dir
-    )
+    image_paths = _make_plots(config, aggregator, last[0], stepper, experiment_dir)
     logger = MetricsLogger(
         config=config.logging, experiment_dir=experiment_dir, dist=dist
     )
@@ -107,8 +127,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
 def _make_plots(
     config: EvaluatorConfig,
     aggregator: RolloutMetricsAggregator,
-    batch: BatchData,
-    final_prediction: TensorDict,
+    last_chunk: RolloutChunk,
     stepper: Stepper,
     experiment_dir: Path,
 ) -> list[Path]:
@@ -117,16 +136,19 @@ def _make_plots(
     info = stepper.dataset_info
     hours = info.timestep.total_seconds() / 3600
     curves = aggregator.get_curves()
-    paths = [
-        plots.plot_rmse_vs_lead(curves, hours, plot_dir / "rmse_vs_lead.png"),
-        plots.plot_global_mean_drift(curves, hours, plot_dir / "global_mean_drift.png"),
-    ]
+    paths = [plots.plot_rmse_vs_lead(curves, hours, plot_dir / "rmse_vs_lead.png")]
+    if aggregator.conserved_names:
+        paths.append(
+            plots.plot_global_mean_drift(
+                curves, hours, plot_dir / "global_mean_drift.png"
+            )
+        )
     metrics_path = _training_metrics_path(config)
     if metrics_path.is_file():
         paths.extend(plots.plot_training_curves(metrics_path, plot_dir))
     name = stepper.out_names[0]
-    prediction = final_prediction[name][0].cpu().numpy()
-    target = batch.data[name][0, config.n_forward_steps].cpu().numpy()
+    prediction = last_chunk.prediction[name][0, -1].cpu().numpy()
+    target = last_chunk.data[name][0, -1].cpu().numpy()
     paths.append(
         plots.plot_field_map(
             prediction,

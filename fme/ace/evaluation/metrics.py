@@ -18,7 +18,9 @@ samples, ``x̂`` the prediction, ``x`` the target, ``x₀`` the initial conditio
 - ``skill = 1 - rmse / persistence_rmse`` (1 for a perfect forecast, 0 for
   persistence, negative when worse than persistence; NaN when persistence is
   exact).
-- ``global_mean_drift = ⟨gm(x̂) - gm(x₀)⟩`` for conserved variables, and
+- ``global_mean_drift = ⟨gm(x̂) - gm(x₀)⟩`` for conserved quantities (variables
+  whose global mean the corrector conserves, and derived fields such as the
+  dry-air mass and total water path), and
   ``target_global_mean_drift = ⟨gm(x) - gm(x₀)⟩`` for the drift of the data.
 - ``correction_rms = sqrt(⟨gm(c²)⟩)`` with ``c = output - uncorrected`` the
   correction the corrector applied: how much the emulator leans on it.
@@ -30,6 +32,9 @@ import torch
 
 from fme.core.gridded_ops import LatLonOperations
 from fme.core.tensors import TensorMapping
+
+DerivedQuantity = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+"""A field computed from the state, ``{name: [..., lat, lon]} -> [..., lat, lon]``."""
 
 _PER_NAME_SUMS = ("mse", "persistence_mse", "bias", "correction_ms")
 _PER_CONSERVED_SUMS = ("global_mean_drift", "target_global_mean_drift")
@@ -47,6 +52,9 @@ class RolloutMetricsAggregator:
         n_lead_times: number of forecast lead times (leads ``1 .. n_lead_times``).
         device: where the sums live; on GPU jobs pass the device the
             distributed reduction runs on.
+        derived_quantities: ``{name: function of the state}`` fields whose
+            global-mean drift is tracked too (e.g. the dry-air mass); their
+            names follow ``conserved_names`` in the drift metrics.
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class RolloutMetricsAggregator:
         conserved_names: list[str],
         n_lead_times: int,
         device: torch.device | str = "cpu",
+        derived_quantities: Mapping[str, DerivedQuantity] | None = None,
     ):
         if len(names) == 0:
             raise ValueError("names must contain at least one variable name")
@@ -71,7 +80,13 @@ class RolloutMetricsAggregator:
             raise ValueError(f"n_lead_times must be >= 1, got {n_lead_times}")
         self._ops = gridded_operations
         self._names = list(names)
-        self._conserved_names = list(dict.fromkeys(conserved_names))
+        self._derived = dict(derived_quantities or {})
+        clash = [n for n in self._derived if n in conserved_names]
+        if clash:
+            raise ValueError(f"derived quantities {clash} clash with conserved_names")
+        self._conserved_names = list(dict.fromkeys(conserved_names)) + list(
+            self._derived
+        )
         self._n_lead_times = n_lead_times
         self._device = torch.device(device)
         # Renormalised in float64 so a constant field has exactly its value as mean.
@@ -154,9 +169,9 @@ class RolloutMetricsAggregator:
             for key, value in per_sample.items():
                 self._sums[key][i, leads] += value.sum(dim=0).to(self._device)
         for j, name in enumerate(self._conserved_names):
-            ic_gm = gm(initial_condition[name].to(torch.float64))[:, None]
-            pred_gm = gm(prediction[name].to(torch.float64))
-            tgt_gm = gm(target[name].to(torch.float64))
+            ic_gm = gm(self._field(name, initial_condition))[:, None]
+            pred_gm = gm(self._field(name, prediction))
+            tgt_gm = gm(self._field(name, target))
             for key, value in (
                 ("global_mean_drift", pred_gm - ic_gm),
                 ("target_global_mean_drift", tgt_gm - ic_gm),
@@ -165,6 +180,14 @@ class RolloutMetricsAggregator:
         self._sums["count"][leads] += batch_size
         if corrections is not None:
             self._sums["correction_count"][leads] += batch_size
+
+    def _field(self, name: str, data: TensorMapping) -> torch.Tensor:
+        """A conserved variable or derived quantity of ``data``, in float64."""
+        if name in self._derived:
+            return self._derived[name](
+                {k: v.to(torch.float64) for k, v in data.items()}
+            ).to(torch.float64)
+        return data[name].to(torch.float64)
 
     def _global_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Area-weighted mean over the last two dims, in float64."""
@@ -264,9 +287,10 @@ class RolloutMetricsAggregator:
         result = RolloutMetricsAggregator(
             gridded_operations=self._ops,
             names=self._names,
-            conserved_names=self._conserved_names,
+            conserved_names=[n for n in self._conserved_names if n not in self._derived],
             n_lead_times=self._n_lead_times,
             device=self._device,
+            derived_quantities=self._derived,
         )
         result.merge_state({k: reduce_sum(v) for k, v in self._sums.items()})
         return result

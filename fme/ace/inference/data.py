@@ -1,22 +1,34 @@
-"""Initial conditions and target windows for inference rollouts."""
+"""Initial conditions and data windows for inference rollouts (ACE's inference loader).
+
+A rollout of ``n_forward_steps`` from axis time ``t0`` needs the data at times
+``t0 .. t0 + n_forward_steps``. They are read in chunks of
+``forward_steps_in_memory`` steps (each chunk with the time before it, which
+holds the forcing of its first step), so memory does not grow with the
+rollout length. ``start_indices`` index the dataset's time axis, as in ACE.
+"""
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fme.ace.data.batch import BatchData, DatasetInfo
+from fme.ace.data.combined import MergedDataset
 from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
+from fme.core.tensors import TensorDict
 
 
 @dataclasses.dataclass
 class StartIndices:
-    """ACE's ``start_indices``: which windows start a rollout.
+    """ACE's ``start_indices: {first, n_initial_conditions, interval}``.
 
     Attributes:
-        first: index of the first initial condition.
+        first: time index of the first initial condition.
         n_initial_conditions: number of rollouts.
-        interval: windows between consecutive initial conditions.
+        interval: time steps between consecutive initial conditions.
     """
 
     first: int = 0
@@ -24,68 +36,250 @@ class StartIndices:
     interval: int = 1
 
     def __post_init__(self):
-        if self.first < 0 or self.n_initial_conditions < 1 or self.interval < 1:
+        if self.first < 0 or self.n_initial_conditions < 1 or self.interval < 0:
             raise ValueError(
                 "start_indices needs first >= 0, n_initial_conditions >= 1 and "
-                f"interval >= 1, got {self}"
+                f"interval >= 0, got {self}"
             )
 
-    def as_indices(self) -> list[int]:
-        """The window indices of the initial conditions."""
+    def as_indices(self, times: np.ndarray) -> list[int]:
+        """The time indices of the initial conditions."""
         return [
             self.first + i * self.interval for i in range(self.n_initial_conditions)
         ]
 
 
 @dataclasses.dataclass
-class InferenceDataLoaderConfig:
-    """ACE's inference ``loader``: a dataset and where rollouts start.
+class TimestampList:
+    """ACE's ``start_indices: {times: [...]}``: rollouts start at these times.
 
     Attributes:
-        dataset: the netCDF data.
-        start_indices: the initial conditions.
+        times: times of the initial conditions, e.g. ``'1996-01-01T00:00:00'``.
+        timestamp_format: ``strptime`` format of ``times``.
     """
 
-    dataset: XarrayDataConfig
-    start_indices: StartIndices = dataclasses.field(default_factory=StartIndices)
+    times: list[str]
+    timestamp_format: str = "%Y-%m-%dT%H:%M:%S"
+
+    def __post_init__(self):
+        if not self.times:
+            raise ValueError("start_indices.times must list at least one time")
+        for value in self.times:
+            try:
+                pd.to_datetime(value, format=self.timestamp_format)
+            except ValueError:
+                raise ValueError(
+                    f"start_indices.times entry {value!r} does not match "
+                    f"timestamp_format {self.timestamp_format!r}"
+                ) from None
+
+    def as_indices(self, times: np.ndarray) -> list[int]:
+        """The time indices of ``times`` on the axis ``times``.
+
+        Raises:
+            ValueError: naming the times that are not on the axis.
+        """
+        wanted = [
+            np.datetime64(pd.to_datetime(t, format=self.timestamp_format), "ns")
+            for t in self.times
+        ]
+        positions = {t: i for i, t in enumerate(times.astype("datetime64[ns]"))}
+        missing = [s for s, t in zip(self.times, wanted, strict=True) if t not in positions]
+        if missing:
+            raise ValueError(
+                f"start_indices.times {missing} are not times of the data, which "
+                f"hold {len(times)} times from {times[0]} to {times[-1]} every "
+                f"{times[1] - times[0] if len(times) > 1 else 'step'}; pick times "
+                "on the data's time axis"
+            )
+        return [positions[t] for t in wanted]
+
+
+@dataclasses.dataclass
+class ExplicitIndices:
+    """ACE's ``start_indices: {list: [...]}``: explicit time indices.
+
+    Attributes:
+        list: time indices of the initial conditions.
+    """
+
+    list: Sequence[int]
+
+    def __post_init__(self):
+        if not self.list or min(self.list) < 0:
+            raise ValueError(
+                f"start_indices.list must hold indices >= 0, got {self.list}"
+            )
+
+    def as_indices(self, times: np.ndarray) -> "list[int]":
+        """The given indices."""
+        return [int(i) for i in self.list]
+
+
+StartIndicesConfig = StartIndices | TimestampList | ExplicitIndices
+
+
+@dataclasses.dataclass
+class MergeNoConcatDatasetConfig:
+    """ACE's inference ``dataset: {merge: [...]}`` of single datasets.
+
+    Attributes:
+        merge: datasets whose variables are combined (first holder wins).
+    """
+
+    merge: list[XarrayDataConfig]
+
+    def __post_init__(self):
+        if not self.merge:
+            raise ValueError("dataset.merge must list at least one dataset")
+
+
+def _check_not_subset(dataset: XarrayDataConfig | MergeNoConcatDatasetConfig) -> None:
+    configs = dataset.merge if isinstance(dataset, MergeNoConcatDatasetConfig) else [dataset]
+    for config in configs:
+        if not config.subset.is_everything:
+            raise ValueError(
+                f"inference data {config.description} may not have a subset (as in "
+                "ACE); choose where rollouts start with start_indices"
+            )
+
+
+def _refuse(name: str, value: object) -> None:
+    if value is not None:
+        raise ValueError(f"not supported here: {name}; remove the key")
+
+
+@dataclasses.dataclass
+class InferenceDataLoaderConfig:
+    """ACE's inference / evaluator ``loader``: a dataset and where rollouts start.
+
+    Attributes:
+        dataset: one dataset or ``merge: [...]`` of datasets (no subset).
+        start_indices: ``{first, n_initial_conditions, interval}``,
+            ``{times: [...]}`` or ``{list: [...]}``: time indices (or times) of
+            the initial conditions on the dataset's time axis.
+        num_data_workers: accepted for ACE configs; reads happen in the main
+            process, one chunk of lead times at a time.
+        perturbations: not supported here (must be null).
+        persistence_names: not supported here (must be null).
+    """
+
+    dataset: XarrayDataConfig | MergeNoConcatDatasetConfig
+    start_indices: StartIndices | TimestampList | ExplicitIndices = dataclasses.field(
+        default_factory=StartIndices
+    )
+    num_data_workers: int = 0
+    perturbations: dict | None = None
+    persistence_names: list[str] | None = None
+
+    def __post_init__(self):
+        _check_not_subset(self.dataset)
+        if self.num_data_workers < 0:
+            raise ValueError(
+                f"num_data_workers must be >= 0, got {self.num_data_workers}"
+            )
+        _refuse("loader.perturbations", self.perturbations)
+        _refuse("loader.persistence_names", self.persistence_names)
+
+
+@dataclasses.dataclass
+class ForcingDataLoaderConfig:
+    """ACE's inference ``forcing_loader``: forcing data for a run without target.
+
+    Attributes:
+        dataset: one dataset or ``merge: [...]`` (no subset).
+        num_data_workers: accepted for ACE configs (reads are chunked).
+        perturbations: not supported here (must be null).
+        persistence_names: not supported here (must be null).
+    """
+
+    dataset: XarrayDataConfig | MergeNoConcatDatasetConfig
+    num_data_workers: int = 0
+    perturbations: dict | None = None
+    persistence_names: list[str] | None = None
+
+    def __post_init__(self):
+        _check_not_subset(self.dataset)
+        _refuse("forcing_loader.perturbations", self.perturbations)
+        _refuse("forcing_loader.persistence_names", self.persistence_names)
+
+
+class TimeAxisDataset(Protocol):
+    """A dataset that reads any range of its time axis."""
+
+    def read_times(self, start: int, n_times: int) -> tuple[TensorDict, np.ndarray]: ...
+
+    @property
+    def all_times(self) -> np.ndarray: ...
+
+    @property
+    def dataset_info(self) -> DatasetInfo: ...
+
+
+def build_time_axis_dataset(
+    config: XarrayDataConfig | MergeNoConcatDatasetConfig, *, names: list[str]
+) -> TimeAxisDataset:
+    """The dataset of an inference loader, reading ``names``."""
+    from fme.ace.data.combined import MergeDatasetConfig, build_dataset
+
+    if isinstance(config, XarrayDataConfig):
+        return XarrayDataset(config, names=names, n_timesteps=1)
+    merged = build_dataset(
+        MergeDatasetConfig(merge=list(config.merge)), names=names, n_timesteps=1
+    )
+    assert isinstance(merged, MergedDataset)
+    return merged
+
+
+def _description(config: XarrayDataConfig | MergeNoConcatDatasetConfig) -> str:
+    if isinstance(config, XarrayDataConfig):
+        return config.description
+    return "merge of " + ", ".join(c.description for c in config.merge)
 
 
 class InferenceData:
-    """Windows of ``n_forward_steps + 1`` times starting at the initial conditions.
+    """Chunks of data windows for rollouts starting at the initial conditions.
 
     Args:
-        config: the loader config.
+        dataset: the dataset config (single or merged).
+        start_indices: where rollouts start.
         names: variables to read.
         n_forward_steps: rollout length.
         rank: this process's rank; rollouts are split across ranks.
         world_size: number of processes.
+
+    Raises:
+        ValueError: when a rollout would start outside the data or run past
+            its end, naming the start, the data and the fix.
     """
 
     def __init__(
         self,
-        config: InferenceDataLoaderConfig,
+        dataset: XarrayDataConfig | MergeNoConcatDatasetConfig,
         *,
+        start_indices: StartIndices | TimestampList | ExplicitIndices,
         names: list[str],
         n_forward_steps: int,
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.dataset = XarrayDataset(
-            config.dataset, names=names, n_timesteps=n_forward_steps + 1
-        )
-        indices = config.start_indices.as_indices()
-        n_windows = len(self.dataset)
-        too_late = [i for i in indices if i >= n_windows]
-        if too_late:
+        self.dataset = build_time_axis_dataset(dataset, names=names)
+        times = self.dataset.all_times
+        indices = start_indices.as_indices(times)
+        n_times = len(times)
+        bad = [i for i in indices if i + n_forward_steps >= n_times]
+        if bad:
             raise ValueError(
-                f"start_indices {too_late} are past the last window with "
-                f"{n_forward_steps} forward steps (there are {n_windows} windows in "
-                f"{config.dataset.data_path}); lower n_initial_conditions, interval "
-                "or n_forward_steps"
+                f"rollouts of {n_forward_steps} steps from time indices {bad} run "
+                f"past the end of {_description(dataset)} ({n_times} times, "
+                f"{times[0]} .. {times[-1]}); lower n_forward_steps, start earlier "
+                "or add data"
             )
+        self.n_forward_steps = n_forward_steps
         self.all_indices = indices
         self.indices = indices[rank::world_size]
         self.sample_offset = rank
+        self.world_size = world_size
 
     @property
     def dataset_info(self) -> DatasetInfo:
@@ -97,12 +291,30 @@ class InferenceData:
         """Rollouts over all ranks."""
         return len(self.all_indices)
 
-    def batch(self) -> BatchData | None:
-        """This rank's rollouts as one batch, or None if it has none."""
+    @property
+    def initial_times(self) -> np.ndarray:
+        """``datetime64[ns]`` start time of this rank's rollouts."""
+        return self.dataset.all_times[self.indices]
+
+    def window(self, first_time: int, n_times: int) -> BatchData | None:
+        """Times ``first_time .. first_time + n_times - 1`` after each start.
+
+        ``first_time = 0`` is the initial condition. Returns ``[n_local, n_times,
+        lat, lon]`` data, or None when this rank has no rollouts.
+        """
         if not self.indices:
             return None
-        items = [self.dataset[i] for i in self.indices]
+        if first_time < 0 or first_time + n_times - 1 > self.n_forward_steps:
+            raise ValueError(
+                f"times {first_time}..{first_time + n_times - 1} are outside the "
+                f"rollout's 0..{self.n_forward_steps}"
+            )
+        items = [self.dataset.read_times(i + first_time, n_times) for i in self.indices]
         names = items[0][0].keys()
         data = {n: torch.stack([item[0][n] for item in items]) for n in names}
         time = np.stack([item[1] for item in items])
         return BatchData(data=data, time=time)
+
+    def batch(self) -> BatchData | None:
+        """The whole rollout window (``n_forward_steps + 1`` times) at once."""
+        return self.window(0, self.n_forward_steps + 1)

@@ -2,9 +2,10 @@
 
 import dataclasses
 
+from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.inference.data import InferenceData, InferenceDataLoaderConfig
-from fme.ace.inference.rollout import run_rollout
+from fme.ace.inference.rollout import RolloutChunk, run_rollout
 from fme.ace.stepper.stepper import Stepper
 from fme.core.distributed import DistributedContext
 
@@ -33,11 +34,6 @@ class InlineInferenceConfig:
                 )
 
 
-def conserved_names(stepper: Stepper) -> list[str]:
-    """Variables whose global mean the stepper's corrector conserves."""
-    return list(getattr(stepper.corrector, "conserved_names", []))
-
-
 class InlineInference:
     """Runs the configured rollout and returns ``inference/...`` metrics.
 
@@ -58,7 +54,8 @@ class InlineInference:
         self.stepper = stepper
         self.dist = dist
         self.data = InferenceData(
-            config.loader,
+            config.loader.dataset,
+            start_indices=config.loader.start_indices,
             names=stepper.all_names,
             n_forward_steps=config.n_forward_steps,
             rank=dist.rank,
@@ -69,21 +66,33 @@ class InlineInference:
         """Metrics of the rollout after ``epoch`` (empty on skipped epochs)."""
         if epoch % self.config.every_n_epochs != 0:
             return {}
+        conserved = conserved_quantities(self.stepper)
         aggregator = RolloutMetricsAggregator(
             gridded_operations=self.stepper.dataset_info.gridded_operations,
             names=self.stepper.out_names,
-            conserved_names=conserved_names(self.stepper),
+            conserved_names=conserved.names,
+            derived_quantities=conserved.derived,
             n_lead_times=self.config.n_forward_steps,
             device=self.dist.device,
         )
-        batch = self.data.batch()
-        if batch is not None:
-            run_rollout(
-                stepper=self.stepper,
-                batch=batch.to(self.dist.device),
-                n_forward_steps=self.config.n_forward_steps,
-                forward_steps_in_memory=self.config.forward_steps_in_memory,
-                aggregator=aggregator,
+        out_names = self.stepper.out_names
+
+        def on_chunk(chunk: RolloutChunk) -> None:
+            aggregator.record(
+                lead_start=chunk.lead_start,
+                prediction=chunk.prediction,
+                target={n: chunk.data[n] for n in out_names},
+                initial_condition=chunk.initial_condition,
+                corrections=chunk.corrections,
             )
+
+        run_rollout(
+            stepper=self.stepper,
+            data=self.data,
+            n_forward_steps=self.config.n_forward_steps,
+            forward_steps_in_memory=self.config.forward_steps_in_memory,
+            on_chunk=on_chunk,
+            device=self.dist.device,
+        )
         metrics = aggregator.reduced(self.dist.reduce_sum).get_metrics()
         return {f"inference/{k}": v for k, v in metrics.items() if "/lead_" not in k}

@@ -1,22 +1,66 @@
-"""A memory-bounded inference rollout: chunks of lead times scored and written."""
+"""A memory-bounded inference rollout: chunks of lead times read, predicted, handed on.
 
+Each chunk of ``forward_steps_in_memory`` steps reads its data window (the
+time before the chunk, for the forcing of its first step, and the chunk's
+times), rolls the model on from the previous chunk's last state and hands
+the chunk to a callback (metrics, writers), then drops it. Memory therefore
+does not grow with the rollout length.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
-from fme.ace.data.batch import BatchData
-from fme.ace.evaluation.metrics import RolloutMetricsAggregator
-from fme.ace.evaluation.writer import PredictionWriter
+from fme.ace.inference.data import InferenceData
 from fme.ace.step.step import StepOutput
 from fme.ace.stepper.stepper import Stepper
 from fme.core.tensors import TensorDict
+
+
+@dataclasses.dataclass
+class RolloutChunk:
+    """One chunk of a rollout.
+
+    Attributes:
+        lead_start: lead (steps after the initial condition, >= 1) of the
+            chunk's first time.
+        prediction: ``{out_name: [batch, n_leads, lat, lon]}`` corrected output.
+        data: ``{name: [batch, n_leads, lat, lon]}`` the data at the chunk's
+            times (targets for the evaluator; forcing only in inference).
+        initial_condition: ``{name: [batch, lat, lon]}`` data at lead 0.
+        corrections: ``{name: [batch, n_leads, lat, lon]}`` of
+            ``output - uncorrected``, or None when no corrector changed anything.
+        time: ``[batch, n_leads]`` ``datetime64[ns]`` valid times.
+    """
+
+    lead_start: int
+    prediction: TensorDict
+    data: TensorDict
+    initial_condition: TensorDict
+    corrections: TensorDict | None
+    time: np.ndarray
+
+    @property
+    def n_leads(self) -> int:
+        """Lead times in the chunk."""
+        return next(iter(self.prediction.values())).shape[1]
+
+    def has_target(self, names: list[str]) -> bool:
+        """Whether the data hold every one of ``names`` (an evaluation)."""
+        return all(n in self.data for n in names)
 
 
 def _stack(outputs: list[StepOutput], names: list[str]) -> TensorDict:
     return {n: torch.stack([o.output[n] for o in outputs], dim=1) for n in names}
 
 
-def _stack_corrections(outputs: list[StepOutput]) -> TensorDict:
+def _stack_corrections(outputs: list[StepOutput]) -> TensorDict | None:
     """Corrections per variable over the chunk; zero where a step left it alone."""
     names = list(dict.fromkeys(n for o in outputs for n in o.uncorrected))
+    if not names:
+        return None
     return {
         n: torch.stack(
             [
@@ -35,73 +79,70 @@ def _stack_corrections(outputs: list[StepOutput]) -> TensorDict:
 def run_rollout(
     *,
     stepper: Stepper,
-    batch: BatchData,
+    data: InferenceData,
     n_forward_steps: int,
     forward_steps_in_memory: int,
-    aggregator: RolloutMetricsAggregator,
-    writer: PredictionWriter | None = None,
-    sample_start: int = 0,
+    on_chunk: Callable[[RolloutChunk], None],
+    device: torch.device | str = "cpu",
+    initial_state: TensorDict | None = None,
+    first_step: int = 0,
 ) -> TensorDict:
-    """Roll ``batch``'s initial conditions forward, scoring chunk by chunk.
-
-    Only ``forward_steps_in_memory`` predicted steps are held at a time: each
-    chunk is recorded in ``aggregator`` (and written by ``writer``) and then
-    dropped.
+    """Roll this rank's initial conditions forward chunk by chunk.
 
     Args:
         stepper: the model.
-        batch: windows of ``n_forward_steps + 1`` times (time 0 is the initial
-            condition).
-        n_forward_steps: rollout length.
-        forward_steps_in_memory: chunk length.
-        aggregator: accumulates skill and conservation metrics.
-        writer: writes predictions and targets, if given.
-        sample_start: index of the batch's first sample in the writer's files.
+        data: initial conditions and data windows.
+        n_forward_steps: rollout length (steps after the initial condition).
+        forward_steps_in_memory: steps per chunk.
+        on_chunk: receives every chunk, in order.
+        device: where the model runs.
+        initial_state: prognostic state to continue from (a restart) instead
+            of the data at ``first_step``.
+        first_step: steps already taken (a restarted rollout continues after
+            them; leads keep counting from the original start).
 
     Returns:
-        The prediction at the last lead, ``{name: [batch, lat, lon]}``.
+        The prognostic state after the last step, ``{name: [batch, lat, lon]}``
+        (empty when this rank has no rollouts).
     """
     if forward_steps_in_memory < 1:
         raise ValueError(
             f"forward_steps_in_memory must be >= 1, got {forward_steps_in_memory}"
         )
-    data = batch.data
+    first = data.window(0, 1)
+    if first is None:
+        return {}
+    initial_all = {n: v[:, 0].to(device) for n, v in first.data.items()}
+    if initial_state is None:
+        if first_step != 0:
+            raise ValueError("a rollout continuing after step 0 needs initial_state")
+        state = {n: initial_all[n] for n in stepper.prognostic_names}
+    else:
+        state = {n: initial_state[n].to(device) for n in stepper.prognostic_names}
     names = stepper.out_names
-    initial_all = {n: data[n][:, 0] for n in names if n in data}
-    rollout = stepper.rollout(
-        initial_condition={n: data[n][:, 0] for n in stepper.prognostic_names},
-        forcing={n: data[n] for n in stepper.forcing_names},
-        n_forward_steps=n_forward_steps,
-        detach_uncorrected=True,
-    )
-    if writer is not None:
-        writer.set_init_times(sample_start, batch.time[:, 0])
-    chunk: list[StepOutput] = []
-    final: TensorDict = {}
-    lead_start = 1
-    for i, out in enumerate(rollout):
-        chunk.append(out)
-        if len(chunk) < forward_steps_in_memory and i < n_forward_steps - 1:
-            continue
-        prediction = _stack(chunk, names)
-        target = {n: data[n][:, lead_start : lead_start + len(chunk)] for n in names}
-        aggregator.record(
-            lead_start=lead_start,
-            prediction=prediction,
-            target=target,
-            initial_condition=initial_all,
-            corrections=(
-                _stack_corrections(chunk) if any(o.uncorrected for o in chunk) else None
-            ),
-        )
-        if writer is not None:
-            writer.append(
-                sample_start=sample_start,
-                lead_start=lead_start,
-                prediction=prediction,
-                target=target,
+    step = first_step
+    while step < n_forward_steps:
+        n_leads = min(forward_steps_in_memory, n_forward_steps - step)
+        window = data.window(step, n_leads + 1)
+        assert window is not None
+        window = window.to(device)
+        outputs = list(
+            stepper.rollout(
+                initial_condition=state,
+                forcing={n: window.data[n] for n in stepper.forcing_names},
+                n_forward_steps=n_leads,
+                detach_uncorrected=True,
             )
-        lead_start += len(chunk)
-        final = {n: prediction[n][:, -1] for n in names}
-        chunk = []
-    return final
+        )
+        chunk = RolloutChunk(
+            lead_start=step + 1,
+            prediction=_stack(outputs, names),
+            data={n: v[:, 1:] for n, v in window.data.items()},
+            initial_condition=initial_all,
+            corrections=_stack_corrections(outputs),
+            time=window.time[:, 1:],
+        )
+        on_chunk(chunk)
+        state = {n: outputs[-1].output[n] for n in stepper.prognostic_names}
+        step += n_leads
+    return state

@@ -104,7 +104,7 @@ def test_uncached_reads_equal_cached_reads(tmp_path, monkeypatch):
     cached = dataset(tmp_path, names=("a", "mask"))
     monkeypatch.setattr(netcdf_dataset, "CACHE_LIMIT_BYTES", 0)
     uncached = dataset(tmp_path, names=("a", "mask"))
-    assert not uncached._cache and cached._cache
+    assert not uncached.store.in_memory and cached.store.in_memory
     for i in range(len(cached)):
         (d1, t1), (d2, t2) = cached[i], uncached[i]
         np.testing.assert_array_equal(t1, t2)
@@ -118,10 +118,10 @@ def test_streaming_config_equals_cached_and_survives_pickling(tmp_path):
     write_files(tmp_path, [3, 4])
     cached = dataset(tmp_path, names=("a", "mask"))
     streamed = dataset(tmp_path, names=("a", "mask"), cache_in_memory=False)
-    assert not streamed._cache
+    assert not streamed.store.in_memory
     streamed[0]  # opens a handle in this process
     clone = pickle.loads(pickle.dumps(streamed))  # as a spawned worker gets it
-    assert clone._handles == {}
+    assert clone.store._handles == {}
     for i in range(len(cached)):
         for other in (streamed, clone):
             (d1, t1), (d2, t2) = cached[i], other[i]

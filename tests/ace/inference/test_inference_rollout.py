@@ -2,8 +2,23 @@ import pytest
 import torch
 from stepper_builders import batch, build_stepper
 
+from fme.ace.data.batch import BatchData
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.inference.rollout import run_rollout
+
+
+class _Windows:
+    """The ``InferenceData`` interface over an in-memory batch."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def window(self, first_time, n_times):
+        window = slice(first_time, first_time + n_times)
+        return BatchData(
+            {k: v[:, window] for k, v in self._data.data.items()},
+            self._data.time[:, window],
+        )
 
 
 def test_chunked_rollout_returns_the_last_lead_of_a_plain_rollout():
@@ -15,13 +30,26 @@ def test_chunked_rollout_returns_the_last_lead_of_a_plain_rollout():
         conserved_names=["a"],
         n_lead_times=5,
     )
+    chunk_leads = []
+
+    def on_chunk(chunk):
+        chunk_leads.append((chunk.lead_start, chunk.n_leads))
+        aggregator.record(
+            lead_start=chunk.lead_start,
+            prediction=chunk.prediction,
+            target={n: chunk.data[n] for n in stepper.out_names},
+            initial_condition=chunk.initial_condition,
+            corrections=chunk.corrections,
+        )
+
     final = run_rollout(
         stepper=stepper,
-        batch=data,
+        data=_Windows(data),
         n_forward_steps=5,
         forward_steps_in_memory=2,
-        aggregator=aggregator,
+        on_chunk=on_chunk,
     )
+    assert chunk_leads == [(1, 2), (3, 2), (5, 1)]
     with torch.no_grad():
         outputs = list(
             stepper.rollout(
@@ -31,7 +59,7 @@ def test_chunked_rollout_returns_the_last_lead_of_a_plain_rollout():
                 detach_uncorrected=True,
             )
         )
-    for name in ["a", "b"]:
+    for name in stepper.prognostic_names:
         torch.testing.assert_close(final[name], outputs[-1].output[name])
     ops = stepper.dataset_info.gridded_operations
     expected = ops.area_weighted_rmse(outputs[-1].output["b"], data.data["b"][:, 5])

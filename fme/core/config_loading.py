@@ -52,6 +52,7 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
             f"{path}: unknown key(s) {keys}; allowed keys here: {allowed}"
         ) from None
     except dacite.WrongTypeError as err:
+        _raise_from_union_member(err, path)
         raise ConfigError(
             f"{path}.{err.field_path}: expected type {_type_name(err.field_type)}, "
             f"got {err.value!r}"
@@ -64,6 +65,20 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _raise_from_union_member(err: dacite.WrongTypeError, path: str) -> None:
+    """For a union of configs, re-build the member the value fits to show its error.
+
+    dacite reports a member's ``__post_init__`` error inside a union only as a
+    wrong type; building the one fitting member again raises the real message.
+    """
+    options = _dataclass_options(err.field_type)
+    if len(options) < 2 or not isinstance(err.value, dict):
+        return
+    fitting = [o for o in options if _fits(o, err.value)]
+    if fitting:
+        from_dict_strict(fitting[0], err.value, path=f"{path}.{err.field_path}")
 
 
 def _dataclass_options(tp: Any) -> list[type]:

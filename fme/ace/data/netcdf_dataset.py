@@ -243,6 +243,12 @@ class XarrayDataset(torch.utils.data.Dataset):
         """A separate trajectory (segment) shorter than a window is an error."""
         lengths = np.bincount(self.store.segment_id)
         short = np.flatnonzero(lengths < self.n_timesteps)
+        if len(short) and len(lengths) == 1:
+            raise ValueError(
+                f"{self.config.description} has {lengths[0]} times, but a sample "
+                f"needs n_timesteps={self.n_timesteps} consecutive times "
+                "(n_forward_steps + 1); use fewer forward steps or more data"
+            )
         if len(short):
             first_time = int(self.store.segment_starts[short[0]])
             raise ValueError(

@@ -1,9 +1,11 @@
 """Incremental netCDF files of rollout predictions and their targets.
 
-The files use ACE's names, ``autoregressive_predictions.nc`` and
-``autoregressive_target.nc``. Each variable is ``(sample, lead, lat, lon)``
-float32; ``lead`` is a CF time offset in hours and ``init_time`` a CF time per
-sample. The files are created with their full size up front and filled slice by
+The files use ACE's names and layout, ``autoregressive_predictions.nc`` and
+``autoregressive_target.nc``: each variable is ``(sample, time, lat, lon)``
+float32, where ``time`` is the lead time (int64 microseconds, CF
+``forecast_period``), ``init_time(sample)`` the initialisation time
+(``forecast_reference_time``) and ``valid_time(sample, time)`` the time each
+value is valid at (``time``), both in microseconds since 1970-01-01. The files are created with their full size up front and filled slice by
 slice, so memory stays bounded by one chunk. They are written under a temporary
 name and renamed on :meth:`PredictionWriter.close`, so a crashed run never
 leaves a half-written file under the final name. Only one process (the root
@@ -24,8 +26,27 @@ from fme.core.tensors import TensorMapping
 PREDICTION_FILENAME = "autoregressive_predictions.nc"
 TARGET_FILENAME = "autoregressive_target.nc"
 
-_TIME_UNITS = "seconds since 1970-01-01 00:00:00"
+_TIME_UNITS = "microseconds since 1970-01-01"
+_LEAD_UNITS = "microseconds"
 _TIME_FILL = np.iinfo(np.int64).min
+LEAD_DIM = "time"
+
+
+def provenance_attributes(kind: str) -> dict[str, str]:
+    """Global attributes of the files fme writes: CF version, source, history."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        fme_version = version("fme")
+    except PackageNotFoundError:  # running from a source tree
+        fme_version = "unknown"
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "Conventions": "CF-1.8",
+        "title": f"fme {kind} data file",
+        "source": f"fme {fme_version}",
+        "history": f"{created} written by fme {fme_version}",
+    }
 
 
 class PredictionWriter:
@@ -96,10 +117,9 @@ class PredictionWriter:
         self._final_paths: dict[str, Path] = {}
         self._tmp_paths: dict[str, Path] = {}
         self._datasets: dict[str, netCDF4.Dataset] = {}
-        lead_hours = (
-            np.arange(first_lead, first_lead + n_leads, dtype=np.float64)
-            * timestep.total_seconds()
-            / 3600.0
+        step_us = int(timestep / datetime.timedelta(microseconds=1))
+        self._lead_us = np.arange(first_lead, first_lead + n_leads, dtype=np.int64) * (
+            step_us
         )
         for kind, filename in filenames:
             final = experiment_dir / filename
@@ -111,7 +131,6 @@ class PredictionWriter:
                 kind=kind,
                 lat=lat.detach().cpu().numpy(),
                 lon=lon.detach().cpu().numpy(),
-                lead_hours=lead_hours,
                 variable_metadata=variable_metadata,
             )
 
@@ -127,14 +146,12 @@ class PredictionWriter:
         kind: str,
         lat: np.ndarray,
         lon: np.ndarray,
-        lead_hours: np.ndarray,
         variable_metadata: dict[str, dict[str, str]],
     ) -> netCDF4.Dataset:
         ds = netCDF4.Dataset(path, mode="w", format="NETCDF4")
-        ds.Conventions = "CF-1.8"
-        ds.title = f"fme autoregressive {kind}"
+        ds.setncatts(provenance_attributes(f"autoregressive {kind}"))
         ds.createDimension("sample", self._n_samples)
-        ds.createDimension("lead", self._n_leads)
+        ds.createDimension(LEAD_DIM, self._n_leads)
         ds.createDimension("lat", self._img_shape[0])
         ds.createDimension("lon", self._img_shape[1])
         for name, values, units, axis in (
@@ -146,28 +163,32 @@ class PredictionWriter:
             var.axis = axis
             var.standard_name = "latitude" if name == "lat" else "longitude"
             var[:] = values
-        lead = ds.createVariable("lead", "f8", ("lead",))
-        lead.units = "hours"
+        lead = ds.createVariable(LEAD_DIM, "i8", (LEAD_DIM,))
+        lead.units = _LEAD_UNITS
+        lead.standard_name = "forecast_period"
         lead.long_name = "lead time after initialization"
         # Tells xarray to decode lead as timedelta64 (its own encoding convention).
         lead.setncattr("dtype", "timedelta64[ns]")
-        lead[:] = lead_hours
-        init_time = ds.createVariable(
-            "init_time", "i8", ("sample",), fill_value=_TIME_FILL
-        )
-        init_time.units = _TIME_UNITS
-        init_time.calendar = "proleptic_gregorian"
-        init_time.standard_name = "forecast_reference_time"
-        init_time.long_name = "initialization time"
+        lead[:] = self._lead_us
+        for name, dims, standard_name, long_name in (
+            ("init_time", ("sample",), "forecast_reference_time", "initialization time"),
+            ("valid_time", ("sample", LEAD_DIM), "time", "valid time"),
+        ):
+            var = ds.createVariable(name, "i8", dims, fill_value=_TIME_FILL)
+            var.units = _TIME_UNITS
+            var.calendar = "proleptic_gregorian"
+            var.standard_name = standard_name
+            var.long_name = long_name
         for name in self._names:
             var = ds.createVariable(
                 name,
                 "f4",
-                ("sample", "lead", "lat", "lon"),
+                ("sample", LEAD_DIM, "lat", "lon"),
                 fill_value=np.float32(np.nan),
                 chunksizes=(1, 1, *self._img_shape),
             )
             var.setncatts(dict(variable_metadata.get(name, {})))
+            var.coordinates = "init_time valid_time"
         return ds
 
     def set_init_times(self, sample_start: int, times: np.ndarray) -> None:
@@ -185,11 +206,12 @@ class PredictionWriter:
                 f"with shape {times.shape}"
             )
         self._check_range("sample", sample_start, len(times), 0, self._n_samples)
-        seconds = (times - np.datetime64(0, "s")) // np.timedelta64(1, "s")
+        micros = (times - np.datetime64(0, "us")) // np.timedelta64(1, "us")
+        micros = micros.astype(np.int64)
+        samples = slice(sample_start, sample_start + len(times))
         for ds in self._datasets.values():
-            ds.variables["init_time"][sample_start : sample_start + len(times)] = (
-                seconds.astype(np.int64)
-            )
+            ds.variables["init_time"][samples] = micros
+            ds.variables["valid_time"][samples, :] = micros[:, None] + self._lead_us
 
     def append(
         self,

@@ -73,7 +73,7 @@ def test_round_trip_through_xarray(tmp_path):
     ):
         with xr.open_dataset(tmp_path / filename) as ds:
             for name in ("a", "b"):
-                assert ds[name].dims == ("sample", "lead", "lat", "lon")
+                assert ds[name].dims == ("sample", "time", "lat", "lon")
                 assert ds[name].dtype == np.float32
                 np.testing.assert_array_equal(
                     ds[name].values, expected[name].to(torch.float32).numpy()
@@ -85,12 +85,21 @@ def test_round_trip_through_xarray(tmp_path):
             assert ds["lat"].attrs["units"] == "degrees_north"
             assert ds["lon"].attrs["units"] == "degrees_east"
             expected_leads = np.array([6, 12, 18, 24], dtype="timedelta64[h]")
-            np.testing.assert_array_equal(ds["lead"].values, expected_leads)
+            np.testing.assert_array_equal(ds["time"].values, expected_leads)
             np.testing.assert_array_equal(ds["init_time"].values, init_times)
+            np.testing.assert_array_equal(
+                ds["valid_time"].values, init_times[:, None] + expected_leads
+            )
+            assert ds["time"].attrs["standard_name"] == "forecast_period"
+            assert ds["valid_time"].attrs["standard_name"] == "time"
             assert ds.attrs["Conventions"] == "CF-1.8"
+            assert ds.attrs["source"].startswith("fme ")
         with xr.open_dataset(tmp_path / filename, decode_timedelta=False) as raw:
-            assert raw["lead"].attrs["units"] == "hours"
-            np.testing.assert_array_equal(raw["lead"].values, [6.0, 12.0, 18.0, 24.0])
+            assert raw["time"].attrs["units"] == "microseconds"
+            hours_us = 3600 * 10**6
+            np.testing.assert_array_equal(
+                raw["time"].values, [6 * hours_us, 12 * hours_us, 18 * hours_us, 24 * hours_us]
+            )
 
 
 def test_first_lead_zero_holds_initial_condition_and_unwritten_is_nan(tmp_path):
@@ -111,7 +120,7 @@ def test_first_lead_zero_holds_initial_condition_and_unwritten_is_nan(tmp_path):
     assert not (tmp_path / TARGET_FILENAME).exists()
     with xr.open_dataset(tmp_path / PREDICTION_FILENAME) as ds:
         expected_leads = np.array([0, 90, 180], dtype="timedelta64[m]")
-        np.testing.assert_array_equal(ds["lead"].values, expected_leads)
+        np.testing.assert_array_equal(ds["time"].values, expected_leads)
         np.testing.assert_array_equal(
             ds["b"].values[1, 0], data["b"][0, 0].to(torch.float32).numpy()
         )

@@ -113,14 +113,14 @@ def test_metrics_checkpoints_and_evaluation(data, tmp_path):
     )
     metrics = run_evaluation(eval_config)
     with xr.open_dataset(eval_dir / "autoregressive_predictions.nc") as pred:
-        assert pred["tracer"].dims == ("sample", "lead", "lat", "lon")
+        assert pred["tracer"].dims == ("sample", "time", "lat", "lon")
         assert pred["tracer"].shape == (3, 5, 8, 16)
         # the corrector keeps the tracer positive
         assert float(pred["tracer"].min()) >= 0.0
     with xr.open_dataset(eval_dir / "autoregressive_target.nc") as target:
         with xr.open_dataset(data / "validation" / "trajectory_000.nc") as source:
             expected = source["tracer"].isel(time=2 + 3).values  # sample 1, lead 3
-        assert target["tracer"].isel(sample=1, lead=2).values == pytest.approx(
+        assert target["tracer"].isel(sample=1, time=2).values == pytest.approx(
             expected, rel=1e-6
         )
     # a conserving corrector: global means do not drift (float32 rounding only)

@@ -81,6 +81,19 @@ def _raise_from_union_member(err: dacite.WrongTypeError, path: str) -> None:
         from_dict_strict(fitting[0], err.value, path=f"{path}.{err.field_path}")
 
 
+def _list_item_options(tp: Any) -> list[type]:
+    """The dataclasses a ``list[X]`` member of a union type may hold."""
+    members = (
+        typing.get_args(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType)
+        else (tp,)
+    )
+    for member in members:
+        if typing.get_origin(member) is list and typing.get_args(member):
+            return _dataclass_options(typing.get_args(member)[0])
+    return []
+
+
 def _dataclass_options(tp: Any) -> list[type]:
     """The dataclasses a field type may hold directly (``X``, ``X | None``)."""
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -140,6 +153,11 @@ def _check_unknown_keys(cls: type, data: Any, path: str) -> None:
     for name, value in data.items():
         field_type = hints[name]
         options = _dataclass_options(field_type)
+        list_options = _list_item_options(field_type)
+        if isinstance(value, list) and list_options:
+            for i, item in enumerate(value):
+                _check_union(list_options, item, f"{path}.{name}[{i}]")
+            continue
         if options:
             _check_union(options, value, f"{path}.{name}")
             continue

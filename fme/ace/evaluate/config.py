@@ -2,20 +2,12 @@
 
 import dataclasses
 
+from fme.ace.evaluation.aggregator_config import InferenceEvaluatorAggregatorConfig
 from fme.ace.inference.data import InferenceDataLoaderConfig
+from fme.ace.inference.data_writer import DataWriterConfig
 from fme.core.metrics_logger import LoggingConfig
 
-
-@dataclasses.dataclass
-class DataWriterConfig:
-    """ACE's ``data_writer``.
-
-    Attributes:
-        save_prediction_files: write ``autoregressive_predictions.nc`` and
-            ``autoregressive_target.nc``.
-    """
-
-    save_prediction_files: bool = True
+__all__ = ["DataWriterConfig", "EvaluatorConfig"]
 
 
 @dataclasses.dataclass
@@ -31,8 +23,17 @@ class EvaluatorConfig:
         forward_steps_in_memory: lead times held in memory at once.
         logging: where messages and metrics go.
         data_writer: which files to write.
+        aggregator: which diagnostics to compute (ACE's evaluator aggregator).
         training_metrics_path: a training ``metrics.jsonl`` to plot curves
             from; by default the one next to the checkpoint's directory.
+        prediction_loader: not supported here (must be null).
+        stepper_override: not supported here (must be null).
+        use_ema_if_available: use EMA weights when the checkpoint has them
+            (checkpoints of this project hold none).
+        allow_incompatible_dataset: not supported here (must be false).
+        validation: not supported here (must be null).
+        n_ensemble_per_ic: only 1.
+        seed: seeds any noise of the model.
     """
 
     experiment_dir: str
@@ -42,9 +43,29 @@ class EvaluatorConfig:
     forward_steps_in_memory: int = 10
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     data_writer: DataWriterConfig = dataclasses.field(default_factory=DataWriterConfig)
+    aggregator: InferenceEvaluatorAggregatorConfig = dataclasses.field(
+        default_factory=InferenceEvaluatorAggregatorConfig
+    )
     training_metrics_path: str | None = None
+    prediction_loader: dict | None = None
+    stepper_override: dict | None = None
+    use_ema_if_available: bool = True
+    allow_incompatible_dataset: bool = False
+    validation: dict | None = None
+    n_ensemble_per_ic: int = 1
+    seed: int | None = None
 
     def __post_init__(self):
         for name in ("n_forward_steps", "forward_steps_in_memory"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prediction_loader", "stepper_override", "validation"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"not supported here: {name}")
+        if self.allow_incompatible_dataset:
+            raise ValueError("not supported here: allow_incompatible_dataset: true")
+        if self.n_ensemble_per_ic != 1:
+            raise ValueError(
+                f"not supported here: n_ensemble_per_ic={self.n_ensemble_per_ic}; "
+                "only 1"
+            )

@@ -1,18 +1,17 @@
 """Evaluate a checkpoint: rollouts, netCDF output, metrics and plots."""
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluation import plots
-from fme.ace.evaluation.conserved import conserved_quantities
+from fme.ace.evaluation.headline import headline_table
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
-from fme.ace.evaluation.writer import PredictionWriter
+from fme.ace.evaluation.rollout_evaluation import RolloutEvaluation
 from fme.ace.inference.data import InferenceData
-from fme.ace.inference.rollout import RolloutChunk, run_rollout
+from fme.ace.inference.rollout import RolloutChunk
 from fme.ace.stepper.stepper import Stepper
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import (
@@ -51,61 +50,21 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         names=stepper.all_names,
         n_forward_steps=config.n_forward_steps,
     )
-    info = data.dataset_info
-    conserved = conserved_quantities(stepper)
-    aggregator = RolloutMetricsAggregator(
-        gridded_operations=info.gridded_operations,
-        names=stepper.out_names,
-        conserved_names=conserved.names,
-        derived_quantities=conserved.derived,
-        n_lead_times=config.n_forward_steps,
-    )
-    writer = None
-    if config.data_writer.save_prediction_files:
-        writer = PredictionWriter(
-            experiment_dir=experiment_dir,
-            names=stepper.out_names,
-            lat=info.lat,
-            lon=info.lon,
-            n_samples=data.n_samples,
-            n_leads=config.n_forward_steps,
-            timestep=info.timestep,
-            variable_metadata=info.variable_metadata,
-        )
-    last: list[RolloutChunk] = []
-
-    def on_chunk(chunk: RolloutChunk) -> None:
-        aggregator.record(
-            lead_start=chunk.lead_start,
-            prediction=chunk.prediction,
-            target={n: chunk.data[n] for n in stepper.out_names},
-            initial_condition=chunk.initial_condition,
-            corrections=chunk.corrections,
-        )
-        if writer is not None:
-            if chunk.lead_start == 1:
-                writer.set_init_times(0, data.initial_times)
-            writer.append(
-                sample_start=0,
-                lead_start=chunk.lead_start,
-                prediction=chunk.prediction,
-                target={n: chunk.data[n] for n in stepper.out_names},
-            )
-        last[:] = [chunk]
-
-    run_rollout(
+    evaluation = RolloutEvaluation(
         stepper=stepper,
         data=data,
         n_forward_steps=config.n_forward_steps,
-        forward_steps_in_memory=config.forward_steps_in_memory,
-        on_chunk=on_chunk,
+        aggregator_config=config.aggregator,
         device=dist.device,
+        writer_config=config.data_writer,
+        experiment_dir=experiment_dir,
     )
-    if writer is not None:
-        writer.close()
-    metrics = aggregator.get_metrics()
-    (experiment_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    image_paths = _make_plots(config, aggregator, last[0], stepper, experiment_dir)
+    evaluation.run(config.forward_steps_in_memory)
+    metrics = evaluation.write(experiment_dir)
+    assert evaluation.last_chunk is not None
+    image_paths = _make_plots(
+        config, evaluation.aggregator, evaluation.last_chunk, stepper, experiment_dir
+    )
     logger = MetricsLogger(
         config=config.logging, experiment_dir=experiment_dir, dist=dist
     )
@@ -116,8 +75,9 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
     )
     logger.log_images(plots.image_paths_for_wandb(image_paths), optimizer_step=0)
     logger.finish()
+    print(headline_table(metrics, evaluation.aggregator, evaluation.timestep))
     logging.info("evaluation metrics in %s", experiment_dir / "metrics.json")
-    if writer is not None:
+    if config.data_writer.save_prediction_files:
         logging.info("predictions and targets in %s", experiment_dir)
     logging.info("plots in %s", experiment_dir / "plots")
     print(f"plots written to {experiment_dir / 'plots'}")

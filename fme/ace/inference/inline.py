@@ -1,29 +1,46 @@
-"""Inline inference during training (ACE's ``inference`` section)."""
+"""Inline inference during training (ACE's ``inference`` section, one block or a list)."""
 
 import dataclasses
 
-from fme.ace.evaluation.conserved import conserved_quantities
-from fme.ace.evaluation.metrics import RolloutMetricsAggregator
+from fme.ace.data.time_subset import Slice
+from fme.ace.evaluation.aggregator_config import InferenceEvaluatorAggregatorConfig
+from fme.ace.evaluation.rollout_evaluation import RolloutEvaluation
 from fme.ace.inference.data import InferenceData, InferenceDataLoaderConfig
-from fme.ace.inference.rollout import RolloutChunk, run_rollout
 from fme.ace.stepper.stepper import Stepper
 from fme.core.distributed import DistributedContext
 
 
 @dataclasses.dataclass
 class InlineInferenceConfig:
-    """A short rollout scored after every ``every_n_epochs`` epochs.
+    """A rollout scored at the end of chosen epochs.
 
     Attributes:
         loader: data and initial conditions.
         n_forward_steps: rollout length.
         forward_steps_in_memory: lead times held in memory at once.
-        every_n_epochs: run after epochs divisible by this.
+        n_ensemble_per_ic: only 1.
+        epochs: ACE's positional slice over epochs 1..max_epochs (index 0 is
+            epoch 1); by default every epoch. Negative indices are not
+            supported here.
+        aggregator: the diagnostics to compute (ACE's evaluator aggregator).
+        name: metric prefix; by default ``inference`` for a single block and
+            ``inference_<i>`` for a list, as in ACE.
+        weight: accepted for ACE configs; checkpoints here are chosen by
+            ``best_checkpoint_metric`` (e.g. ``inference/rmse/<var>``), not by
+            ACE's weighted combination.
+        every_n_epochs: also require the epoch to be divisible by this.
     """
 
     loader: InferenceDataLoaderConfig
     n_forward_steps: int = 4
     forward_steps_in_memory: int = 4
+    n_ensemble_per_ic: int = 1
+    epochs: Slice = dataclasses.field(default_factory=Slice)
+    aggregator: InferenceEvaluatorAggregatorConfig = dataclasses.field(
+        default_factory=InferenceEvaluatorAggregatorConfig
+    )
+    name: str | None = None
+    weight: float = 1.0
     every_n_epochs: int = 1
 
     def __post_init__(self):
@@ -32,25 +49,51 @@ class InlineInferenceConfig:
                 raise ValueError(
                     f"inference.{name} must be >= 1, got {getattr(self, name)}"
                 )
+        if self.n_ensemble_per_ic != 1:
+            raise ValueError("not supported here: inference.n_ensemble_per_ic != 1")
+        if self.weight < 0:
+            raise ValueError(f"inference.weight must be >= 0, got {self.weight}")
+        for key in ("start", "stop"):
+            value = getattr(self.epochs, key)
+            if value is not None and value < 0:
+                raise ValueError(
+                    f"not supported here: negative inference.epochs.{key} ({value})"
+                )
+
+    def runs_after(self, epoch: int) -> bool:
+        """Whether to run after ``epoch`` (1-based)."""
+        index = epoch - 1
+        start = self.epochs.start or 0
+        if index < start or (self.epochs.stop is not None and index >= self.epochs.stop):
+            return False
+        if (index - start) % (self.epochs.step or 1) != 0:
+            return False
+        return epoch % self.every_n_epochs == 0
 
 
-class InlineInference:
-    """Runs the configured rollout and returns ``inference/...`` metrics.
+def metric_prefixes(
+    config: InlineInferenceConfig | list[InlineInferenceConfig] | None,
+) -> list[str]:
+    """The metric prefix of each inline-inference block, as in ACE."""
+    if config is None:
+        return []
+    blocks = config if isinstance(config, list) else [config]
+    if len(blocks) == 1:
+        return [blocks[0].name or "inference"]
+    return [b.name or f"inference_{i}" for i, b in enumerate(blocks)]
 
-    Args:
-        config: the inference config.
-        stepper: the model being trained.
-        dist: rollouts are split across ranks and metrics summed over them.
-    """
 
+class _Block:
     def __init__(
         self,
         config: InlineInferenceConfig,
         *,
+        prefix: str,
         stepper: Stepper,
         dist: DistributedContext,
     ):
         self.config = config
+        self.prefix = prefix
         self.stepper = stepper
         self.dist = dist
         self.data = InferenceData(
@@ -63,36 +106,50 @@ class InlineInference:
         )
 
     def __call__(self, epoch: int) -> dict[str, float]:
-        """Metrics of the rollout after ``epoch`` (empty on skipped epochs)."""
-        if epoch % self.config.every_n_epochs != 0:
+        if not self.config.runs_after(epoch):
             return {}
-        conserved = conserved_quantities(self.stepper)
-        aggregator = RolloutMetricsAggregator(
-            gridded_operations=self.stepper.dataset_info.gridded_operations,
-            names=self.stepper.out_names,
-            conserved_names=conserved.names,
-            derived_quantities=conserved.derived,
-            n_lead_times=self.config.n_forward_steps,
-            device=self.dist.device,
-        )
-        out_names = self.stepper.out_names
-
-        def on_chunk(chunk: RolloutChunk) -> None:
-            aggregator.record(
-                lead_start=chunk.lead_start,
-                prediction=chunk.prediction,
-                target={n: chunk.data[n] for n in out_names},
-                initial_condition=chunk.initial_condition,
-                corrections=chunk.corrections,
-            )
-
-        run_rollout(
+        evaluation = RolloutEvaluation(
             stepper=self.stepper,
             data=self.data,
             n_forward_steps=self.config.n_forward_steps,
-            forward_steps_in_memory=self.config.forward_steps_in_memory,
-            on_chunk=on_chunk,
+            aggregator_config=self.config.aggregator,
             device=self.dist.device,
         )
-        metrics = aggregator.reduced(self.dist.reduce_sum).get_metrics()
-        return {f"inference/{k}": v for k, v in metrics.items() if "/lead_" not in k}
+        evaluation.run(self.config.forward_steps_in_memory)
+        metrics = evaluation.aggregator.reduced(self.dist.reduce_sum).get_metrics()
+        if self.dist.world_size == 1:
+            metrics.update(evaluation.diagnostics.get_metrics())
+        return {
+            f"{self.prefix}/{k}": v for k, v in metrics.items() if "/lead_" not in k
+        }
+
+
+class InlineInference:
+    """Runs the configured rollouts and returns their prefixed metrics.
+
+    Args:
+        config: one inference block or a list of them.
+        stepper: the model being trained.
+        dist: rollouts are split across ranks and skill metrics summed over
+            them (the map diagnostics are computed on single-process runs).
+    """
+
+    def __init__(
+        self,
+        config: InlineInferenceConfig | list[InlineInferenceConfig],
+        *,
+        stepper: Stepper,
+        dist: DistributedContext,
+    ):
+        blocks = config if isinstance(config, list) else [config]
+        self._blocks = [
+            _Block(block, prefix=prefix, stepper=stepper, dist=dist)
+            for block, prefix in zip(blocks, metric_prefixes(config), strict=True)
+        ]
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        """Metrics of the rollouts after ``epoch`` (empty on skipped epochs)."""
+        metrics: dict[str, float] = {}
+        for block in self._blocks:
+            metrics.update(block(epoch))
+        return metrics

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from fme.ace.data.loader import DataLoaderConfig
-from fme.ace.inference.inline import InlineInferenceConfig
+from fme.ace.inference.inline import InlineInferenceConfig, metric_prefixes
 from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
@@ -50,8 +50,10 @@ class TrainConfig:
             ``val/mean/main_loss`` ignores regularisation terms and weights.
         distributed_backend: ``gloo`` or ``nccl``; None picks ``nccl`` with
             CUDA, ``gloo`` otherwise.
-        inference: a short rollout scored every few epochs (``inference/...``
-            metrics; usable as ``best_checkpoint_metric``).
+        inference: rollouts scored at the end of epochs, one block or a list
+            as in ACE (``inference/...`` metrics for one block,
+            ``inference_<i>/...`` or ``<name>/...`` for several; usable as
+            ``best_checkpoint_metric``).
         phases: train in phases, in order, each with its own length,
             optimisation, rollout length, loss-weight schedules, freezing and
             LoRA (see ``fme.ace.train.phases``); null trains one phase of
@@ -74,7 +76,7 @@ class TrainConfig:
     checkpoint_every_n_steps: int | None = None
     best_checkpoint_metric: str = "val/mean/loss"
     distributed_backend: str | None = None
-    inference: InlineInferenceConfig | None = None
+    inference: InlineInferenceConfig | list[InlineInferenceConfig] | None = None
     phases: list[PhaseConfig] | None = None
 
     def __post_init__(self):
@@ -90,15 +92,19 @@ class TrainConfig:
                 f"distributed_backend {self.distributed_backend!r} is unknown; "
                 "allowed: null (automatic), gloo, nccl"
             )
-        if (
-            self.best_checkpoint_metric.startswith("inference/")
-            and self.inference is None
-        ):
+        prefixes = metric_prefixes(self.inference)
+        if isinstance(self.inference, list) and len(set(prefixes)) != len(prefixes):
+            raise ValueError(
+                f"inference block names {prefixes} must be unique; set name: on each"
+            )
+        metric_prefix = self.best_checkpoint_metric.split("/", 1)[0]
+        if metric_prefix.startswith("inference") and metric_prefix not in prefixes:
             raise ValueError(
                 f"best_checkpoint_metric {self.best_checkpoint_metric!r} needs an "
-                "inference section; add one or use val/mean/loss"
+                f"inference block named {metric_prefix!r} (configured: {prefixes}); "
+                "add one or use val/mean/loss"
             )
-        if not self.best_checkpoint_metric.startswith(("val/", "inference/")):
+        if metric_prefix != "val" and metric_prefix not in prefixes:
             raise ValueError(
                 f"best_checkpoint_metric {self.best_checkpoint_metric!r} must be a "
                 "validation or inference metric, e.g. val/mean/loss or "

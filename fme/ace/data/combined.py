@@ -207,6 +207,11 @@ class MergedDataset(torch.utils.data.Dataset):
         assert times is not None
         return data, times
 
+    def check_range(self, start: int, n_times: int) -> None:
+        """Raise unless every merged dataset can read the range."""
+        for dataset in self.datasets:
+            dataset.check_range(start, n_times)  # type: ignore[attr-defined]
+
     @property
     def all_times(self) -> np.ndarray:
         """Times of the first dataset's axis."""

@@ -278,11 +278,12 @@ class XarrayDataset(torch.utils.data.Dataset):
                     "dataset config"
                 )
 
-    def read_times(self, start: int, n_times: int) -> tuple[TensorDict, np.ndarray]:
-        """``n_times`` consecutive times from axis index ``start``.
+    def check_range(self, start: int, n_times: int) -> None:
+        """Raise unless times ``start .. start + n_times - 1`` are readable together.
 
         Raises:
-            ValueError: if the range leaves the data or crosses a gap.
+            ValueError: if the range leaves the data or crosses a gap between
+                separate trajectories.
         """
         stop = start + n_times
         if start < 0 or stop > self.store.n_times:
@@ -294,8 +295,18 @@ class XarrayDataset(torch.utils.data.Dataset):
         if segment[start] != segment[stop - 1]:
             raise ValueError(
                 f"times {start}..{stop - 1} of {self.config.description} cross a gap "
-                "between separate trajectories; start later or roll out fewer steps"
+                f"in time (at {self.store.times[start]} .. {self.store.times[stop - 1]}"
+                ") between separate trajectories; start later or roll out fewer steps"
             )
+
+    def read_times(self, start: int, n_times: int) -> tuple[TensorDict, np.ndarray]:
+        """``n_times`` consecutive times from axis index ``start``.
+
+        Raises:
+            ValueError: if the range leaves the data or crosses a gap.
+        """
+        self.check_range(start, n_times)
+        stop = start + n_times
         arrays = self.store.read(start, stop)
         if not self.store.in_memory:
             if self.config.fill_nans is not None:

@@ -116,7 +116,10 @@ class ExplicitIndices:
         return [int(i) for i in self.list]
 
 
-StartIndicesConfig = StartIndices | TimestampList | ExplicitIndices
+class StartIndicesLike(Protocol):
+    """Anything that turns a time axis into start indices."""
+
+    def as_indices(self, times: np.ndarray) -> list[int]: ...
 
 
 @dataclasses.dataclass
@@ -209,6 +212,8 @@ class TimeAxisDataset(Protocol):
 
     def read_times(self, start: int, n_times: int) -> tuple[TensorDict, np.ndarray]: ...
 
+    def check_range(self, start: int, n_times: int) -> None: ...
+
     @property
     def all_times(self) -> np.ndarray: ...
 
@@ -219,13 +224,20 @@ class TimeAxisDataset(Protocol):
 def build_time_axis_dataset(
     config: XarrayDataConfig | MergeNoConcatDatasetConfig, *, names: list[str]
 ) -> TimeAxisDataset:
-    """The dataset of an inference loader, reading ``names``."""
+    """The dataset of an inference loader, reading ``names``.
+
+    Reads always stream (no in-memory cache): a rollout reads each time once,
+    and memory stays bounded by ``forward_steps_in_memory`` however long the
+    run.
+    """
     from fme.ace.data.combined import MergeDatasetConfig, build_dataset
 
     if isinstance(config, XarrayDataConfig):
-        return XarrayDataset(config, names=names, n_timesteps=1)
+        streamed = dataclasses.replace(config, cache_in_memory=False)
+        return XarrayDataset(streamed, names=names, n_timesteps=1)
+    merge = [dataclasses.replace(c, cache_in_memory=False) for c in config.merge]
     merged = build_dataset(
-        MergeDatasetConfig(merge=list(config.merge)), names=names, n_timesteps=1
+        MergeDatasetConfig(merge=list(merge)), names=names, n_timesteps=1
     )
     assert isinstance(merged, MergedDataset)
     return merged
@@ -257,7 +269,7 @@ class InferenceData:
         self,
         dataset: XarrayDataConfig | MergeNoConcatDatasetConfig,
         *,
-        start_indices: StartIndices | TimestampList | ExplicitIndices,
+        start_indices: "StartIndicesLike",
         names: list[str],
         n_forward_steps: int,
         rank: int = 0,
@@ -275,6 +287,8 @@ class InferenceData:
                 f"{times[0]} .. {times[-1]}); lower n_forward_steps, start earlier "
                 "or add data"
             )
+        for i in indices:
+            self.dataset.check_range(i, n_forward_steps + 1)
         self.n_forward_steps = n_forward_steps
         self.all_indices = indices
         self.indices = indices[rank::world_size]

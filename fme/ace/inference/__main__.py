@@ -1,0 +1,3 @@
+from fme.ace.inference.main import main
+
+main()

@@ -21,6 +21,10 @@ from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
 from fme.core.tensors import TensorDict
 
 
+def _fmt(time: np.datetime64) -> str:
+    return str(np.datetime64(time, "s"))
+
+
 @dataclasses.dataclass
 class StartIndices:
     """ACE's ``start_indices: {first, n_initial_conditions, interval}``.
@@ -88,9 +92,8 @@ class TimestampList:
         if missing:
             raise ValueError(
                 f"start_indices.times {missing} are not times of the data, which "
-                f"hold {len(times)} times from {times[0]} to {times[-1]} every "
-                f"{times[1] - times[0] if len(times) > 1 else 'step'}; pick times "
-                "on the data's time axis"
+                f"hold {len(times)} times from {_fmt(times[0])} to {_fmt(times[-1])} "
+                "; pick times on the data's time axis"
             )
         return [positions[t] for t in wanted]
 
@@ -284,7 +287,7 @@ class InferenceData:
             raise ValueError(
                 f"rollouts of {n_forward_steps} steps from time indices {bad} run "
                 f"past the end of {_description(dataset)} ({n_times} times, "
-                f"{times[0]} .. {times[-1]}); lower n_forward_steps, start earlier "
+                f"{_fmt(times[0])} .. {_fmt(times[-1])}); lower n_forward_steps, start earlier "
                 "or add data"
             )
         for i in indices:

@@ -21,8 +21,14 @@ def ace_data(root: Path, *, n_times: int = 40, n_files: int = 1) -> AceFormatPat
     )
 
 
-def ace_checkpoint(paths: AceFormatPaths, path: Path, seed: int = 0) -> Path:
-    """An untrained stepper of ``configs/ace_atmosphere.yaml`` saved as a checkpoint."""
+def ace_checkpoint(
+    paths: AceFormatPaths, path: Path, seed: int = 0, weight_scale: float = 1.0
+) -> Path:
+    """An untrained stepper of ``configs/ace_atmosphere.yaml`` saved as a checkpoint.
+
+    ``weight_scale`` < 1 shrinks every weight, so the residual steps are small
+    and long rollouts stay finite.
+    """
     step = "stepper.step.config"
     overrides = [
         f"experiment_dir={path.parent}",
@@ -42,6 +48,9 @@ def ace_checkpoint(paths: AceFormatPaths, path: Path, seed: int = 0) -> Path:
     ).dataset_info
     torch.manual_seed(seed)
     stepper = config.stepper.build(dataset_info=info)
+    with torch.no_grad():
+        for parameter in stepper.module.parameters():
+            parameter.mul_(weight_scale)
     save_checkpoint({"trainable": {"stepper": stepper.get_state()}}, path)
     return path
 

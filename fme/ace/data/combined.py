@@ -173,9 +173,7 @@ class MergedDataset(torch.utils.data.Dataset):
                 where=dataset.description,
                 exact=True,
             )
-            if not np.array_equal(
-                dataset.sample_start_times, first.sample_start_times
-            ):
+            if not np.array_equal(dataset.sample_start_times, first.sample_start_times):
                 raise ValueError(
                     f"{dataset.description} has {len(dataset)} samples starting "
                     f"{_span(dataset.sample_start_times)}, but {first.description} "

@@ -275,7 +275,7 @@ def build_data_loader(
             "lower batch_size or widen the subset"
         )
     loader = _ResumableDataLoader(
-        dataset,
+        dataset,  # type: ignore[arg-type]  # a map-style dataset
         batch_sampler=sampler,
         num_workers=config.num_data_workers,
         collate_fn=collate_windows,

@@ -49,7 +49,11 @@ class SeasonalDiagnostic:
         self._n_samples = 0
 
     def record(
-        self, *, prediction: TensorMapping, target: TensorMapping | None, time: np.ndarray
+        self,
+        *,
+        prediction: TensorMapping,
+        target: TensorMapping | None,
+        time: np.ndarray,
     ) -> None:
         """Add ``[batch, n_leads, lat, lon]`` fields valid at ``[batch, n_leads]`` times."""
         seasons = torch.tensor(season_index(np.asarray(time)))
@@ -88,7 +92,9 @@ class SeasonalDiagnostic:
             for i, s in enumerate(seasons):
                 bias = gen[name][i] - target[name][i]
                 label = f"{name}/{SEASONS[s]}"
-                metrics[f"seasonal/rmse/{label}"] = float((weights * bias**2).sum().sqrt())
+                metrics[f"seasonal/rmse/{label}"] = float(
+                    (weights * bias**2).sum().sqrt()
+                )
                 metrics[f"seasonal/bias/{label}"] = float((weights * bias).sum())
         return metrics
 
@@ -126,7 +132,11 @@ class AnnualDiagnostic:
         self._n_samples = 0
 
     def record(
-        self, *, prediction: TensorMapping, target: TensorMapping | None, time: np.ndarray
+        self,
+        *,
+        prediction: TensorMapping,
+        target: TensorMapping | None,
+        time: np.ndarray,
     ) -> None:
         """Add ``[batch, n_leads, lat, lon]`` fields valid at ``[batch, n_leads]`` times."""
         years = np.asarray(time).astype("datetime64[Y]").astype(np.int64) + 1970

@@ -81,6 +81,12 @@ class RolloutDiagnostics:
     ):
         img_shape = (lat.numel(), n_lon)
         self._names = list(names)
+        self._time_mean: TimeMeanDiagnostic | None
+        self._zonal: ZonalMeanDiagnostic | None
+        self._hist: HistogramDiagnostic | None
+        self._spectrum: PowerSpectrumDiagnostic | None
+        self._seasonal: SeasonalDiagnostic | None
+        self._annual: AnnualDiagnostic | None
         if isinstance(config, InferenceAggregatorConfig):
             reference_path = config.time_mean_reference_data
             reference = (
@@ -179,7 +185,9 @@ class RolloutDiagnostics:
             else None
         )
         if self._time_mean is not None:
-            self._time_mean.record(prediction=prediction, target=target, time=chunk.time)
+            self._time_mean.record(
+                prediction=prediction, target=target, time=chunk.time
+            )
         if self._zonal is not None:
             self._zonal.record(
                 prediction=prediction, target=target, lead_start=chunk.lead_start

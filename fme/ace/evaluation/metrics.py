@@ -287,7 +287,9 @@ class RolloutMetricsAggregator:
         result = RolloutMetricsAggregator(
             gridded_operations=self._ops,
             names=self._names,
-            conserved_names=[n for n in self._conserved_names if n not in self._derived],
+            conserved_names=[
+                n for n in self._conserved_names if n not in self._derived
+            ],
             n_lead_times=self._n_lead_times,
             device=self._device,
             derived_quantities=self._derived,

@@ -78,7 +78,11 @@ class TimeMeanDiagnostic:
         self._count = 0
 
     def record(
-        self, *, prediction: TensorMapping, target: TensorMapping | None, time: np.ndarray
+        self,
+        *,
+        prediction: TensorMapping,
+        target: TensorMapping | None,
+        time: np.ndarray,
     ) -> None:
         """Add ``[batch, n_leads, lat, lon]`` fields."""
         for store, data in ((self._gen, prediction), (self._target, target)):
@@ -133,7 +137,11 @@ class TimeMeanDiagnostic:
             if "target" in maps:
                 target = maps["target"][name]
                 data[f"target_map-{name}"] = (("lat", "lon"), target.numpy(), attrs)
-                data[f"bias_map-{name}"] = (("lat", "lon"), (gen - target).numpy(), attrs)
+                data[f"bias_map-{name}"] = (
+                    ("lat", "lon"),
+                    (gen - target).numpy(),
+                    attrs,
+                )
             if self._reference is not None:
                 bias = gen - self._reference[name]
                 data[f"ref_bias_map-{name}"] = (("lat", "lon"), bias.numpy(), attrs)

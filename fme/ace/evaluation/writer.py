@@ -171,7 +171,12 @@ class PredictionWriter:
         lead.setncattr("dtype", "timedelta64[ns]")
         lead[:] = self._lead_us
         for name, dims, standard_name, long_name in (
-            ("init_time", ("sample",), "forecast_reference_time", "initialization time"),
+            (
+                "init_time",
+                ("sample",),
+                "forecast_reference_time",
+                "initialization time",
+            ),
             ("valid_time", ("sample", LEAD_DIM), "time", "valid time"),
         ):
             var = ds.createVariable(name, "i8", dims, fill_value=_TIME_FILL)

@@ -7,6 +7,7 @@ holds the forcing of its first step), so memory does not grow with the
 rollout length. ``start_indices`` index the dataset's time axis, as in ACE.
 """
 
+import builtins
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
@@ -22,7 +23,7 @@ from fme.core.tensors import TensorDict
 
 
 def _fmt(time: np.datetime64) -> str:
-    return str(np.datetime64(time, "s"))
+    return str(np.asarray(time).astype("datetime64[s]"))
 
 
 @dataclasses.dataclass
@@ -88,7 +89,9 @@ class TimestampList:
             for t in self.times
         ]
         positions = {t: i for i, t in enumerate(times.astype("datetime64[ns]"))}
-        missing = [s for s, t in zip(self.times, wanted, strict=True) if t not in positions]
+        missing = [
+            s for s, t in zip(self.times, wanted, strict=True) if t not in positions
+        ]
         if missing:
             raise ValueError(
                 f"start_indices.times {missing} are not times of the data, which "
@@ -114,7 +117,7 @@ class ExplicitIndices:
                 f"start_indices.list must hold indices >= 0, got {self.list}"
             )
 
-    def as_indices(self, times: np.ndarray) -> "list[int]":
+    def as_indices(self, times: np.ndarray) -> "builtins.list[int]":
         """The given indices."""
         return [int(i) for i in self.list]
 
@@ -141,7 +144,9 @@ class MergeNoConcatDatasetConfig:
 
 
 def _check_not_subset(dataset: XarrayDataConfig | MergeNoConcatDatasetConfig) -> None:
-    configs = dataset.merge if isinstance(dataset, MergeNoConcatDatasetConfig) else [dataset]
+    configs = (
+        dataset.merge if isinstance(dataset, MergeNoConcatDatasetConfig) else [dataset]
+    )
     for config in configs:
         if not config.subset.is_everything:
             raise ValueError(

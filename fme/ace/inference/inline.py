@@ -64,7 +64,9 @@ class InlineInferenceConfig:
         """Whether to run after ``epoch`` (1-based)."""
         index = epoch - 1
         start = self.epochs.start or 0
-        if index < start or (self.epochs.stop is not None and index >= self.epochs.stop):
+        if index < start or (
+            self.epochs.stop is not None and index >= self.epochs.stop
+        ):
             return False
         if (index - start) % (self.epochs.step or 1) != 0:
             return False

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from fme.ace.evaluate.main import load_stepper
 from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.diagnostics import RolloutDiagnostics
+from fme.ace.evaluation.metrics import DerivedQuantity
 from fme.ace.inference.config import InferenceConfig
 from fme.ace.inference.data import InferenceData
 from fme.ace.inference.data_writer import RolloutWriters
@@ -61,16 +63,23 @@ class _InitialTimes:
         return [positions[t] for t in self._times]
 
 
+def _variable(name: str) -> DerivedQuantity:
+    def field(data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return data[name].double()
+
+    return field
+
+
 class _DriftTracker:
     """Global-mean drift of the conserved quantities from the initial state."""
 
     def __init__(self, stepper: Stepper, initial: InitialCondition):
         conserved = conserved_quantities(stepper)
         self._ops = stepper.dataset_info.gridded_operations
-        self._functions = {
-            **{n: (lambda d, n=n: d[n].double()) for n in conserved.names},
-            **conserved.derived,
+        self._functions: dict[str, DerivedQuantity] = {
+            n: _variable(n) for n in conserved.names
         }
+        self._functions.update(conserved.derived)
         self._initial = {
             name: self._ops.area_weighted_mean(fn(initial.state)).mean()
             for name, fn in self._functions.items()
@@ -178,8 +187,12 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
     (experiment_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if series:
         (experiment_dir / "global_mean_series.json").write_text(json.dumps(series))
-    logger = MetricsLogger(config=config.logging, experiment_dir=experiment_dir, dist=dist)
-    logger.log({f"inference/{k}": v for k, v in metrics.items()}, optimizer_step=0, epoch=0)
+    logger = MetricsLogger(
+        config=config.logging, experiment_dir=experiment_dir, dist=dist
+    )
+    logger.log(
+        {f"inference/{k}": v for k, v in metrics.items()}, optimizer_step=0, epoch=0
+    )
     logger.finish()
     logging.info("inference output in %s", experiment_dir)
     print(f"inference output written to {experiment_dir}")

@@ -75,7 +75,9 @@ def test_zarr_store_reads_the_same_windows_as_netcdf(tmp_path):
             names=["a", "b"],
             n_timesteps=3,
         )
-        nc_data = XarrayDataset(_xarray(tmp_path / "n"), names=["a", "b"], n_timesteps=3)
+        nc_data = XarrayDataset(
+            _xarray(tmp_path / "n"), names=["a", "b"], n_timesteps=3
+        )
         assert len(zarr_data) == len(nc_data) == 10
         for i in range(10):
             (z, zt), (n, nt) = zarr_data[i], nc_data[i]
@@ -194,7 +196,9 @@ def test_n_repeats_continues_the_time_axis(tmp_path):
 def test_window_longer_than_the_store_is_refused_with_path(tmp_path):
     write_zarr(tmp_path, 4)
     config = _xarray(tmp_path, engine="zarr", file_pattern="data.zarr")
-    with pytest.raises(ValueError, match=r"data.zarr has 4 times, but a sample needs n_timesteps=6"):
+    with pytest.raises(
+        ValueError, match=r"data.zarr has 4 times, but a sample needs n_timesteps=6"
+    ):
         XarrayDataset(config, names=["a"], n_timesteps=6)
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import xarray as xr
 
-
 from fme.ace.corrector.atmosphere import GRAVITY
 from fme.ace.data.ace_format_fixture import write_ace_format_dataset
 from fme.ace.evaluate.config import EvaluatorConfig
@@ -93,7 +92,9 @@ def test_evaluation_reports_dry_air_and_water_drift(trained, tmp_path):
     with xr.open_dataset(out / "autoregressive_predictions.nc") as ds:
         predicted = _global_mean_columns(ds.load(), stepper)  # [sample, lead]
     files = [xr.open_dataset(p).load() for p in sorted(data_dir.glob("*.nc"))]
-    data = xr.concat([f.drop_vars([v for v in f if "time" not in f[v].dims]) for f in files], "time")
+    data = xr.concat(
+        [f.drop_vars([v for v in f if "time" not in f[v].dims]) for f in files], "time"
+    )
     initial = _global_mean_columns(data.isel(time=[2, 7]), stepper)  # [sample]
     for quantity in ("dry_air_mass", "total_water_path"):
         drift = (predicted[quantity] - initial[quantity][:, None]).mean(axis=0)

@@ -98,7 +98,8 @@ def test_round_trip_through_xarray(tmp_path):
             assert raw["time"].attrs["units"] == "microseconds"
             hours_us = 3600 * 10**6
             np.testing.assert_array_equal(
-                raw["time"].values, [6 * hours_us, 12 * hours_us, 18 * hours_us, 24 * hours_us]
+                raw["time"].values,
+                [6 * hours_us, 12 * hours_us, 18 * hours_us, 24 * hours_us],
             )
 
 

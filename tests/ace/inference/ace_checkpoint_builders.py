@@ -68,10 +68,7 @@ def write_initial_conditions(
     """The prognostic variables at ``time_indices`` as ``(sample, lat, lon)``."""
     data = data_times(paths).isel(time=time_indices)
     ds = xr.Dataset(
-        {
-            n: (("sample", "lat", "lon"), data[n].values)
-            for n in paths.prognostic
-        },
+        {n: (("sample", "lat", "lon"), data[n].values) for n in paths.prognostic},
         coords={
             "time": ("sample", data["time"].values),
             "lat": data["lat"].values,

@@ -35,7 +35,11 @@ def long_data(tmp_path_factory):
     """404 six-hourly times in four files, and an untrained checkpoint."""
     root = tmp_path_factory.mktemp("reference")
     paths = ace_data(root / "data", n_times=101, n_files=4)
-    return root, paths, ace_checkpoint(paths, root / "ace2_era5_ckpt.tar", weight_scale=0.05)
+    return (
+        root,
+        paths,
+        ace_checkpoint(paths, root / "ace2_era5_ckpt.tar", weight_scale=0.05),
+    )
 
 
 def test_ace_evaluator_config_runs(long_data, tmp_path):
@@ -148,7 +152,10 @@ def test_era5_pretraining_config_zarr_subsets_and_start_times(tmp_path):
         consolidated=False,
         encoding={"PRESsfc": {"chunks": (1460, 2, 4)}},
     )
-    sections = [data["train_loader"]["dataset"]["concat"], [data["validation"]["loader"]["dataset"]]]
+    sections = [
+        data["train_loader"]["dataset"]["concat"],
+        [data["validation"]["loader"]["dataset"]],
+    ]
     sections.append([b["loader"]["dataset"] for b in data["inference"]])
     for section in sections:
         for entry in section:
@@ -159,9 +166,15 @@ def test_era5_pretraining_config_zarr_subsets_and_start_times(tmp_path):
     train = from_dict_strict(DataLoaderConfig, data["train_loader"])
     built = build_data_loader(train, names=["PRESsfc"], n_timesteps=2, shuffle=False)
     per_day = 4
-    days_to_1996 = (np.datetime64("1996-01-01") - np.datetime64("1994-01-01")).astype(int)
-    days_2011_2019 = (np.datetime64("2020-01-01") - np.datetime64("2011-01-01")).astype(int)
-    days_from_2021 = (np.datetime64("2023-01-01") - np.datetime64("2021-01-01")).astype(int)
+    days_to_1996 = (np.datetime64("1996-01-01") - np.datetime64("1994-01-01")).astype(
+        int
+    )
+    days_2011_2019 = (np.datetime64("2020-01-01") - np.datetime64("2011-01-01")).astype(
+        int
+    )
+    days_from_2021 = (np.datetime64("2023-01-01") - np.datetime64("2021-01-01")).astype(
+        int
+    )
     # inclusive stop_time days; the very last time cannot start a 2-time window
     expected = per_day * (days_to_1996 + days_2011_2019 + days_from_2021) - 1
     assert built.n_samples == expected

@@ -49,11 +49,15 @@ def _reference_rollout(checkpoint, paths, starts, n_steps):
     stepper = load_stepper(checkpoint)
     data = data_times(paths)
     ic = {
-        n: torch.tensor(data[n].isel(time=starts).values) for n in stepper.prognostic_names
+        n: torch.tensor(data[n].isel(time=starts).values)
+        for n in stepper.prognostic_names
     }
     forcing = {
         n: torch.stack(
-            [torch.tensor(data[n].isel(time=slice(s, s + n_steps + 1)).values) for s in starts]
+            [
+                torch.tensor(data[n].isel(time=slice(s, s + n_steps + 1)).values)
+                for s in starts
+            ]
         )
         for n in stepper.forcing_names
     }
@@ -99,7 +103,10 @@ def test_inference_writes_ace_files_equal_to_a_hand_rollout(setup, tmp_path):
     with xr.open_dataset(out / "restart.nc") as restart:
         for name in stepper.prognostic_names:
             np.testing.assert_allclose(
-                restart[name].values, expected[name][:, -1].numpy(), rtol=1e-5, atol=1e-5
+                restart[name].values,
+                expected[name][:, -1].numpy(),
+                rtol=1e-5,
+                atol=1e-5,
             )
         np.testing.assert_array_equal(
             restart["time"].values, init + N_STEPS * np.timedelta64(6, "h")

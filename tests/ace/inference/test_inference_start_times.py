@@ -57,21 +57,37 @@ def test_the_three_forms_of_start_indices(tmp_path):
         firsts = window.data["a"][:, 0, 0, 0].tolist()
         assert firsts == [float(i + 1) for i in expected]
     assert isinstance(_loader(tmp_path, forms["times"][0]).start_indices, TimestampList)
-    assert isinstance(_loader(tmp_path, forms["list"][0]).start_indices, ExplicitIndices)
+    assert isinstance(
+        _loader(tmp_path, forms["list"][0]).start_indices, ExplicitIndices
+    )
     assert isinstance(_loader(tmp_path, forms["range"][0]).start_indices, StartIndices)
 
 
 def test_start_times_not_in_the_data_are_refused_before_any_rollout(tmp_path):
     _write(tmp_path, 20)
-    config = _loader(tmp_path, {"times": ["2000-01-01T03:00:00", "1999-12-31T00:00:00"]})
-    with pytest.raises(ValueError, match=r"\['2000-01-01T03:00:00', '1999-12-31T00:00:00'\] are not times of the data"):
+    config = _loader(
+        tmp_path, {"times": ["2000-01-01T03:00:00", "1999-12-31T00:00:00"]}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"\['2000-01-01T03:00:00', '1999-12-31T00:00:00'\] are not times of the data",
+    ):
         InferenceData(
-            config.dataset, start_indices=config.start_indices, names=["a"], n_forward_steps=2
+            config.dataset,
+            start_indices=config.start_indices,
+            names=["a"],
+            n_forward_steps=2,
         )
     late = _loader(tmp_path, {"times": ["2000-01-05T00:00:00"]})  # index 16 of 20
-    with pytest.raises(ValueError, match=r"time indices \[16\] run past the end of .*/\*\.nc \(20 times"):
+    with pytest.raises(
+        ValueError,
+        match=r"time indices \[16\] run past the end of .*/\*\.nc \(20 times",
+    ):
         InferenceData(
-            late.dataset, start_indices=late.start_indices, names=["a"], n_forward_steps=4
+            late.dataset,
+            start_indices=late.start_indices,
+            names=["a"],
+            n_forward_steps=4,
         )
 
 
@@ -81,7 +97,10 @@ def test_rollout_across_a_gap_between_trajectories_is_refused(tmp_path):
     config = _loader(tmp_path, {"first": 6, "n_initial_conditions": 1})
     with pytest.raises(ValueError, match="cross a gap in time"):
         InferenceData(
-            config.dataset, start_indices=config.start_indices, names=["a"], n_forward_steps=5
+            config.dataset,
+            start_indices=config.start_indices,
+            names=["a"],
+            n_forward_steps=5,
         )
 
 

@@ -20,6 +20,14 @@ Cases (``--cases``, comma-separated):
   pre-corrector, regularisation, and both.
 - ``data_parallel``: samples/s with 1 process and with ``torchrun`` 2
   processes, one thread each, same global batch.
+- ``zarr_loader``: samples/s of the training data loader alone (shuffled
+  windows of 2 times, batch 4, 2 workers) on a zarr store of 10 variables on a
+  64x128 grid, chunked one time per chunk; streamed and cached here, and with
+  ``--reference-python`` the released package's loader on the same store
+  (``scripts/reference_zarr_loader_benchmark.py``).
+- ``long_inference``: peak RSS and s/step of ``python -m fme.ace.inference``
+  rollouts of 40 and 4000 steps (``forward_steps_in_memory: 40``, SFNO 16x2 on
+  32x64 ACE-format data, prediction files off, monthly means on).
 
 Usage::
 
@@ -39,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_CASES = ("startup", "speed", "corrector_loss", "data_parallel")
+ALL_CASES = (
+    "startup",
+    "speed",
+    "corrector_loss",
+    "data_parallel",
+    "zarr_loader",
+    "long_inference",
+)
+ZARR_NAMES = [f"var_{i}" for i in range(10)]
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +213,261 @@ def _shallow_water_config(
     return to_dict(config)
 
 
+def _loader_worker(spec_path: Path) -> None:
+    """Iterate this project's loader on the spec's store; print one JSON line."""
+    import torch
+
+    from fme.ace.data.loader import DataLoaderConfig, build_data_loader
+    from fme.core.config_loading import from_dict_strict
+
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(1)
+    config = from_dict_strict(DataLoaderConfig, spec["loader"])
+    data = build_data_loader(
+        config, names=spec["names"], n_timesteps=spec["n_timesteps"], shuffle=True
+    )
+    start, n_samples = 0.0, 0
+    for i, batch in enumerate(data.loader):
+        total = sum(float(v.sum()) for v in batch.data.values())
+        assert total == total
+        if i == spec["warmup"]:
+            start = time.perf_counter()
+        elif i > spec["warmup"]:
+            n_samples += batch.batch_size
+        if i >= spec["warmup"] + spec["batches"]:
+            break
+    elapsed = time.perf_counter() - start
+    print("BENCHMARK_RESULT " + json.dumps({"samples_per_s": n_samples / elapsed}))
+
+
+def _inference_worker(spec_path: Path) -> None:
+    """Run forecast-only inference; print its time and this process's peak RSS."""
+    import torch
+
+    from fme.ace.inference.config import InferenceConfig
+    from fme.ace.inference.main import run_inference
+    from fme.core.config_loading import from_dict_strict
+
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(1)
+    config = from_dict_strict(InferenceConfig, spec["config"])
+    start = time.perf_counter()
+    run_inference(config)
+    elapsed = time.perf_counter() - start
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        "BENCHMARK_RESULT "
+        + json.dumps(
+            {
+                "s_per_step": elapsed / config.n_forward_steps,
+                "peak_rss_mb": rss_mb,
+                "seconds": elapsed,
+            }
+        )
+    )
+
+
+def _subprocess_json(
+    command: list[str], name: str, *, reference: bool = False
+) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    if reference:  # the released package must not see this repository
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir() if reference else None,
+    )
+    lines = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("BENCHMARK_RESULT ") or line.startswith("{")
+    ]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"case {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1].removeprefix("BENCHMARK_RESULT "))
+
+
+def _write_zarr_store(directory: Path, n_times: int = 600) -> Path:
+    import numpy as np
+    import xarray as xr
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lat = np.linspace(-89.0, 89.0, 64)
+    lon = np.arange(128) * 360.0 / 128
+    times = np.datetime64("2000-01-01", "ns") + np.arange(n_times) * np.timedelta64(
+        6, "h"
+    )
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {
+            name: (
+                ("time", "lat", "lon"),
+                rng.standard_normal((n_times, 64, 128), dtype=np.float32),
+            )
+            for name in ZARR_NAMES
+        },
+        coords={"time": times, "lat": lat, "lon": lon},
+    )
+    path = directory / "store.zarr"
+    ds.to_zarr(
+        path,
+        zarr_format=3,
+        consolidated=False,
+        encoding={name: {"chunks": (1, 64, 128)} for name in ZARR_NAMES},
+    )
+    return path
+
+
+def _zarr_loader_case(
+    work: Path, repeats: int, reference_python: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    store = _write_zarr_store(work / "zarr")
+    results: dict[str, Any] = {}
+    rows = []
+    for cache in (False, True):
+        label = "cached" if cache else "streamed"
+        spec = {
+            "loader": {
+                "dataset": {
+                    "data_path": str(store.parent),
+                    "file_pattern": store.name,
+                    "engine": "zarr",
+                    "cache_in_memory": cache,
+                },
+                "batch_size": 4,
+                "num_data_workers": 2,
+                "prefetch_factor": 2,
+            },
+            "names": ZARR_NAMES,
+            "n_timesteps": 2,
+            "warmup": 5,
+            "batches": 60,
+        }
+        spec_path = work / f"zarr_loader_{label}.json"
+        spec_path.write_text(json.dumps(spec))
+        runs = [
+            _subprocess_json(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--loader-worker",
+                    str(spec_path),
+                ],
+                f"zarr_loader_{label}",
+            )
+            for _ in range(repeats)
+        ]
+        best = max(r["samples_per_s"] for r in runs)
+        results[label] = best
+        rows.append(f"| zarr loader alone, 2 workers, {label} | | {best:.1f} | |")
+    if reference_python:
+        command = [
+            reference_python,
+            str(REPO / "scripts" / "reference_zarr_loader_benchmark.py"),
+            "--data-path",
+            str(store.parent),
+            "--file-pattern",
+            store.name,
+            "--names",
+            ",".join(ZARR_NAMES),
+            "--workers",
+            "2",
+        ]
+        runs = [
+            _subprocess_json(command, "zarr_loader_reference", reference=True)
+            for _ in range(repeats)
+        ]
+        best = max(r["samples_per_s"] for r in runs)
+        results["reference"] = best
+        rows.append(f"| same, released fme==2026.10.0 loader | | {best:.1f} | |")
+        rows.append(
+            f"| zarr loader streamed vs released: {results['streamed'] / best:.2f}x | | | |"
+        )
+    return results, rows
+
+
+def _long_inference_case(work: Path) -> tuple[dict[str, Any], list[str]]:
+    import torch
+
+    from fme.ace.data.ace_format_fixture import write_ace_format_dataset
+    from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
+    from fme.ace.inference.initial_condition import write_state_file
+    from fme.ace.train.config import TrainConfig
+    from fme.core.checkpoint import save_checkpoint
+    from fme.core.config_loading import from_dict_strict
+
+    data = write_ace_format_dataset(
+        work / "ace_long", n_lat=32, n_lon=64, n_levels=2, n_times=4100, seed=0
+    )
+    train = from_dict_strict(
+        TrainConfig, _ace_format_config(data, work / "long_train", 4)
+    )
+    dataset = XarrayDataset(
+        XarrayDataConfig(data_path=str(data.data_dir), cache_in_memory=False),
+        names=data.prognostic,
+        n_timesteps=1,
+    )
+    torch.manual_seed(0)
+    stepper = train.stepper.build(dataset_info=dataset.dataset_info)
+    with torch.no_grad():  # small steps: a 4000-step rollout stays finite
+        for parameter in stepper.module.parameters():
+            parameter.mul_(0.05)
+    checkpoint = work / "long_ckpt.tar"
+    save_checkpoint({"trainable": {"stepper": stepper.get_state()}}, checkpoint)
+    state, times = dataset.read_times(0, 1)
+    info = dataset.dataset_info
+    ic = work / "long_ic.nc"
+    write_state_file(
+        ic,
+        state={n: v for n, v in state.items()},
+        times=times,
+        lat=info.lat,
+        lon=info.lon,
+        variable_metadata=info.variable_metadata,
+        kind="initial condition",
+    )
+    results: dict[str, Any] = {}
+    rows = []
+    for n_steps in (40, 4000):
+        config = {
+            "experiment_dir": str(work / f"long_{n_steps}"),
+            "n_forward_steps": n_steps,
+            "forward_steps_in_memory": 40,
+            "checkpoint_path": str(checkpoint),
+            "logging": {"log_to_screen": False},
+            "initial_condition": {"path": str(ic)},
+            "forcing_loader": {"dataset": {"data_path": str(data.data_dir)}},
+            "data_writer": {"save_prediction_files": False, "save_monthly_files": True},
+        }
+        spec_path = work / f"long_{n_steps}.json"
+        spec_path.write_text(json.dumps({"config": config}))
+        result = _subprocess_json(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--inference-worker",
+                str(spec_path),
+            ],
+            f"long_inference_{n_steps}",
+        )
+        results[str(n_steps)] = result
+        rows.append(
+            f"| inference {n_steps} steps, 32x64 SFNO 16x2, 40 steps in memory | "
+            f"{result['s_per_step']:.4f} | | {result['peak_rss_mb']:.0f} |"
+        )
+    ratio = results["4000"]["peak_rss_mb"] / results["40"]["peak_rss_mb"]
+    rows.append(f"| peak RSS 4000 steps / 40 steps: {ratio:.3f} | | | |")
+    results["rss_ratio"] = ratio
+    return results, rows
+
+
 # ---------------------------------------------------------------------------
 # Driver.
 # ---------------------------------------------------------------------------
@@ -310,6 +581,8 @@ def _row(name: str, r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--loader-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--inference-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(ALL_CASES))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
@@ -321,6 +594,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker is not None:
         _worker(args.worker)
+        return
+    if args.loader_worker is not None:
+        _loader_worker(args.loader_worker)
+        return
+    if args.inference_worker is not None:
+        _inference_worker(args.inference_worker)
         return
     cases = args.cases.split(",")
     unknown = [c for c in cases if c not in ALL_CASES]
@@ -438,6 +717,14 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| data-parallel speed-up {two['samples_per_s'] / one['samples_per_s']:.2f}x | | | |"
         )
+    if "zarr_loader" in cases:
+        results["zarr_loader"], rows = _zarr_loader_case(
+            work, args.repeats, args.reference_python
+        )
+        lines.extend(rows)
+    if "long_inference" in cases:
+        results["long_inference"], rows = _long_inference_case(work)
+        lines.extend(rows)
     table = "\n".join(lines)
     print(table)
     (args.out / "benchmark.md").write_text(table + "\n")

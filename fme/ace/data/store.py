@@ -14,6 +14,7 @@ workers). A zarr store is read chunk by chunk: a window touches only the
 chunks holding its times.
 """
 
+import asyncio
 import dataclasses
 import datetime
 import os
@@ -28,6 +29,7 @@ import xarray as xr
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
 
 ENGINES = ("netcdf4", "zarr")
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 
 @dataclasses.dataclass
@@ -97,6 +99,7 @@ class TimeSeriesStore:
         self._handles: dict[int, Any] = {}
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._handles_pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
         paths = self.paths(data_path, file_pattern)
         files, raw_times = [], []
         steps: set[datetime.timedelta] = set()
@@ -252,34 +255,70 @@ class TimeSeriesStore:
         """The file holding time ``time_index`` of the axis."""
         return self._files[int(self._file_of[time_index])].path
 
-    def _handle(self, file_index: int) -> Any:
-        """An open handle of a file, opened lazily in this process."""
-        if self._handles_pid != os.getpid():  # a forked worker: own handles
-            self._handles, self._handles_pid = {}, os.getpid()
+    def _handle(self, file_index: int) -> netCDF4.Dataset:
+        """An open netCDF handle of a file, opened lazily in this process."""
+        self._check_pid()
         if file_index not in self._handles:
-            path = self._files[file_index].path
-            if self.engine == "zarr":
-                import zarr
-
-                handle: Any = zarr.open_group(str(path), mode="r")
-            else:
-                handle = netCDF4.Dataset(path, "r")
-                handle.set_auto_mask(False)
+            handle = netCDF4.Dataset(self._files[file_index].path, "r")
+            handle.set_auto_mask(False)
             self._handles[file_index] = handle
         return self._handles[file_index]
+
+    def _zarr_arrays(self, file_index: int) -> dict[str, Any]:
+        """The requested arrays of a zarr store, opened once per process (async API)."""
+        self._check_pid()
+        if file_index not in self._handles:
+            from zarr.api import asynchronous
+
+            async def open_arrays() -> dict[str, Any]:
+                group = await asynchronous.open_group(
+                    store=str(self._files[file_index].path), mode="r"
+                )
+                arrays = await asyncio.gather(
+                    *(group.getitem(name) for name in self._time_names)
+                )
+                return dict(zip(self._time_names, arrays, strict=True))
+
+            import zarr
+
+            # zarrs (Rust) decodes the chunks; the arrays keep the pipeline
+            with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+                self._handles[file_index] = self._event_loop().run_until_complete(
+                    open_arrays()
+                )
+        return self._handles[file_index]
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _check_pid(self) -> None:
+        if self._handles_pid != os.getpid():  # a forked worker: own handles
+            self._handles, self._handles_pid, self._loop = {}, os.getpid(), None
 
     def _read_file(self, file_index: int, start: int, stop: int) -> dict:
         if file_index in self._cache:
             return {n: v[start:stop] for n, v in self._cache[file_index].items()}
+        if self.engine == "zarr":
+            # every variable's chunks are fetched and decoded concurrently
+            arrays = self._zarr_arrays(file_index)
+
+            async def read_all() -> list[Any]:
+                return await asyncio.gather(
+                    *(a.getitem((slice(start, stop),)) for a in arrays.values())
+                )
+
+            values = self._event_loop().run_until_complete(read_all())
+            return {
+                n: np.asarray(v, dtype=np.float32)
+                for n, v in zip(arrays, values, strict=True)
+            }
         handle = self._handle(file_index)
-        out = {}
-        for name in self._time_names:
-            if self.engine == "zarr":
-                array = handle[name]
-            else:
-                array = handle.variables[name]
-            out[name] = np.asarray(array[start:stop], dtype=np.float32)
-        return out
+        return {
+            name: np.asarray(handle.variables[name][start:stop], dtype=np.float32)
+            for name in self._time_names
+        }
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Time-dependent variables at axis times ``start:stop`` (``[n, lat, lon]``).
@@ -324,6 +363,7 @@ class TimeSeriesStore:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_handles"] = {}  # handles are per process, never pickled
+        state["_loop"] = None
         return state
 
 

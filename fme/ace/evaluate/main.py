@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluation import plots
+from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.headline import headline_table
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.evaluation.rollout_evaluation import RolloutEvaluation
@@ -96,11 +97,21 @@ def _make_plots(
     info = stepper.dataset_info
     hours = info.timestep.total_seconds() / 3600
     curves = aggregator.get_curves()
-    paths = [plots.plot_rmse_vs_lead(curves, hours, plot_dir / "rmse_vs_lead.png")]
+    units = {
+        name: meta["units"]
+        for name, meta in info.variable_metadata.items()
+        if "units" in meta
+    }
+    units.update(conserved_quantities(stepper).units)
+    paths = [
+        plots.plot_rmse_vs_lead(
+            curves, hours, plot_dir / "rmse_vs_lead.png", units=units
+        )
+    ]
     if aggregator.conserved_names:
         paths.append(
             plots.plot_global_mean_drift(
-                curves, hours, plot_dir / "global_mean_drift.png"
+                curves, hours, plot_dir / "global_mean_drift.png", units=units
             )
         )
     metrics_path = _training_metrics_path(config)
@@ -109,6 +120,9 @@ def _make_plots(
     name = stepper.out_names[0]
     prediction = last_chunk.prediction[name][0, -1].cpu().numpy()
     target = last_chunk.data[name][0, -1].cpu().numpy()
+    metadata = info.variable_metadata.get(name, {})
+    lead = last_chunk.lead_start + last_chunk.n_leads - 1
+    valid = str(last_chunk.time[0, -1].astype("datetime64[m]")).replace("T", " ")
     paths.append(
         plots.plot_field_map(
             prediction,
@@ -117,6 +131,9 @@ def _make_plots(
             info.lon.numpy(),
             name,
             plot_dir / f"map_{name}.png",
+            units=metadata.get("units"),
+            long_name=metadata.get("long_name"),
+            when=f"lead {lead * hours:g} h, valid {valid}",
         )
     )
     return paths

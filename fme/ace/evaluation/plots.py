@@ -94,13 +94,51 @@ def _plot_series(ax: "Axes", records: list[dict], keys: list[str]) -> None:
         ax.legend(fontsize="small")
 
 
-def plot_training_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
-    """Loss terms and loss weights over optimizer steps from ``metrics.jsonl``.
+def curve_families(keys: list[str]) -> dict[str, list[str]]:
+    """Training-curve keys grouped into panels, by family.
 
-    Every key containing ``loss`` (other than ``loss_weight/...``) is a loss
-    curve in ``training_curves.png``; ``loss_weight/<term>`` keys go to
-    ``loss_weights.png``, written only when such keys exist. Records without
-    ``optimizer_step`` are skipped.
+    ``loss`` (totals), ``per-variable loss`` (``.../loss/<var>``), ``loss per
+    rollout step`` (``..._step_<i>``), ``corrector`` (regularisation and
+    correction RMS) and ``learning rate``; ``loss_weight/...`` keys are left
+    to their own figure. Families without keys are omitted.
+    """
+    families: dict[str, list[str]] = {
+        "loss": [],
+        "per-variable loss": [],
+        "loss per rollout step": [],
+        "corrector": [],
+        "learning rate": [],
+    }
+    for key in keys:
+        if key.startswith(LOSS_WEIGHT_PREFIX) or key == _STEP_KEY:
+            continue
+        leaf = key.rsplit("/", 1)[-1]
+        if key == "lr" or key.endswith("/lr"):
+            families["learning rate"].append(key)
+        elif "corrector" in key or "correction" in key:
+            families["corrector"].append(key)
+        elif "_step_" in leaf:
+            families["loss per rollout step"].append(key)
+        elif "loss/" in key:
+            families["per-variable loss"].append(key)
+        elif "loss" in key:
+            families["loss"].append(key)
+    return {name: found for name, found in families.items() if found}
+
+
+def _varies(records: list[dict], key: str) -> bool:
+    """Whether a series has at least one value and is not a constant."""
+    _, values = _series(records, key)
+    return len(values) == 1 or (len(values) > 1 and max(values) > min(values))
+
+
+def plot_training_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
+    """Training curves over optimizer steps from ``metrics.jsonl``, one panel per family.
+
+    ``training_curves.png`` has a panel per family of :func:`curve_families`
+    (constant series are left out: a flat line says nothing);
+    ``loss_weight/<term>`` keys go to ``loss_weights.png``, written only when
+    such keys exist. Records without ``optimizer_step`` are skipped.
 
     Args:
         metrics_jsonl: one JSON object per line.
@@ -112,13 +150,20 @@ def plot_training_curves(metrics_jsonl: Path, out_dir: Path) -> list[Path]:
     records = _read_jsonl(Path(metrics_jsonl))
     keys = list(dict.fromkeys(k for record in records for k in record))
     weight_keys = [k for k in keys if k.startswith(LOSS_WEIGHT_PREFIX)]
-    loss_keys = [k for k in keys if "loss" in k and k not in weight_keys]
+    families = {
+        name: [k for k in found if _varies(records, k)]
+        for name, found in curve_families(keys).items()
+    }
+    families = {name: found for name, found in families.items() if found}
+    if not families:
+        families = {"loss": []}
     out_dir = Path(out_dir)
     paths = []
-    fig, (ax,) = _new_figure(1, panel_size=(8.0, 5.0))
-    _plot_series(ax, records, loss_keys)
-    ax.set_ylabel("loss")
-    ax.set_title("training curves")
+    fig, axes = _new_figure(len(families), panel_size=(5.0, 3.5))
+    for ax, (family, family_keys) in zip(axes, families.items(), strict=True):
+        _plot_series(ax, records, family_keys)
+        ax.set_title(family)
+        ax.set_ylabel("learning rate" if family == "learning rate" else family)
     paths.append(_save(fig, out_dir / TRAINING_CURVES_FILENAME))
     if weight_keys:
         fig, (ax,) = _new_figure(1, panel_size=(8.0, 5.0))
@@ -149,6 +194,7 @@ def _plot_per_variable(
     timestep_hours: float,
     out_path: Path,
     zero_line: bool,
+    units: dict[str, str] | None = None,
 ) -> Path:
     names = _curve_names(curves, metric)
     if not names:
@@ -165,14 +211,19 @@ def _plot_per_variable(
             ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_title(name)
         ax.set_xlabel("lead time [h]")
-        ax.set_ylabel(ylabel)
+        unit = (units or {}).get(name)
+        ax.set_ylabel(f"{ylabel} [{unit}]" if unit else ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     return _save(fig, out_path)
 
 
 def plot_rmse_vs_lead(
-    curves: dict[str, list[float]], timestep_hours: float, out_path: Path
+    curves: dict[str, list[float]],
+    timestep_hours: float,
+    out_path: Path,
+    *,
+    units: dict[str, str] | None = None,
 ) -> Path:
     """RMSE against lead time, one panel per variable.
 
@@ -182,6 +233,7 @@ def plot_rmse_vs_lead(
             Entry ``i`` is lead ``i + 1``.
         timestep_hours: hours per lead step.
         out_path: the PNG to write.
+        units: ``{var: units}`` for the axis labels.
     """
     return _plot_per_variable(
         curves=curves,
@@ -192,11 +244,16 @@ def plot_rmse_vs_lead(
         timestep_hours=timestep_hours,
         out_path=out_path,
         zero_line=False,
+        units=units,
     )
 
 
 def plot_global_mean_drift(
-    curves: dict[str, list[float]], timestep_hours: float, out_path: Path
+    curves: dict[str, list[float]],
+    timestep_hours: float,
+    out_path: Path,
+    *,
+    units: dict[str, str] | None = None,
 ) -> Path:
     """Drift of the global mean from the initial condition against lead time.
 
@@ -206,6 +263,7 @@ def plot_global_mean_drift(
             ``target_global_mean_drift/<var>``. Entry ``i`` is lead ``i + 1``.
         timestep_hours: hours per lead step.
         out_path: the PNG to write.
+        units: ``{var: units}`` for the axis labels.
     """
     return _plot_per_variable(
         curves=curves,
@@ -216,6 +274,7 @@ def plot_global_mean_drift(
         timestep_hours=timestep_hours,
         out_path=out_path,
         zero_line=True,
+        units=units,
     )
 
 
@@ -226,11 +285,15 @@ def plot_field_map(
     lon: np.ndarray,
     name: str,
     out_path: Path,
+    *,
+    units: str | None = None,
+    long_name: str | None = None,
+    when: str | None = None,
 ) -> Path:
     """Predicted and target field side by side, plus their difference.
 
     Prediction and target share one colour scale; the difference uses a
-    symmetric diverging scale.
+    symmetric diverging scale. Colour bars are labelled with the units.
 
     Args:
         prediction: ``[lat, lon]`` field.
@@ -239,6 +302,10 @@ def plot_field_map(
         lon: ``[lon]`` longitudes in degrees.
         name: variable name for the titles.
         out_path: the PNG to write.
+        units: the variable's units (from the data's attributes).
+        long_name: a longer description for the figure title.
+        when: lead time and valid date for the figure title, e.g.
+            ``"lead 5 d, valid 2000-01-06 00:00"``.
     """
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -253,19 +320,22 @@ def plot_field_map(
     difference = prediction - target
     limit = float(np.nanmax(np.abs(difference))) or 1.0
     fig, axes = _new_figure(3, panel_size=(5.0, 3.0))
+    label = f"{name} [{units}]" if units else name
     panels = (
-        (prediction, "prediction", "viridis", vmin, vmax),
-        (target, "target", "viridis", vmin, vmax),
-        (difference, "prediction - target", "RdBu_r", -limit, limit),
+        (prediction, "prediction", "viridis", vmin, vmax, label),
+        (target, "target", "viridis", vmin, vmax, label),
+        (difference, "prediction - target", "RdBu_r", -limit, limit, f"Δ {label}"),
     )
-    for ax, (field, title, cmap, low, high) in zip(axes, panels, strict=True):
+    for ax, (field, title, cmap, low, high, bar) in zip(axes, panels, strict=True):
         mesh = ax.pcolormesh(
             np.asarray(lon), np.asarray(lat), field, cmap=cmap, vmin=low, vmax=high
         )
-        fig.colorbar(mesh, ax=ax, shrink=0.8)
+        fig.colorbar(mesh, ax=ax, shrink=0.8, label=bar)
         ax.set_title(f"{name}: {title}")
         ax.set_xlabel("longitude [°]")
         ax.set_ylabel("latitude [°]")
+    heading = long_name or name
+    fig.suptitle(f"{heading}, {when}" if when else heading)
     return _save(fig, out_path)
 
 

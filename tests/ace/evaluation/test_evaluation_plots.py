@@ -122,3 +122,44 @@ def test_field_map(tmp_path):
     assert_png(path)
     with pytest.raises(ValueError, match="lat, lon"):
         plot_field_map(prediction.T, target, lat, lon, "a", tmp_path / "bad.png")
+
+
+def test_training_curves_are_grouped_by_family():
+    from fme.ace.evaluation.plots import curve_families
+
+    keys = [
+        "optimizer_step",
+        "train/mean/loss",
+        "val/mean/main_loss",
+        "train/mean/loss/PRESsfc",
+        "loss_step_0",
+        "corrector_regularization",
+        "correction_rms/PRESsfc",
+        "lr",
+        "loss_weight/main",
+    ]
+    assert curve_families(keys) == {
+        "loss": ["train/mean/loss", "val/mean/main_loss"],
+        "per-variable loss": ["train/mean/loss/PRESsfc"],
+        "loss per rollout step": ["loss_step_0"],
+        "corrector": ["corrector_regularization", "correction_rms/PRESsfc"],
+        "learning rate": ["lr"],
+    }
+
+
+def test_field_map_with_units_and_time(tmp_path):
+    lat = np.linspace(-80, 80, 8)
+    lon = np.arange(16) * 22.5
+    field = np.cos(np.deg2rad(lat))[:, None] * np.ones(16)
+    path = plot_field_map(
+        field,
+        field + 1.0,
+        lat,
+        lon,
+        "PRESsfc",
+        tmp_path / "map.png",
+        units="Pa",
+        long_name="surface pressure",
+        when="lead 24 h, valid 2000-01-02 00:00",
+    )
+    assert_png(path)

@@ -28,6 +28,9 @@ class LoggingConfig:
         project: wandb project.
         entity: wandb entity (team or user); None uses the default.
         level: Python logging level name.
+        progress_log_interval: when stdout is not a terminal, print a progress
+            line (step, loss, samples/s, ETA) every this many batches; on a
+            terminal a progress bar shows the same.
         batch_log_interval: log ``batch_``-prefixed metrics every this many
             optimiser steps.
     """
@@ -39,12 +42,18 @@ class LoggingConfig:
     entity: str | None = None
     level: str = "INFO"
     batch_log_interval: int = 10
+    progress_log_interval: int = 50
 
     def __post_init__(self):
         if self.level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(
                 f"logging.level {self.level!r} is unknown; allowed: "
                 "DEBUG, INFO, WARNING, ERROR"
+            )
+        if self.progress_log_interval < 1:
+            raise ValueError(
+                "logging.progress_log_interval must be >= 1, got "
+                f"{self.progress_log_interval}"
             )
         if self.batch_log_interval < 1:
             raise ValueError(

@@ -17,6 +17,7 @@ from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.optimization import Optimization
+from fme.core.progress import Progress
 from fme.core.rng_state import get_rng_state, set_rng_state
 
 LATEST_CHECKPOINT = "ckpt.tar"
@@ -220,7 +221,14 @@ class Trainer:
         self._resume_sampler_state = None
         start = time.perf_counter()
         n_samples = 0
-        progress = self._progress_bar()
+        progress = Progress(
+            epoch=self.epoch + 1,
+            n_epochs=self.max_epochs,
+            n_batches=self.train_data.n_batches,
+            done=self._batches_done,
+            interval=self.logger.config.progress_log_interval,
+            enabled=self.dist.is_root and self.logger.config.log_to_screen,
+        )
         for batch in self.train_data.loader:
             batch_index = self._batches_done
             out = self.trainable.train_on_batch(
@@ -233,8 +241,12 @@ class Trainer:
             n_samples += n
             self._epoch_metrics.record_all(out.metrics, count=n)
             step = self.optimization.optimizer_steps
-            if progress is not None:
-                progress.update(1)
+            loss = out.metrics.get("loss")
+            progress.update(
+                step=step,
+                loss=None if loss is None else float(loss),
+                n_samples=n,
+            )
             if not out.skipped and step % self.batch_log_interval == 0:
                 elapsed = time.perf_counter() - start
                 # loss weights are state of the clock, logged under their own name
@@ -251,11 +263,9 @@ class Trainer:
             ):
                 self._save(best=False)
             if self.max_steps is not None and step >= self.max_steps:
-                if progress is not None:
-                    progress.close()
+                progress.close()
                 return self._batches_done >= self.train_data.n_batches
-        if progress is not None:
-            progress.close()
+        progress.close()
         return True
 
     @property
@@ -264,22 +274,6 @@ class Trainer:
             "epoch": self.epoch,
             "batches_done": 0,
         }
-
-    def _progress_bar(self) -> Any:
-        import sys
-
-        if not self.dist.is_root or not sys.stdout.isatty():
-            return None
-        from tqdm import tqdm
-
-        done = self._batches_done
-        of_total = f"/{self.max_epochs}" if self.max_epochs is not None else ""
-        return tqdm(
-            total=self.train_data.n_batches,
-            initial=done,
-            desc=f"epoch {self.epoch + 1}{of_total}",
-            leave=False,
-        )
 
     def _validate(self) -> dict[str, float]:
         if self.validation_data is None:

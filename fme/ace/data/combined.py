@@ -259,8 +259,18 @@ def _split_names(config: MergeDatasetConfig, names: list[str]) -> list[list[str]
     """Each requested name goes to the first merged dataset holding it."""
     remaining = list(names)
     per_dataset = []
+    seen: set[str] = set()
     for sub in config.merge:
         available = _available_names(sub)
+        again = sorted(set(names) & available & seen)
+        if again:
+            logging.warning(
+                "merge: %s also holds %s; they are read from the first dataset "
+                "holding them (as in ACE)",
+                sub.description,
+                again,
+            )
+        seen |= available
         mine = [n for n in remaining if n in available]
         per_dataset.append(mine)
         remaining = [n for n in remaining if n not in available]

@@ -5,6 +5,7 @@ import dataclasses
 from fme.ace.data.time_subset import Slice
 from fme.ace.evaluation.aggregator_config import InferenceEvaluatorAggregatorConfig
 from fme.ace.evaluation.rollout_evaluation import RolloutEvaluation
+from fme.ace.evaluation.time_mean import read_reference_maps
 from fme.ace.inference.data import InferenceData, InferenceDataLoaderConfig
 from fme.ace.stepper.stepper import Stepper
 from fme.core.distributed import DistributedContext
@@ -106,6 +107,12 @@ class _Block:
             rank=dist.rank,
             world_size=dist.world_size,
         )
+        reference = config.aggregator.reference_path
+        if reference is not None:  # a bad reference file fails before training
+            info = stepper.dataset_info
+            read_reference_maps(
+                reference, names=stepper.out_names, img_shape=info.img_shape
+            )
 
     def __call__(self, epoch: int) -> dict[str, float]:
         if not self.config.runs_after(epoch):

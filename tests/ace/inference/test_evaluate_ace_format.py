@@ -1,4 +1,4 @@
-"""Evaluation of an ACE-format checkpoint with the dry-air corrector.
+"""Evaluation of an ACE-format checkpoint with the dry-air corrector (``configs/ace_atmosphere.yaml``).
 
 It used to write its netCDF and then crash on the drift plot, because a
 dry-air corrector conserves no variable's global mean; the drift it should
@@ -11,43 +11,21 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from ace_checkpoint_builders import ace_checkpoint, ace_data
 
 from fme.ace.corrector.atmosphere import GRAVITY
-from fme.ace.data.ace_format_fixture import write_ace_format_dataset
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluate.main import load_stepper, run_evaluation
-from fme.ace.train.config import load_train_config
-from fme.ace.train.main import run_training
 from fme.core.config_loading import from_dict_strict
 
 N_LEVELS = 2
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
+def checkpoint_and_data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ace_eval")
-    paths = write_ace_format_dataset(
-        root / "ace", n_lat=8, n_lon=16, n_levels=N_LEVELS, n_times=40
-    )
-    step = "stepper.step.config"
-    overrides = [
-        f"experiment_dir={root / 'run'}",
-        f"train_loader.dataset.data_path={paths.data_dir}",
-        "train_loader.dataset.subset={stop: 24}",
-        f"validation.loader.dataset.data_path={paths.data_dir}",
-        "validation.loader.dataset.subset={start: 24}",
-        f"{step}.normalization.network.global_means_path={paths.means_path}",
-        f"{step}.normalization.network.global_stds_path={paths.stds_path}",
-        f"{step}.normalization.residual.global_means_path={paths.means_path}",
-        f"{step}.normalization.residual.global_stds_path={paths.residual_stds_path}",
-        f"{step}.builder.config.embed_dim=8",
-        "logging.log_to_screen=false",
-        "max_epochs=1",
-    ]
-    config = load_train_config(REPO / "configs" / "ace_atmosphere.yaml", overrides)
-    run_training(config)
-    return root / "run" / "training_checkpoints" / "ckpt.tar", paths.data_dir
+    paths = ace_data(root / "ace", n_times=40)
+    return ace_checkpoint(paths, root / "ckpt.tar", weight_scale=0.5), paths.data_dir
 
 
 def _global_mean_columns(ds, stepper) -> dict[str, np.ndarray]:
@@ -69,8 +47,8 @@ def _global_mean_columns(ds, stepper) -> dict[str, np.ndarray]:
     }
 
 
-def test_evaluation_reports_dry_air_and_water_drift(trained, tmp_path):
-    checkpoint, data_dir = trained
+def test_evaluation_reports_dry_air_and_water_drift(checkpoint_and_data, tmp_path):
+    checkpoint, data_dir = checkpoint_and_data
     out = tmp_path / "eval"
     config = from_dict_strict(
         EvaluatorConfig,

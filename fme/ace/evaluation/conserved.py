@@ -72,7 +72,7 @@ class _ColumnWater:
 
 def conserved_quantities(stepper: Stepper) -> ConservedQuantities:
     """The quantities the stepper's corrector conserves (empty without one)."""
-    corrector = stepper.step.corrector
+    corrector = stepper.corrector
     names = list(getattr(corrector, "conserved_names", []))
     operations = getattr(corrector, "operations", [])
     derived: dict[str, DerivedQuantity] = {}

@@ -102,7 +102,7 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
     if config.seed is not None:
         torch.manual_seed(config.seed)
     stepper = load_stepper(config.checkpoint_path).to(dist.device)
-    stepper.step.module.eval()
+    stepper.module.eval()
     info = stepper.dataset_info
     initial = read_initial_condition(
         config.initial_condition,

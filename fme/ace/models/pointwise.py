@@ -24,6 +24,8 @@ class PointwiseLinear(nn.Module):
         init_gain: weights start as N(0, init_gain / in_channels), so an input of
             unit variance gives an output of variance ``init_gain``. The bias
             starts at zero.
+        conv_shape: store ``weight`` as ``[out, in, 1, 1]``, the shape of a 1x1
+            ``nn.Conv2d`` (ACE's layers), instead of ``[out, in]``.
     """
 
     def __init__(
@@ -33,12 +35,14 @@ class PointwiseLinear(nn.Module):
         *,
         bias: bool = True,
         init_gain: float = 1.0,
+        conv_shape: bool = False,
     ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         std = math.sqrt(init_gain / in_channels)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels) * std)
+        shape = (out_channels, in_channels) + ((1, 1) if conv_shape else ())
+        self.weight = nn.Parameter(torch.randn(shape) * std)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def extra_repr(self) -> str:
@@ -51,7 +55,8 @@ class PointwiseLinear(nn.Module):
         """Map ``[batch, in_channels, lat, lon]`` to ``[batch, out_channels, ...]``."""
         batch, _, n_lat, n_lon = x.shape
         flat = x.reshape(batch, self.in_channels, n_lat * n_lon)
-        weight = self.weight.expand(batch, -1, -1)
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        weight = weight.expand(batch, -1, -1)
         if self.bias is None:
             out = torch.bmm(weight, flat)
         else:

@@ -1,0 +1,309 @@
+"""Produce the released-ACE reference files the ACE-compatibility tests compare with.
+
+Run it with a separate virtualenv that has the released ``fme==2026.10.0``
+installed (see ``scripts/reference_ace_benchmark.py`` for how to make one),
+from *outside* this checkout, so that ``import fme`` finds the released
+package::
+
+    cd /tmp && REF_VENV/bin/python REPO/scripts/make_ace_reference.py \\
+        --out REPO/tests/ace/ace_compat/data [--only networks|checkpoint]
+
+It writes, all small (kilobytes):
+
+- ``sfno_<variant>.pt``: for each SFNO variant family, the released
+  ``SphericalFourierNeuralOperatorNet`` built from the builder config on a tiny
+  grid, with every parameter set to random values, plus a random input and the
+  released network's output for it: ``{"builder": {...}, "img_shape",
+  "n_in", "n_out", "state_dict", "input", "output"}``.
+- ``ace_run/``: a training run of the released trainer (``fme.ace.train``)
+  for two optimiser steps on the ACE-format fixture data of this repository
+  (``fme.ace.data.ace_format_fixture.write_ace_format_dataset`` with the
+  parameters in ``ace_run/fixture.json``), SFNO (dhconv) with the dry-air
+  corrector and EMA: ``ckpt.tar`` (with optimiser and EMA state),
+  ``best_ckpt.tar`` (EMA weights, ``validate_using_ema: true``), the train
+  YAML, the released evaluator's YAML and what it predicted:
+  ``evaluator_predictions.pt`` ``{"prediction": {name: [sample, time, lat,
+  lon]}, "target": {...}}``, read from its ``autoregressive_predictions.nc``
+  and ``autoregressive_target.nc``; and ``first_batch_loss.pt``: the released
+  train stepper's loss on the first training window, with the window's
+  start time, for the fine-tuning test.
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REFERENCE_VERSION = "2026.10.0"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PATH = REPO_ROOT / "fme" / "ace" / "data" / "ace_format_fixture.py"
+
+# Tiny grids and channel counts: every file stays at a few kilobytes.
+NETWORK_VARIANTS: dict[str, dict[str, Any]] = {
+    "diagonal": {"operator_type": "diagonal"},
+    "dhconv": {"operator_type": "dhconv"},
+    "scale_factor_2": {"operator_type": "dhconv", "scale_factor": 2},
+    "spectral_layers_2": {"operator_type": "diagonal", "spectral_layers": 2},
+    "no_pos_embed": {"operator_type": "dhconv", "pos_embed": False},
+    "no_big_skip": {"operator_type": "dhconv", "big_skip": False},
+    "equiangular": {"operator_type": "diagonal", "data_grid": "equiangular"},
+    "equiangular_scale_factor_2": {
+        "operator_type": "dhconv",
+        "data_grid": "equiangular",
+        "scale_factor": 2,
+    },
+    "legendre_gauss": {"operator_type": "dhconv", "data_grid": "legendre-gauss"},
+    "layer_norm": {"operator_type": "dhconv", "normalization_layer": "layer_norm"},
+    "no_norm_relu_no_mlp": {
+        "operator_type": "dhconv",
+        "normalization_layer": "none",
+        "activation_function": "relu",
+        "use_mlp": False,
+    },
+    "encoder_layers_2_threshold": {
+        "operator_type": "diagonal",
+        "encoder_layers": 2,
+        "hard_thresholding_fraction": 0.5,
+        "activation_function": "silu",
+    },
+    "residual_filter_factor_2": {"operator_type": "dhconv", "residual_filter_factor": 2},
+}
+NETWORK_COMMON = {"embed_dim": 4, "num_layers": 2}
+IMG_SHAPE = (8, 16)
+N_IN, N_OUT = 3, 2
+
+FIXTURE = {"n_lat": 8, "n_lon": 16, "n_levels": 2, "n_times": 40, "seed": 3}
+N_EVAL_STEPS = 6
+
+
+def _check_reference_fme() -> None:
+    version = importlib.metadata.version("fme")
+    if version != REFERENCE_VERSION:
+        raise SystemExit(
+            f"needs the released fme=={REFERENCE_VERSION}, found fme=={version} in "
+            f"{sys.executable}"
+        )
+    import fme
+
+    if Path(fme.__file__).resolve().is_relative_to(REPO_ROOT):
+        raise SystemExit("run from outside the checkout: it imported this repo's fme")
+
+
+def make_networks(out: Path) -> None:
+    """Write one ``sfno_<variant>.pt`` per entry of ``NETWORK_VARIANTS``."""
+    import torch
+    from fme.ace.models.modulus.sfnonet import SphericalFourierNeuralOperatorNet
+    from fme.ace.registry.sfno import SphericalFourierNeuralOperatorBuilder
+
+    for i, (name, variant) in enumerate(NETWORK_VARIANTS.items()):
+        builder_config = {**NETWORK_COMMON, **variant}
+        builder = SphericalFourierNeuralOperatorBuilder(**builder_config)
+        torch.manual_seed(100 + i)
+        # What the released builder's build() does, without a DatasetInfo.
+        net = SphericalFourierNeuralOperatorNet(
+            params=builder, in_chans=N_IN, out_chans=N_OUT, img_shape=IMG_SHAPE
+        )
+        with torch.no_grad():
+            for param in net.parameters():
+                # Random values everywhere (the released init leaves biases at
+                # zero and spectral weights tiny, which would hide errors).
+                param.copy_(0.5 * torch.randn_like(param))
+        x = torch.randn(2, N_IN, *IMG_SHAPE)
+        with torch.no_grad():
+            y = net(x)
+        torch.save(
+            {
+                "builder": builder_config,
+                "img_shape": IMG_SHAPE,
+                "n_in": N_IN,
+                "n_out": N_OUT,
+                "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
+                "input": x,
+                "output": y,
+            },
+            out / f"sfno_{name}.pt",
+        )
+        print(f"wrote sfno_{name}.pt", flush=True)
+
+
+def _write_fixture(data_root: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("_ace_format_fixture", FIXTURE_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_ace_format_dataset(data_root, **FIXTURE)
+    return data_root
+
+
+def _train_config(data: Path, experiment_dir: Path) -> dict[str, Any]:
+    stats = data / "stats"
+    prognostic = ["PRESsfc", "air_temperature_0", "air_temperature_1"]
+    prognostic += ["specific_total_water_0", "specific_total_water_1"]
+    dataset = {"data_path": str(data / "data")}
+    return {
+        "experiment_dir": str(experiment_dir),
+        "max_epochs": 1,
+        "save_checkpoint": True,
+        "validate_using_ema": True,
+        "ema": {"decay": 0.9},
+        "seed": 0,
+        "logging": {"log_to_screen": True, "log_to_file": False, "log_to_wandb": False},
+        "train_loader": {
+            "dataset": {**dataset, "subset": {"stop": 10}},
+            "batch_size": 4,
+            "num_data_workers": 0,
+        },
+        "validation": {
+            "loader": {
+                "dataset": {**dataset, "subset": {"start": 20, "stop": 26}},
+                "batch_size": 2,
+                "num_data_workers": 0,
+            },
+        },
+        "optimization": {"optimizer_type": "Adam", "lr": 1.0e-2},
+        "stepper": {
+            "step": {
+                "type": "single_module",
+                "config": {
+                    "in_names": prognostic + ["DSWRFtoa", "surface_temperature"],
+                    "out_names": prognostic + ["PRATEsfc"],
+                    "normalization": {
+                        "network": {
+                            "global_means_path": str(stats / "centering.nc"),
+                            "global_stds_path": str(stats / "scaling-full-field.nc"),
+                        },
+                        "residual": {
+                            "global_means_path": str(stats / "centering.nc"),
+                            "global_stds_path": str(stats / "scaling-residual.nc"),
+                        },
+                    },
+                    "residual_prediction": True,
+                    "builder": {
+                        "type": "SphericalFourierNeuralOperatorNet",
+                        "config": {
+                            "embed_dim": 8,
+                            "num_layers": 2,
+                            "operator_type": "dhconv",
+                            "data_grid": "legendre-gauss",
+                        },
+                    },
+                    "corrector": {
+                        "type": "atmosphere_corrector",
+                        "config": {"conserve_dry_air": True},
+                    },
+                },
+            },
+        },
+        "stepper_training": {"loss": {"type": "MSE"}, "n_forward_steps": 2},
+    }
+
+
+def _evaluator_config(data: Path, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    return {
+        "experiment_dir": str(out_dir),
+        "n_forward_steps": N_EVAL_STEPS,
+        "forward_steps_in_memory": 4,
+        "checkpoint_path": str(checkpoint),
+        "logging": {"log_to_screen": True, "log_to_file": False, "log_to_wandb": False},
+        "loader": {
+            "dataset": {"data_path": str(data / "data")},
+            "start_indices": {"first": 24, "n_initial_conditions": 2, "interval": 3},
+            "num_data_workers": 0,
+        },
+        "data_writer": {"save_prediction_files": True},
+    }
+
+
+def make_checkpoint(out: Path) -> None:
+    """Train two steps with the released trainer, evaluate, keep the results."""
+    import torch
+    import xarray as xr
+    import yaml
+    from fme.ace.inference.evaluator import main as evaluator_main
+    from fme.ace.stepper import single_module
+    from fme.ace.train.train import main as train_main
+    from fme.core.distributed import Distributed
+
+    run_out = out / "ace_run"
+    if run_out.exists():
+        shutil.rmtree(run_out)
+    run_out.mkdir(parents=True)
+    losses: list[dict[str, Any]] = []
+    original = single_module.TrainStepper.train_on_batch
+
+    def recording_train_on_batch(stepper, data, optimization, *args, **kwargs):
+        result = original(stepper, data, optimization, *args, **kwargs)
+        if type(optimization).__name__ != "NullOptimization" and not losses:
+            losses.append(
+                {
+                    "loss": float(result.metrics["loss"]),
+                    "time": [str(t) for t in data.time.values[:, 0]],
+                }
+            )
+        return result
+
+    single_module.TrainStepper.train_on_batch = recording_train_on_batch
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data = _write_fixture(tmp_path / "data_root")
+        experiment = tmp_path / "train"
+        train_yaml = run_out / "train.yaml"
+        config = _train_config(data, experiment)
+        train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+        with Distributed.context():
+            train_main(str(train_yaml))
+        checkpoints = experiment / "training_checkpoints"
+        for name in ("ckpt.tar", "best_ckpt.tar"):
+            shutil.copy(checkpoints / name, run_out / name)
+        eval_dir = tmp_path / "eval"
+        eval_yaml = run_out / "evaluator.yaml"
+        eval_config = _evaluator_config(data, checkpoints / "ckpt.tar", eval_dir)
+        eval_yaml.write_text(yaml.safe_dump(eval_config, sort_keys=False))
+        with Distributed.context():
+            evaluator_main(str(eval_yaml))
+        result: dict[str, dict[str, torch.Tensor]] = {}
+        for key, file_name in [
+            ("prediction", "autoregressive_predictions.nc"),
+            ("target", "autoregressive_target.nc"),
+        ]:
+            with xr.open_dataset(eval_dir / file_name, decode_times=False) as ds:
+                result[key] = {
+                    str(n): torch.from_numpy(v.values.copy())
+                    for n, v in ds.data_vars.items()
+                    if v.ndim == 4
+                }
+        torch.save(result, run_out / "evaluator_predictions.pt")
+    # Paths inside the YAMLs are placeholders for the test to fill in.
+    for yaml_path in (train_yaml, eval_yaml):
+        text = yaml_path.read_text().replace(str(tmp_path), "TMP")
+        yaml_path.write_text(text)
+    (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
+    torch.save(losses[0], run_out / "first_batch_loss.pt")
+    print(f"wrote {run_out}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", choices=("networks", "checkpoint"), default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    _check_reference_fme()
+    import torch
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "networks"):
+        make_networks(args.out)
+    if args.only in (None, "checkpoint"):
+        make_checkpoint(args.out)
+
+
+if __name__ == "__main__":
+    main()

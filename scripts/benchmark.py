@@ -157,7 +157,7 @@ def _ace_format_config(
                             "embed_dim": embed_dim,
                             "num_layers": 2,
                             "operator_type": operator_type,
-                            "grid": "legendre-gauss",
+                            "data_grid": "legendre-gauss",
                         },
                     },
                     "in_names": prognostic + data.forcing,

@@ -16,6 +16,9 @@ Two weight layouts are supported:
   real pairs, ``[*modes, in, out, 2]`` (the spectral weights of an SFNO):
   one complex low-rank update per mode, ``A: [*modes, in, rank, 2]``,
   ``B: [*modes, rank, out, 2]``, ``delta = A @ B`` in complex arithmetic.
+- ``in_out_modes_complex``: the same matrices in ACE's order,
+  ``[in, out, *modes, 2]``; the adapters are as for ``modes_in_out_complex``
+  and the update is permuted into the weight's order.
 
 Which module types carry which layout is passed in (``layouts``), so this
 module knows nothing about particular networks.
@@ -33,7 +36,8 @@ from fme.core.wildcard import check_all_patterns_match, matches_any
 
 OUT_IN = "out_in"
 MODES_IN_OUT_COMPLEX = "modes_in_out_complex"
-_LAYOUTS = (OUT_IN, MODES_IN_OUT_COMPLEX)
+IN_OUT_MODES_COMPLEX = "in_out_modes_complex"
+_LAYOUTS = (OUT_IN, MODES_IN_OUT_COMPLEX, IN_OUT_MODES_COMPLEX)
 _FIELD = "lora"
 _PARAMETRIZATIONS = "parametrizations."
 
@@ -44,7 +48,8 @@ class AdaptableWeight:
 
     Attributes:
         parameter: the parameter's attribute name, e.g. ``weight``.
-        layout: ``out_in`` or ``modes_in_out_complex`` (module docstring).
+        layout: ``out_in``, ``modes_in_out_complex`` or
+            ``in_out_modes_complex`` (module docstring).
     """
 
     parameter: str
@@ -68,7 +73,7 @@ class LoRAConfig:
     Attributes:
         rank: rank of each adapter (>= 1).
         target_modules: patterns of module names to adapt, e.g.
-            ``["blocks.*.spectral_conv", "blocks.*.inner_skip"]`` (see
+            ``["blocks.*.filter.filter", "blocks.*.inner_skip"]`` (see
             ``fme.core.wildcard``; ``*`` also matches dots). Matched modules
             that have no adaptable weight (containers, activations) are
             skipped; every pattern must select at least one adaptable layer.
@@ -92,7 +97,7 @@ class LoRAConfig:
         if not self.target_modules:
             raise ValueError(
                 f"{_FIELD}.target_modules must name at least one module pattern, "
-                "e.g. ['blocks.*.spectral_conv']"
+                "e.g. ['blocks.*.filter.filter']"
             )
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"{_FIELD}.alpha must be positive, got {self.alpha}")
@@ -108,7 +113,7 @@ class LowRankUpdate(nn.Module):
 
     Args:
         weight: the base weight (shape, dtype and device are taken from it).
-        layout: ``out_in`` or ``modes_in_out_complex``.
+        layout: ``out_in``, ``modes_in_out_complex`` or ``in_out_modes_complex``.
         rank: the adapter rank.
         scale: ``alpha / rank``.
     """
@@ -138,6 +143,16 @@ class LowRankUpdate(nn.Module):
             a_shape = [*modes, n_in, rank, 2]
             b_shape = [*modes, rank, n_out, 2]
             a_std = 1.0 / math.sqrt(2 * n_in)
+        elif layout == IN_OUT_MODES_COMPLEX:
+            if weight.dim() < 3 or weight.shape[-1] != 2:
+                raise ValueError(
+                    f"an in_out_modes_complex weight must be [in, out, *modes, 2], "
+                    f"got {self.shape}"
+                )
+            n_in, n_out, *modes, _ = weight.shape
+            a_shape = [*modes, n_in, rank, 2]
+            b_shape = [*modes, rank, n_out, 2]
+            a_std = 1.0 / math.sqrt(2 * n_in)
         else:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         a = torch.randn(a_shape, dtype=dtype, device=device) * a_std
@@ -156,6 +171,12 @@ class LowRankUpdate(nn.Module):
                 self.lora_B
             )
             update = torch.view_as_real(product)
+            if self.layout == IN_OUT_MODES_COMPLEX:
+                n_modes = update.dim() - 3
+                update = update.permute(
+                    n_modes, n_modes + 1, *range(n_modes), n_modes + 2
+                )
+                return self.scale * update
         return (self.scale * update).reshape(self.shape)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:

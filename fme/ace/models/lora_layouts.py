@@ -10,15 +10,15 @@ from fme.ace.models.pointwise import PointwiseLinear
 from fme.ace.models.sfno import SpectralConvS2
 from fme.core.lora import (
     DEFAULT_LAYOUTS,
-    MODES_IN_OUT_COMPLEX,
+    IN_OUT_MODES_COMPLEX,
     OUT_IN,
     AdaptableWeight,
 )
 
 LORA_LAYOUTS: dict[type[nn.Module], AdaptableWeight] = {
     **DEFAULT_LAYOUTS,
-    # weight [out, in]
+    # weight [out, in] or [out, in, 1, 1]
     PointwiseLinear: AdaptableWeight("weight", OUT_IN),
-    # weight [lmax, in, out, 2] (dhconv) or [lmax, mmax, in, out, 2] (diagonal)
-    SpectralConvS2: AdaptableWeight("weight", MODES_IN_OUT_COMPLEX),
+    # ACE's weight (in, out, lmax, 2) (dhconv) or (in, out, lmax, mmax, 2)
+    SpectralConvS2: AdaptableWeight("weight", IN_OUT_MODES_COMPLEX),
 }

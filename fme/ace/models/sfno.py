@@ -191,12 +191,13 @@ class SpectralConvS2(nn.Module):
         """
         batch, dtype = x.shape[0], x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            if dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
             coeffs = self.forward_transform(x)
             out = self.inverse_transform(
                 self.mix(coeffs, batch=batch), batch=batch, channels=self.out_channels
             )
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)
             if self.resamples:
                 x = self.inverse_transform(
                     coeffs, batch=batch, channels=self.in_channels

@@ -34,18 +34,19 @@ def _randomize_adapters(net, seed: int = 5) -> None:
 
 def test_spectral_update_is_complex_low_rank_per_degree():
     net = _sfno()
-    conv = net.blocks[0].spectral_conv
-    base = torch.view_as_complex(conv.weight.detach().clone())  # [lmax, in, out]
+    conv = net.blocks[0].filter.filter
+    # ACE's (in, out, lmax) as [lmax, in, out]
+    base = torch.view_as_complex(conv.weight.detach().permute(2, 0, 1, 3).contiguous())
     apply_lora(
         net,
-        LoRAConfig(rank=2, alpha=1.0, target_modules=["blocks.*.spectral_conv"]),
+        LoRAConfig(rank=2, alpha=1.0, target_modules=["blocks.*.filter.filter"]),
         layouts=LORA_LAYOUTS,
     )
     _randomize_adapters(net)
     update = conv.parametrizations.weight[0]
     a = torch.view_as_complex(update.lora_A)  # [lmax, in, rank]
     b = torch.view_as_complex(update.lora_B)  # [lmax, rank, out]
-    adapted = torch.view_as_complex(conv.weight.contiguous())
+    adapted = torch.view_as_complex(conv.weight.permute(2, 0, 1, 3).contiguous())
     for degree in range(base.shape[0]):
         expected = base[degree] + 0.5 * a[degree] @ b[degree]
         torch.testing.assert_close(adapted[degree], expected)
@@ -61,7 +62,7 @@ def test_merged_sfno_equals_adapted_sfno(operator_type):
         LoRAConfig(
             rank=2,
             target_modules=[
-                "blocks.*.spectral_conv",
+                "blocks.*.filter.filter",
                 "blocks.*.inner_skip",
                 "decoder.*",
             ],
@@ -69,9 +70,9 @@ def test_merged_sfno_equals_adapted_sfno(operator_type):
         layouts=LORA_LAYOUTS,
     )
     assert adapted == [
-        "blocks.0.spectral_conv",
+        "blocks.0.filter.filter",
         "blocks.0.inner_skip",
-        "blocks.1.spectral_conv",
+        "blocks.1.filter.filter",
         "blocks.1.inner_skip",
         "decoder.0",
         "decoder.2",

@@ -4,11 +4,8 @@ import pytest
 import torch
 import torch_harmonics as th
 
-from fme.ace.models.sfno import (
-    SpectralConvS2,
-    SphericalFourierNeuralOperatorConfig,
-    SphericalFourierNeuralOperatorNet,
-)
+from fme.ace.models.sfno import SpectralConvS2, SphericalFourierNeuralOperatorNet
+from fme.ace.models.sfno_config import SphericalFourierNeuralOperatorConfig
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -31,7 +28,7 @@ def build(
     [
         ((8, 16), {}),
         ((16, 32), {"operator_type": "diagonal"}),
-        ((7, 12), {"grid": "legendre-gauss"}),
+        ((7, 12), {"data_grid": "equiangular"}),
         ((9, 18), {"scale_factor": 2, "num_layers": 3}),
         ((8, 16), {"hard_thresholding_fraction": 0.5, "use_mlp": False}),
         ((8, 16), {"normalization_layer": "none", "activation_function": "silu"}),
@@ -51,15 +48,17 @@ def test_output_shape_and_scale(img_shape, overrides):
     assert 0.2 < out.std().item() < 5.0
 
 
-def test_spectral_weight_is_named_and_shaped_for_targeting():
-    module = build((8, 16), embed_dim=4, num_layers=3)
+def test_spectral_weight_is_named_and_shaped_as_in_ace():
+    module = build((8, 16), embed_dim=4, num_layers=3, operator_type="dhconv")
     params = dict(module.named_parameters())
     for i in range(3):
-        # [lmax, in, out, (real, imag)], lmax = nlat and mmax = min(lmax, 9)
-        assert params[f"blocks.{i}.spectral_conv.weight"].shape == (8, 4, 4, 2)
+        # (in, out, lmax, (real, imag)), lmax = nlat
+        assert params[f"blocks.{i}.filter.filter.weight"].shape == (4, 4, 8, 2)
+        assert params[f"blocks.{i}.filter.filter.bias"].shape == (1, 4, 1, 1)
     diagonal = build((8, 16), embed_dim=4, operator_type="diagonal")
-    weight = dict(diagonal.named_parameters())["blocks.0.spectral_conv.weight"]
-    assert weight.shape == (8, 8, 4, 4, 2)
+    weight = dict(diagonal.named_parameters())["blocks.0.filter.filter.weight"]
+    # ACE keeps mmax = nlon // 2 + 1 = 9 orders, one more than lmax
+    assert weight.shape == (4, 4, 8, 9, 2)
 
 
 def spherical_harmonic(l_deg: int, m_ord: int, amplitude: torch.Tensor, grid: str):
@@ -90,11 +89,11 @@ def test_spectral_conv_maps_a_spherical_harmonic_to_itself(operator_type, l_deg,
         amplitude = amplitude.real.to(torch.complex64)
     out, _ = conv(spherical_harmonic(l_deg, m_ord, amplitude, grid))
 
-    weight = torch.view_as_complex(conv.weight.detach())  # [l, (m,) in, out]
-    if operator_type == "dhconv":
-        weight = weight[l_deg]
-    else:
-        weight = weight[l_deg, m_ord]
+    weight = torch.view_as_complex(conv.weight.detach().contiguous())
+    if operator_type == "dhconv":  # (in, out, l)
+        weight = weight[:, :, l_deg]
+    else:  # (in, out, l, m)
+        weight = weight[:, :, l_deg, m_ord]
     expected_amplitude = torch.einsum("c,co->o", amplitude, weight)
     if m_ord == 0:  # a real field has no imaginary zonal part
         expected_amplitude = expected_amplitude.real.to(torch.complex64)
@@ -116,7 +115,7 @@ def test_spectral_conv_maps_a_spherical_harmonic_to_itself(operator_type, l_deg,
     [
         ({}, 3),
         ({"operator_type": "diagonal"}, 5),
-        ({"grid": "legendre-gauss", "normalization_layer": "none"}, 1),
+        ({"data_grid": "equiangular", "normalization_layer": "none"}, 1),
         ({"scale_factor": 2, "num_layers": 3}, 4),
     ],
 )
@@ -203,8 +202,12 @@ def test_grid_too_small_for_scale_factor_is_rejected():
         ("mlp_ratio", 0.0),
         ("activation_function", "tanh"),
         ("encoder_layers", -1),
-        ("normalization_layer", "layer_norm"),
-        ("grid", "healpix"),
+        ("normalization_layer", "batch_norm"),
+        ("data_grid", "healpix"),
+        ("spectral_transform", "fft"),
+        ("factorization", "cp"),
+        ("separable", True),
+        ("internal_grid", "gaussian"),
         ("noise_channels", -1),
     ],
 )

@@ -163,7 +163,7 @@ def test_lora_phase_merges_into_a_plain_checkpoint(data, tmp_path):
             [
                 "stepper_training.n_forward_steps=1",
                 "phases=[{max_steps: 2}, {max_steps: 3, optimization: {lr: 0.01},"
-                " lora: {rank: 2, target_modules: [blocks.*.spectral_conv, decoder.*]}}]",
+                " lora: {rank: 2, target_modules: [blocks.*.filter.filter, decoder.*]}}]",
             ],
         )
     )
@@ -174,12 +174,12 @@ def test_lora_phase_merges_into_a_plain_checkpoint(data, tmp_path):
     assert "lora" in latest["trainable"] and "lora" not in end["trainable"]
     adapters = latest["trainable"]["lora"]
     # frozen base weights kept their phase-0 values; the merged ones moved
-    original = adapters["blocks.0.spectral_conv.parametrizations.weight.original"]
-    assert torch.equal(original, base["blocks.0.spectral_conv.weight"])
+    original = adapters["blocks.0.filter.filter.parametrizations.weight.original"]
+    assert torch.equal(original, base["blocks.0.filter.filter.weight"])
     merged = end["trainable"]["stepper"]["module"]
     assert sorted(merged) == sorted(base)
     assert not torch.equal(
-        merged["blocks.0.spectral_conv.weight"], base["blocks.0.spectral_conv.weight"]
+        merged["blocks.0.filter.filter.weight"], base["blocks.0.filter.filter.weight"]
     )
     assert torch.equal(
         merged["blocks.0.inner_skip.weight"], base["blocks.0.inner_skip.weight"]

@@ -7,9 +7,18 @@ Format history:
   ``_migrate_0_to_1`` for the layout).
 - 1: ``{"format_version": 1, "config", "trainable", "optimization",
   "trainer"[, "phase"]}`` as written by ``fme.core.trainer.Trainer``.
+- 2: as 1; the ``SphericalFourierNeuralOperatorNet`` weights have ACE's names
+  and shapes (see ``_migrate_1_to_2``).
+
+Checkpoints of other programs (ACE's) are read through a registered
+:class:`ForeignCheckpointFormat`, which names the few classes their pickles
+may hold (loaded as plain stand-ins, never as code) and converts them into
+the current format.
 """
 
+import dataclasses
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +26,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
 
 _DDP_PREFIX = "module."
 
@@ -67,10 +76,138 @@ def _migrate_0_to_1(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sfno_weights_1_to_2(
+    module: dict[str, torch.Tensor], *, builder: dict[str, Any], img_shape: tuple
+) -> dict[str, torch.Tensor]:
+    """Format-1 SFNO weight names and shapes to ACE's (format 2)."""
+    n_lat, n_lon = img_shape
+    factor = int(builder.get("scale_factor", 1))
+    fraction = float(builder.get("hard_thresholding_fraction", 1.0))
+    ace_mmax = int((n_lon // factor // 2 + 1) * fraction)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in module.items():
+        parts = name.split(".")
+        if parts[0] in ("encoder", "decoder") or parts[-2:-1] == ["inner_skip"]:
+            if parts[-1] == "weight":
+                value = value[:, :, None, None]
+        elif len(parts) == 4 and parts[2] == "spectral_conv":
+            prefix = ".".join(parts[:2])
+            if value.dim() == 4:  # dhconv [l, in, out, 2] -> (in, out, l, 2)
+                value = value.permute(1, 2, 0, 3)
+            else:  # diagonal [l, m, in, out, 2] -> (in, out, l, m_ace, 2)
+                n_l, n_m, n_in, n_out, _ = value.shape
+                padded = value.new_zeros(n_l, ace_mmax, n_in, n_out, 2)
+                padded[:, :n_m] = value
+                value = padded.permute(2, 3, 0, 1, 4)
+            out[f"{prefix}.filter.filter.weight"] = value.contiguous()
+            out[f"{prefix}.filter.filter.bias"] = value.new_zeros(
+                1, value.shape[1], 1, 1
+            )
+            continue
+        elif len(parts) == 5 and parts[2] == "mlp":
+            name = ".".join([*parts[:3], "fwd", *parts[3:]])
+            if parts[-1] == "weight":
+                value = value[:, :, None, None]
+        out[name] = value
+    return out
+
+
+def _migrate_1_to_2(state: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 to format 2: SFNO weights in ACE's layout.
+
+    Format 1's ``SphericalFourierNeuralOperatorNet`` stored ``blocks.<i>.
+    spectral_conv.weight`` as ``[lmax, in, out, 2]`` (dhconv) or ``[lmax,
+    min(lmax, mmax), in, out, 2]`` (diagonal), pointwise weights as ``[out,
+    in]`` and ``blocks.<i>.mlp.<k>``; its builder config had ``grid`` (default
+    equiangular), ``operator_type`` defaulting to dhconv, and kept the blocks on
+    the data grid with ``scale_factor: 1``. Format 2 has ACE's names and shapes
+    (``blocks.<i>.filter.filter.{weight,bias}`` with a zero bias, ``[out, in,
+    1, 1]``, ``blocks.<i>.mlp.fwd.<k>``, diagonal weights zero-padded to ACE's
+    ``mmax``) and the config keys ``data_grid`` and ``internal_grid: data``
+    (same function). The optimiser state refers to the old shapes, so the
+    migrated checkpoint has no ``optimization`` section: evaluate or fine-tune
+    it, do not resume it.
+    """
+    stepper = state.get("trainable", {}).get("stepper")
+    if stepper is None:
+        return state
+    step = stepper["config"].get("step", {})
+    builder = step.get("config", {}).get("builder", {})
+    if builder.get("type") != "SphericalFourierNeuralOperatorNet":
+        return state
+    config = dict(builder.get("config", {}))
+    if "grid" not in config and "data_grid" in config:
+        return state  # already in the new layout
+    config["data_grid"] = config.pop("grid", "equiangular")
+    config.setdefault("operator_type", "dhconv")
+    if int(config.get("scale_factor", 1)) == 1:
+        config["internal_grid"] = "data"
+    info = stepper["dataset_info"]
+    module = _sfno_weights_1_to_2(
+        stepper["module"],
+        builder=config,
+        img_shape=(len(info["lat"]), len(info["lon"])),
+    )
+    new_builder = {**builder, "config": config}
+    new_step = {**step, "config": {**step["config"], "builder": new_builder}}
+    new_stepper = {
+        **stepper,
+        "config": {**stepper["config"], "step": new_step},
+        "module": module,
+    }
+    state = {**state, "trainable": {**state["trainable"], "stepper": new_stepper}}
+    state.pop("optimization", None)
+    return state
+
+
 # Migrations from format version N to N+1, applied in order on load.
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     0: _migrate_0_to_1,
+    1: _migrate_1_to_2,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ForeignCheckpointFormat:
+    """How to recognise and convert another program's checkpoints.
+
+    Attributes:
+        name: shown in messages, e.g. ``"ACE (fme==2026.10.0)"``.
+        stand_ins: ``(class, "module.QualifiedName")`` pairs: the only
+            classes the pickle may hold besides torch's plain types, each
+            loaded as the given plain-data class (no code of the writer runs).
+        matches: whether a loaded object is such a checkpoint.
+        convert: turns it into a checkpoint of the current format.
+    """
+
+    name: str
+    stand_ins: tuple[tuple[type, str], ...]
+    matches: Callable[[Any], bool]
+    convert: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+_FOREIGN_FORMATS: list[ForeignCheckpointFormat] = []
+
+
+def register_foreign_format(checkpoint_format: ForeignCheckpointFormat) -> None:
+    """Let ``load_checkpoint`` read (and convert) another program's checkpoints."""
+    if all(f.name != checkpoint_format.name for f in _FOREIGN_FORMATS):
+        _FOREIGN_FORMATS.append(checkpoint_format)
+
+
+def _is_ours(state: Any) -> bool:
+    if not isinstance(state, dict):
+        return False
+    if "format_version" in state:
+        return True
+    stepper = state.get("stepper")  # format 0
+    return isinstance(stepper, dict) and "module" in stepper
+
+
+def _describe(state: Any) -> str:
+    if isinstance(state, dict):
+        return f"a dict with keys {sorted(map(str, state))[:12]}"
+    return f"a {type(state).__name__}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -105,7 +242,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    stand_ins = [pair for f in _FOREIGN_FORMATS for pair in f.stand_ins]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"checkpoint {str(path)!r} is neither an fme checkpoint nor one of "
+            f"{[f.name for f in _FOREIGN_FORMATS]}: torch cannot read it with "
+            f"weights-only loading ({type(err).__name__}: {first_line})"
+        ) from None
+    if not _is_ours(state):
+        for foreign in _FOREIGN_FORMATS:
+            if foreign.matches(state):
+                state = foreign.convert(state)
+                break
+        else:
+            raise ValueError(
+                f"checkpoint {str(path)!r} is neither an fme checkpoint nor one "
+                f"of {[f.name for f in _FOREIGN_FORMATS]}: found {_describe(state)}"
+            )
     version = int(state.get("format_version", 0))
     if version > CHECKPOINT_FORMAT_VERSION:
         raise ValueError(

@@ -28,8 +28,9 @@ class EvaluatorConfig:
             from; by default the one next to the checkpoint's directory.
         prediction_loader: not supported here (must be null).
         stepper_override: not supported here (must be null).
-        use_ema_if_available: use EMA weights when the checkpoint has them
-            (checkpoints of this project hold none).
+        use_ema_if_available: evaluate with the checkpoint's EMA weights when
+            it has them (as in ACE: only checkpoints saved with their
+            optimisation state, e.g. ``ckpt.tar``, carry them).
         allow_incompatible_dataset: not supported here (must be false).
         validation: not supported here (must be null).
         n_ensemble_per_ic: only 1.

@@ -25,10 +25,22 @@ from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
 
 
-def load_stepper(checkpoint_path: str | Path) -> Stepper:
-    """The stepper stored in a training checkpoint."""
+def load_stepper(checkpoint_path: str | Path, *, use_ema: bool = False) -> Stepper:
+    """The stepper stored in a training checkpoint (ours or ACE's).
+
+    Args:
+        checkpoint_path: the checkpoint file.
+        use_ema: use the checkpoint's EMA weights if it has them (ACE's
+            ``use_ema_if_available``).
+    """
     state = load_checkpoint(checkpoint_path)
-    return Stepper.from_state(state["trainable"]["stepper"])
+    stepper_state = state["trainable"]["stepper"]
+    ema_params = (state.get("ema") or {}).get("params")
+    if use_ema and ema_params is not None:
+        logging.info("evaluating with the EMA weights of %s", checkpoint_path)
+        module = {**stepper_state["module"], **ema_params}
+        stepper_state = {**stepper_state, "module": module}
+    return Stepper.from_state(stepper_state)
 
 
 def _training_metrics_path(config: EvaluatorConfig) -> Path:
@@ -43,7 +55,9 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
     experiment_dir = Path(config.experiment_dir)
     config.logging.configure_python_logging(experiment_dir, dist)
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    stepper = load_stepper(config.checkpoint_path).to(dist.device)
+    stepper = load_stepper(
+        config.checkpoint_path, use_ema=config.use_ema_if_available
+    ).to(dist.device)
     stepper.module.eval()
     data = InferenceData(
         config.loader.dataset,

@@ -15,6 +15,9 @@ from fme.ace.data.dataset_info_state import (
 )
 from fme.ace.step.registry import StepSelector
 from fme.ace.step.step import StepABC, StepOutput
+
+# Registers ACE's checkpoint format with fme.core.checkpoint.load_checkpoint.
+from fme.ace.stepper import ace_checkpoint  # noqa: F401
 from fme.core.config_loading import from_dict_strict, to_dict
 from fme.core.lora import load_state_with_adapters, plain_state_dict
 from fme.core.normalizer import StandardNormalizer

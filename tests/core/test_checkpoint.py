@@ -33,3 +33,28 @@ def test_newer_format_rejected(tmp_path):
     torch.save({"format_version": 999}, path)
     with pytest.raises(ValueError, match="upgrade fme"):
         load_checkpoint(path)
+
+
+class _Pickled:
+    """A class a foreign pickle might hold (never loaded: weights-only)."""
+
+
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        (lambda p: torch.save({"weights": torch.zeros(2), "step": 3}, p), "step"),
+        (lambda p: torch.save(torch.zeros(2), p), "Tensor"),
+        (lambda p: p.write_text("not a checkpoint at all"), "weights-only"),
+        (lambda p: torch.save({"obj": _Pickled()}, p), "weights-only"),
+    ],
+)
+def test_neither_ours_nor_foreign_is_one_error_naming_file_and_content(
+    tmp_path, content, found
+):
+    path = tmp_path / "mystery.tar"
+    content(path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "mystery.tar" in message and "neither an fme checkpoint" in message
+    assert found in message

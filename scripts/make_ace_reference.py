@@ -24,9 +24,10 @@ It writes, all small (kilobytes):
   YAML, the released evaluator's YAML and what it predicted:
   ``evaluator_predictions.pt`` ``{"prediction": {name: [sample, time, lat,
   lon]}, "target": {...}}``, read from its ``autoregressive_predictions.nc``
-  and ``autoregressive_target.nc``; and ``first_batch_loss.pt``: the released
-  train stepper's loss on the first training window, with the window's
-  start time, for the fine-tuning test.
+  and ``autoregressive_target.nc``; and ``last_batch_loss.pt``: the released
+  train stepper's loss on its last training batch, the start times of the
+  batch's windows and the network weights it had before that step, for the
+  fine-tuning test.
 """
 
 import argparse
@@ -238,12 +239,17 @@ def make_checkpoint(out: Path) -> None:
     original = single_module.TrainStepper.train_on_batch
 
     def recording_train_on_batch(stepper, data, optimization, *args, **kwargs):
+        optimised = type(optimization).__name__ != "NullOptimization"
+        if optimised:
+            (module,) = stepper.modules
+            weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         result = original(stepper, data, optimization, *args, **kwargs)
-        if type(optimization).__name__ != "NullOptimization" and not losses:
+        if optimised:
             losses.append(
                 {
                     "loss": float(result.metrics["loss"]),
                     "time": [str(t) for t in data.time.values[:, 0]],
+                    "weights_before": weights,
                 }
             )
         return result
@@ -284,7 +290,7 @@ def make_checkpoint(out: Path) -> None:
         text = yaml_path.read_text().replace(str(tmp_path), "TMP")
         yaml_path.write_text(text)
     (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
-    torch.save(losses[0], run_out / "first_batch_loss.pt")
+    torch.save(losses[-1], run_out / "last_batch_loss.pt")
     print(f"wrote {run_out}", flush=True)
 
 

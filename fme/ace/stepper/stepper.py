@@ -18,6 +18,7 @@ from fme.ace.step.step import StepABC, StepOutput
 
 # Registers ACE's checkpoint format with fme.core.checkpoint.load_checkpoint.
 from fme.ace.stepper import ace_checkpoint  # noqa: F401
+from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import from_dict_strict, to_dict
 from fme.core.lora import load_state_with_adapters, plain_state_dict
 from fme.core.normalizer import StandardNormalizer
@@ -29,15 +30,51 @@ from fme.core.tensors import TensorDict, TensorMapping
 class StepperConfig:
     """ACE's ``stepper`` section.
 
+    Give either ``step``, or ``checkpoint_path`` (ACE's ``CheckpointStepperConfig``)
+    to take the stepper config, statistics included, from a training
+    checkpoint, ours or ACE's. As in ACE, ``checkpoint_path`` does not load
+    weights: use ``stepper_training.parameter_init.weights_path`` for that.
+    The checkpoint is read when the config is loaded, and the config then
+    holds its ``step``.
+
     Attributes:
         step: the step to roll forward, ``{type: single_module, config: {...}}``.
+        checkpoint_path: a training checkpoint whose stepper config to use.
     """
 
-    step: StepSelector
+    step: StepSelector | None = None
+    checkpoint_path: str | None = None
+
+    def __post_init__(self):
+        if (self.step is None) == (self.checkpoint_path is None):
+            raise ValueError(
+                "stepper: give exactly one of 'step' and 'checkpoint_path', got "
+                f"{'both' if self.step is not None else 'neither'}"
+            )
+        if self.checkpoint_path is not None:
+            path = self.checkpoint_path
+            state = load_checkpoint(path)
+            try:
+                stepper_config = state["trainable"]["stepper"]["config"]
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"stepper.checkpoint_path {path!r} holds no stepper config"
+                ) from None
+            loaded = from_dict_strict(
+                StepperConfig, stepper_config, path=f"stepper (from {path})"
+            )
+            self.step = loaded.step
+            self.checkpoint_path = None
+
+    @property
+    def selector(self) -> StepSelector:
+        """The step selector (set after loading, also with ``checkpoint_path``)."""
+        assert self.step is not None
+        return self.step
 
     def build(self, *, dataset_info: DatasetInfo) -> "Stepper":
         """A new stepper with statistics read from the configured files."""
-        step_config = self.step.step_config
+        step_config = self.selector.step_config
         return self.build_with_normalizers(
             dataset_info=dataset_info,
             normalizer=step_config.build_network_normalizer(),
@@ -52,7 +89,7 @@ class StepperConfig:
         loss_normalizer: StandardNormalizer,
     ) -> "Stepper":
         """A new stepper with given statistics (e.g. from a checkpoint)."""
-        step = self.step.step_config.build(
+        step = self.selector.step_config.build(
             dataset_info=dataset_info, normalizer=normalizer
         )
         return Stepper(

@@ -158,7 +158,7 @@ def train_phases(
             f"the checkpoint in {config.checkpoint_dir} is from phase "
             f"{progress.index}, but the config has {len(phases)} phase(s)"
         )
-    names = config.stepper.step.step_config.all_names
+    names = config.stepper.selector.step_config.all_names
     data_cache: dict[int, tuple[GriddedData, GriddedData | None]] = {}
 
     def data_for(phase: ResolvedPhase) -> tuple[GriddedData, GriddedData | None]:

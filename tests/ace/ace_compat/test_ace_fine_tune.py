@@ -22,6 +22,8 @@ from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import from_dict_strict
 from fme.core.optimization import OptimizationConfig
+from fme.ace.train.config import load_train_config
+from fme.ace.train.main import run_training
 from fme.core.parameter_init import ParameterInitConfig
 
 RUN = Path(__file__).resolve().parent / "data" / "ace_run"
@@ -103,3 +105,36 @@ def test_ace_checkpoint_fine_tunes_with_the_corrector_loss(tmp_path):
         train_stepper.train_on_batch(batch, optimization)
     last = train_stepper.validate_on_batch(batch).metrics
     assert last["loss"] < 0.9 * first["loss"], (first["loss"], last["loss"])
+
+
+def test_example_config_fine_tunes_the_ace_checkpoint(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[3]
+    monkeypatch.chdir(repo)  # the example's paths are relative to the repository
+    fixture = json.loads((RUN / "fixture.json").read_text())
+    paths = write_ace_format_dataset(tmp_path / "data", **fixture)
+    config = load_train_config(
+        repo / "configs" / "ace_fine_tune_corrector_loss.yaml",
+        [
+            f"experiment_dir={tmp_path / 'run'}",
+            f"train_loader.dataset.data_path={paths.data_dir}",
+            f"validation.loader.dataset.data_path={paths.data_dir}",
+            # validate on the training windows: the fit must improve there
+            "validation.loader.dataset.subset={stop: 24}",
+            "logging.log_to_screen=false",
+            "max_epochs=3",
+            "optimization.lr=1.0e-3",
+        ],
+    )
+    run_training(config)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    validation = [
+        json.loads(line)["val/mean/main_loss"]
+        for line in lines
+        if "val/mean/main_loss" in json.loads(line)
+    ]
+    assert len(validation) == 3 and validation[-1] < validation[0], validation
+    fine_tuned = load_checkpoint(tmp_path / "run" / "training_checkpoints" / "ckpt.tar")
+    ace = load_checkpoint(CKPT)["trainable"]["stepper"]["module"]
+    weights = fine_tuned["trainable"]["stepper"]["module"]
+    assert sorted(weights) == sorted(ace)
+    assert not torch.equal(weights["decoder.2.weight"], ace["decoder.2.weight"])

@@ -5,15 +5,17 @@ trains on a batch and has state, over any data source with a resumable
 sampler.
 """
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from fme.core.checkpoint import load_checkpoint, save_checkpoint
 from fme.core.distributed import DistributedContext
 from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
+from fme.core.ema import EMATracker
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.optimization import Optimization
@@ -96,6 +98,11 @@ class Trainer:
         start_epoch: the epoch count to start from (a later training phase).
         phase: plain data stored in every checkpoint under ``phase`` (which
             training phase this is), or None.
+        ema: the moving average of the weights, updated after every optimiser
+            step and saved in checkpoints, or None.
+        validate_using_ema: validate, run ``end_of_epoch`` and write
+            ``best_ckpt.tar`` with the averaged weights in place (ACE's
+            ``validate_using_ema``).
     """
 
     def __init__(
@@ -118,7 +125,11 @@ class Trainer:
         end_of_epoch: Callable[[int], dict[str, float]] | None = None,
         start_epoch: int = 0,
         phase: dict[str, Any] | None = None,
+        ema: EMATracker | None = None,
+        validate_using_ema: bool = False,
     ):
+        if validate_using_ema and ema is None:
+            raise ValueError("validate_using_ema needs an EMA tracker")
         self.trainable = trainable
         self.optimization = optimization
         self.train_data = train_data
@@ -135,6 +146,8 @@ class Trainer:
         self.batch_log_interval = batch_log_interval
         self.end_of_epoch = end_of_epoch
         self.phase = phase
+        self.ema = ema
+        self.validate_using_ema = validate_using_ema
         self.epoch = start_epoch
         self.best_value = float("inf")
         self._epoch_metrics = MeanAggregator()
@@ -180,13 +193,14 @@ class Trainer:
             summary = self._epoch_metrics.get_means(self.dist)
             self._epoch_metrics = MeanAggregator()
             train_means = {f"train/mean/{k}": v for k, v in summary.items()}
-            val_means = self._validate()
+            with self._validation_weights():
+                val_means = self._validate()
+                extra = self.end_of_epoch(self.epoch) if self.end_of_epoch else {}
             self.optimization.step_epoch(
                 metric=val_means.get(
                     "val/mean/loss", train_means.get("train/mean/loss")
                 )
             )
-            extra = self.end_of_epoch(self.epoch) if self.end_of_epoch else {}
             record = {**train_means, **val_means, **extra}
             record["lr"] = self.optimization.learning_rate
             is_best = (
@@ -237,6 +251,8 @@ class Trainer:
                 where=f"epoch {self.epoch}, batch {batch_index}",
             )
             self._batches_done += 1
+            if self.ema is not None and not out.skipped:
+                self.ema.update()
             n = _batch_size(batch) * self.dist.world_size
             n_samples += n
             self._epoch_metrics.record_all(out.metrics, count=n)
@@ -275,6 +291,15 @@ class Trainer:
             "batches_done": 0,
         }
 
+    @contextlib.contextmanager
+    def _validation_weights(self) -> Iterator[None]:
+        """The averaged weights in place if ``validate_using_ema``."""
+        if self.validate_using_ema and self.ema is not None:
+            with self.ema.applied():
+                yield
+        else:
+            yield
+
     def _validate(self) -> dict[str, float]:
         if self.validation_data is None:
             return {}
@@ -304,6 +329,8 @@ class Trainer:
         }
         if self.phase is not None:
             state["phase"] = self.phase
+        if self.ema is not None:
+            state["ema"] = self.ema.get_state()
         return state
 
     def save_as(self, name: str) -> None:
@@ -321,8 +348,11 @@ class Trainer:
         state = self.get_state()
         if self.dist.is_root:
             save_checkpoint(state, self.latest_checkpoint_path)
-            if best:
-                save_checkpoint(state, self.checkpoint_dir / BEST_CHECKPOINT)
+        if best:
+            with self._validation_weights():  # the weights that were validated
+                best_state = self.get_state()
+            if self.dist.is_root:
+                save_checkpoint(best_state, self.checkpoint_dir / BEST_CHECKPOINT)
         self.dist.barrier()
 
     def resume(self, path: Path) -> None:
@@ -338,6 +368,13 @@ class Trainer:
         # the clock first: the trainable's schedules find their position on it
         self.optimization.load_state(state["optimization"])
         self.trainable.load_state(state["trainable"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError(
+                    f"checkpoint {str(path)!r} has no EMA state but this run keeps "
+                    "one (ema / validate_using_ema); resume with the same settings"
+                )
+            self.ema.load_state(state["ema"])
         trainer_state = state["trainer"]
         self.epoch = int(trainer_state["epoch"])
         self.best_value = float(trainer_state["best_value"])

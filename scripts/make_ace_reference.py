@@ -73,7 +73,10 @@ NETWORK_VARIANTS: dict[str, dict[str, Any]] = {
         "hard_thresholding_fraction": 0.5,
         "activation_function": "silu",
     },
-    "residual_filter_factor_2": {"operator_type": "dhconv", "residual_filter_factor": 2},
+    "residual_filter_factor_2": {
+        "operator_type": "dhconv",
+        "residual_filter_factor": 2,
+    },
 }
 NETWORK_COMMON = {"embed_dim": 4, "num_layers": 2}
 IMG_SHAPE = (8, 16)
@@ -227,8 +230,9 @@ def make_checkpoint(out: Path) -> None:
     import xarray as xr
     import yaml
     from fme.ace.inference.evaluator import main as evaluator_main
-    from fme.ace.stepper import single_module
     from fme.ace.train.train import main as train_main
+
+    from fme.ace.stepper import single_module
     from fme.core.distributed import Distributed
 
     run_out = out / "ace_run"

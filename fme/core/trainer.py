@@ -349,10 +349,13 @@ class Trainer:
         if self.dist.is_root:
             save_checkpoint(state, self.latest_checkpoint_path)
         if best:
-            with self._validation_weights():  # the weights that were validated
-                best_state = self.get_state()
-            if self.dist.is_root:
-                save_checkpoint(best_state, self.checkpoint_dir / BEST_CHECKPOINT)
+            # the weights that were validated (saved inside: the state holds
+            # references to the parameters)
+            with self._validation_weights():
+                if self.dist.is_root:
+                    save_checkpoint(
+                        self.get_state(), self.checkpoint_dir / BEST_CHECKPOINT
+                    )
         self.dist.barrier()
 
     def resume(self, path: Path) -> None:

@@ -135,7 +135,9 @@ class SpectralConvS2(nn.Module):
             inverse_transform.nlat,
             inverse_transform.nlon,
         ) or forward_transform.grid != inverse_transform.grid
-        modes = [self.lmax] if operator_type == "dhconv" else [self.lmax, self.weight_mmax]
+        modes = (
+            [self.lmax] if operator_type == "dhconv" else [self.lmax, self.weight_mmax]
+        )
         # real and imaginary parts each carry half the variance
         std = math.sqrt(init_gain / in_channels / 2.0)
         self.weight = _mode_major_parameter(

@@ -62,7 +62,10 @@ _STEP_NOOPS: dict[str, Any] = {
     "global_mean_removal": None,
     "input_dropout": None,
 }
-_BUILDER_NOOPS: dict[str, Any] = {"conditional": False, "allow_missing_variables": False}
+_BUILDER_NOOPS: dict[str, Any] = {
+    "conditional": False,
+    "allow_missing_variables": False,
+}
 _NORMALIZATION_NOOPS: dict[str, Any] = {
     "fill_nans_on_normalize": False,
     "fill_nans_on_denormalize": False,

@@ -10,6 +10,7 @@ from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
 from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
+from fme.core.ema import EMAConfig
 from fme.core.metrics_logger import LoggingConfig
 from fme.core.optimization import OptimizationConfig
 
@@ -58,6 +59,13 @@ class TrainConfig:
             optimisation, rollout length, loss-weight schedules, freezing and
             LoRA (see ``fme.ace.train.phases``); null trains one phase of
             ``max_epochs`` with the top-level settings.
+        ema: keep an exponential moving average of the weights (ACE's
+            ``ema: {decay, faster_decay_at_start, resume_ema_ckpt_path}``),
+            saved in every checkpoint. Unlike ACE, no average is kept without
+            this section (or ``validate_using_ema``).
+        validate_using_ema: validate, run inline inference and choose
+            ``best_ckpt.tar`` with the averaged weights (which ``best_ckpt.tar``
+            then holds); without ``ema`` it uses ACE's default ``ema``.
     """
 
     experiment_dir: str
@@ -78,8 +86,19 @@ class TrainConfig:
     distributed_backend: str | None = None
     inference: InlineInferenceConfig | list[InlineInferenceConfig] | None = None
     phases: list[PhaseConfig] | None = None
+    ema: EMAConfig | None = None
+    validate_using_ema: bool = False
 
     def __post_init__(self):
+        if self.ema_config is not None:
+            lora_phases = [
+                p for p in (self.phases or []) if getattr(p, "lora", None) is not None
+            ]
+            if self.stepper_training.lora is not None or lora_phases:
+                raise ValueError(
+                    "not supported here: ema (or validate_using_ema) together with "
+                    "lora; remove one of them"
+                )
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         self.resolved_phases()  # inheritance errors surface at load
@@ -110,6 +129,13 @@ class TrainConfig:
                 "validation or inference metric, e.g. val/mean/loss or "
                 "val/mean/main_loss"
             )
+
+    @property
+    def ema_config(self) -> EMAConfig | None:
+        """The EMA to keep: ``ema``, or ACE's default if only ``validate_using_ema``."""
+        if self.ema is None and self.validate_using_ema:
+            return EMAConfig()
+        return self.ema
 
     def resolved_phases(self) -> list[ResolvedPhase]:
         """The phases to train, with inherited settings filled in."""

@@ -25,6 +25,7 @@ from fme.ace.train.phases import (
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import ConfigError, to_dict
 from fme.core.distributed import DistributedContext
+from fme.core.ema import EMATracker
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.parallelize import no_sync_context
 from fme.core.rng_state import seed_everything
@@ -89,6 +90,26 @@ def _checkpoint_progress(config: TrainConfig) -> PhaseProgress | None:
     return PhaseProgress.from_state(load_checkpoint(path).get("phase"))
 
 
+def build_ema(
+    config: TrainConfig, stepper: Stepper, *, resumed: bool
+) -> EMATracker | None:
+    """The run's weight average, started from ``resume_ema_ckpt_path`` if set.
+
+    A resumed run's trainer later restores the average from its own checkpoint.
+    """
+    ema_config = config.ema_config
+    if ema_config is None:
+        return None
+    ema = ema_config.build(stepper.base_module)
+    if ema_config.resume_ema_ckpt_path is not None and not resumed:
+        path = ema_config.resume_ema_ckpt_path
+        state = load_checkpoint(path).get("ema")
+        if state is None:
+            raise ValueError(f"ema.resume_ema_ckpt_path {path!r} holds no EMA state")
+        ema.load_state(state, keep_settings=True)
+    return ema
+
+
 def build_phase_trainer(
     config: TrainConfig,
     phase: ResolvedPhase,
@@ -99,6 +120,7 @@ def build_phase_trainer(
     dist: DistributedContext,
     logger: MetricsLogger,
     end_of_epoch: InlineInference | None,
+    ema: EMATracker | None = None,
 ) -> tuple[Trainer, TrainStepper]:
     """The trainer of one phase: freezing/LoRA, DDP, a new optimiser, losses."""
     prepare_network(stepper, phase, dist=dist)
@@ -135,6 +157,8 @@ def build_phase_trainer(
         end_of_epoch=end_of_epoch,
         start_epoch=progress.start_epoch,
         phase=progress.to_state(),
+        ema=ema,
+        validate_using_ema=config.validate_using_ema,
     )
     return trainer, train_stepper
 
@@ -178,6 +202,7 @@ def train_phases(
     for phase in remaining:  # fail before training for any phase
         phase.stepper_training.build(stepper, seed=config.seed, dist=dist)
         check_phase_network_settings(stepper, phase)
+    ema = build_ema(config, stepper, resumed=resumed is not None)
     end_of_epoch = None
     if config.inference is not None:
         end_of_epoch = InlineInference(config.inference, stepper=stepper, dist=dist)
@@ -201,6 +226,7 @@ def train_phases(
             dist=dist,
             logger=logger,
             end_of_epoch=end_of_epoch,
+            ema=ema,
         )
         if carried_loss_weights is not None and phase.carries_loss_weights:
             train_stepper.loss_weights.load_state_dict(carried_loss_weights)

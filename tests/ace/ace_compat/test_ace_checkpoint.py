@@ -43,7 +43,9 @@ def _data(tmp_path: Path) -> Path:
 
 def _evaluator_yaml(tmp_path: Path, checkpoint: str = "ckpt.tar") -> Path:
     _data(tmp_path)
-    config = yaml.safe_load((RUN / "evaluator.yaml").read_text().replace("TMP", str(tmp_path)))
+    config = yaml.safe_load(
+        (RUN / "evaluator.yaml").read_text().replace("TMP", str(tmp_path))
+    )
     config["checkpoint_path"] = str(RUN / checkpoint)
     path = tmp_path / "evaluator.yaml"
     path.write_text(yaml.safe_dump(config))

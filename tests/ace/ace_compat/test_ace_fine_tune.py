@@ -19,11 +19,11 @@ from fme.ace.data.dataset_info_state import dataset_info_from_state
 from fme.ace.stepper.parameter_init import initialize_stepper
 from fme.ace.stepper.stepper import Stepper, StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
+from fme.ace.train.config import load_train_config
+from fme.ace.train.main import run_training
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import from_dict_strict
 from fme.core.optimization import OptimizationConfig
-from fme.ace.train.config import load_train_config
-from fme.ace.train.main import run_training
 from fme.core.parameter_init import ParameterInitConfig
 
 RUN = Path(__file__).resolve().parent / "data" / "ace_run"
@@ -60,7 +60,9 @@ def test_first_step_loss_equals_the_released_models_loss(tmp_path):
     reference = torch.load(RUN / "last_batch_loss.pt", weights_only=True)
     stepper = _stepper()
     # ACE's module state, "module." prefixed as in its checkpoints
-    weights = {k.removeprefix("module."): v for k, v in reference["weights_before"].items()}
+    weights = {
+        k.removeprefix("module."): v for k, v in reference["weights_before"].items()
+    }
     stepper.base_module.load_state_dict(weights)
     batch = _ace_batch(tmp_path, stepper.all_names, reference["time"])
     training = from_dict_strict(

@@ -24,7 +24,11 @@ from fme.core.config_loading import from_dict_strict
 
 CASES = {
     # the old defaults: dhconv on an equiangular grid, blocks on the data grid
-    "equiangular_diagonal": {"embed_dim": 4, "num_layers": 2, "operator_type": "diagonal"},
+    "equiangular_diagonal": {
+        "embed_dim": 4,
+        "num_layers": 2,
+        "operator_type": "diagonal",
+    },
     "legendre_gauss_scale_factor_2": {
         "embed_dim": 4,
         "num_layers": 2,

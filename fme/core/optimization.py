@@ -134,6 +134,11 @@ class OptimizationConfig:
         checkpoint: activation checkpointing (ACE's
             ``checkpoint.after_n_forward_steps``; the former spelling
             ``checkpoint_after_n_forward_steps`` is migrated on load).
+        enable_automatic_mixed_precision: run the network's forward passes
+            of training under ``torch.autocast`` in bfloat16 (ACE's key; also on
+            CPU). Parameters, gradients and optimiser state stay float32; the
+            spectral transforms, the corrector and the loss run in float32.
+            Validation and inference run in float32, as in ACE.
     """
 
     optimizer_type: str = "Adam"
@@ -143,6 +148,7 @@ class OptimizationConfig:
     max_grad_norm: float | None = None
     use_gradient_accumulation: bool = False
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    enable_automatic_mixed_precision: bool = False
 
     @classmethod
     def migrate_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +276,9 @@ class OptimizationConfig:
             no_sync=no_sync,
             uses_closure=self.uses_closure,
             mean_over_ranks=mean_over_ranks,
+            autocast_dtype=(
+                torch.bfloat16 if self.enable_automatic_mixed_precision else None
+            ),
         )
 
 
@@ -286,6 +295,11 @@ class OptimizationABC(abc.ABC):
     @abc.abstractmethod
     def accumulate_loss(self, loss: torch.Tensor) -> None:
         """Take one optimised rollout step's loss."""
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        """The context forward passes run in: full precision unless overridden."""
+        del device
+        return contextlib.nullcontext()
 
 
 class NullOptimization(OptimizationABC):
@@ -316,6 +330,8 @@ class Optimization(OptimizationABC):
         no_sync: see ``OptimizationConfig.build``.
         uses_closure: the optimiser needs ``step_with_closure`` (L-BFGS).
         mean_over_ranks: see ``OptimizationConfig.build``.
+        autocast_dtype: the ``torch.autocast`` dtype of forward passes, or
+            None for full precision.
     """
 
     def __init__(
@@ -330,6 +346,7 @@ class Optimization(OptimizationABC):
         no_sync: Callable[[], AbstractContextManager[Any]] | None,
         uses_closure: bool = False,
         mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ):
         if uses_closure and use_gradient_accumulation:
             raise ValueError("a closure optimiser cannot accumulate gradients")
@@ -344,6 +361,13 @@ class Optimization(OptimizationABC):
         self.uses_closure = uses_closure
         self._mean_over_ranks = mean_over_ranks
         self.last_closure_evaluations = 0
+        self.autocast_dtype = autocast_dtype
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        """The context forward passes run in (mixed precision if enabled)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     @property
     def optimizer_steps(self) -> int:

@@ -91,6 +91,9 @@ class SingleModuleStepConfig:
         )
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 class SingleModuleStep(StepABC):
     """One network call plus optional residual prediction and corrector.
 
@@ -152,6 +155,28 @@ class SingleModuleStep(StepABC):
         )
         packed = torch.stack([normalized_in[n] for n in self._in_names], dim=1)
         packed_out = self.module(packed)
+        # Under mixed precision only the network runs in low precision: the
+        # residual, denormalisation and corrector run in float32, so the
+        # corrector's conservation holds to float32 precision.
+        with torch.autocast(device_type=packed_out.device.type, enabled=False):
+            return self._finish(
+                packed_out.float() if packed_out.dtype in _HALF else packed_out,
+                normalized_in=normalized_in,
+                input_data=input_data,
+                next_forcing=next_forcing,
+                detach_uncorrected=detach_uncorrected,
+            )
+
+    def _finish(
+        self,
+        packed_out: torch.Tensor,
+        *,
+        normalized_in: TensorMapping,
+        input_data: TensorMapping,
+        next_forcing: TensorMapping,
+        detach_uncorrected: bool,
+    ) -> StepOutput:
+        """Residual, denormalisation and corrector of the network's output."""
         normalized_out: TensorDict = {
             n: packed_out[:, i] for i, n in enumerate(self._out_names)
         }

@@ -498,7 +498,9 @@ class TrainStepper:
         step is not optimised), or None when a loss term is not finite and the
         batch is skipped.
         """
-        out = next(rollout)
+        device = batch.data[self.stepper.out_names[0]].device
+        with optimization.autocast(device):
+            out = next(rollout)  # the forward pass of this step runs here
         self._check_uncorrected(out)
         target = {n: batch.data[n][:, step + 1] for n in self.stepper.out_names}
         result = self.loss(out, target, step=step, term_weights=term_weights)

@@ -242,7 +242,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    stand_ins = [pair for f in _FOREIGN_FORMATS for pair in f.stand_ins]
+    stand_ins: list[Any] = [pair for f in _FOREIGN_FORMATS for pair in f.stand_ins]
     try:
         with torch.serialization.safe_globals(stand_ins):
             state = torch.load(path, map_location="cpu", weights_only=True)

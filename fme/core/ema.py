@@ -70,7 +70,9 @@ class EMATracker:
         self.faster_decay_at_start = faster_decay_at_start
 
         def average(
-            averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor
+            averaged: torch.Tensor,
+            current: torch.Tensor,
+            n_averaged: torch.Tensor | int,
         ) -> torch.Tensor:
             # n_averaged counts the initial copy: the t-th update sees n = t
             t = float(n_averaged)

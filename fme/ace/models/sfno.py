@@ -215,6 +215,14 @@ def _normalization(kind: str, channels: int, grid: tuple[int, int]) -> nn.Module
     return nn.Identity()
 
 
+class _FilterLayer(nn.Module):
+    """ACE's ``SpectralFilterLayer``: a container of the spectral convolution."""
+
+    def __init__(self, conv: SpectralConvS2):
+        super().__init__()
+        self.filter = conv
+
+
 class _MLP(nn.Module):
     """ACE's block MLP: ``fwd = [1x1 conv, activation, 1x1 conv]``."""
 
@@ -280,15 +288,16 @@ class SFNOBlock(nn.Module):
         super().__init__()
         self.norm0 = norm0
         # ACE's nesting: blocks.<i>.filter.filter.{weight,bias}
-        self.filter = nn.Module()
-        self.filter.filter = SpectralConvS2(
-            forward_transform=forward_transform,
-            inverse_transform=inverse_transform,
-            in_channels=embed_dim,
-            out_channels=embed_dim,
-            operator_type=operator_type,
-            mmax=weight_mmax,
-            init_gain=1.0 if use_mlp else branch_gain,
+        self.filter = _FilterLayer(
+            SpectralConvS2(
+                forward_transform=forward_transform,
+                inverse_transform=inverse_transform,
+                in_channels=embed_dim,
+                out_channels=embed_dim,
+                operator_type=operator_type,
+                mmax=weight_mmax,
+                init_gain=1.0 if use_mlp else branch_gain,
+            )
         )
         self.inner_skip = PointwiseLinear(
             embed_dim,
@@ -433,7 +442,7 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
             return ishts[key]
 
         data_shape = (n_lat, n_lon)
-        inner_shape = (int(inner["nlat"]), int(inner["nlon"]))
+        inner_shape = data_shape if internal_grid == "data" else (inner_lat, inner_lon)
         # Without normalization the residual stream would double its variance
         # in every block; small branches keep it O(1) at initialisation.
         normalized = normalization_layer != "none"

@@ -263,7 +263,12 @@ def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
             "ACE checkpoint: not supported here: stepper.step.config keys "
             f"{sorted(step_config)}"
         )
-    our_normalization: dict[str, Any] = {"network": normalization["network"]}
+    network = normalization["network"]
+    if network is None:
+        raise ValueError(
+            "ACE checkpoint: stepper.step.config.normalization has no network"
+        )
+    our_normalization: dict[str, Any] = {"network": network}
     for key in ("loss", "residual"):
         if normalization[key] is not None:
             our_normalization[key] = normalization[key]
@@ -293,9 +298,7 @@ def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
             "stepper": {
                 "config": stepper_config,
                 "module": module,
-                "normalizer": _pick(
-                    normalization["network"], all_names, "normalization.network"
-                ),
+                "normalizer": _pick(network, all_names, "normalization.network"),
                 "loss_normalizer": _loss_normalizer(
                     normalization, out_names=out_names, prognostic_names=prognostic
                 ),

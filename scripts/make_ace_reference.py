@@ -15,6 +15,9 @@ It writes, all small (kilobytes):
   grid, with every parameter set to random values, plus a random input and the
   released network's output for it: ``{"builder": {...}, "img_shape",
   "n_in", "n_out", "state_dict", "input", "output"}``.
+- ``noise_sfno_<variant>.pt``: the same for ``NoiseConditionedSFNO`` (ACE2S),
+  whose output is that for noise drawn from torch's global generator seeded
+  with ``noise_seed`` right before the call.
 - ``ace_run/``: a training run of the released trainer (``fme.ace.train``)
   for two optimiser steps on the ACE-format fixture data of this repository
   (``fme.ace.data.ace_format_fixture.write_ace_format_dataset`` with the
@@ -79,6 +82,27 @@ NETWORK_VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 NETWORK_COMMON = {"embed_dim": 4, "num_layers": 2}
+
+# NoiseConditionedSFNO (ACE2S): the output for noise drawn from torch's
+# global generator seeded with NOISE_SEED right before the call.
+NOISE_VARIANTS: dict[str, dict[str, Any]] = {
+    "gaussian": {},
+    "affine_norms_big_skip_filters": {
+        "affine_norms": True,
+        "normalize_big_skip": True,
+        "filter_residual": True,
+        "filter_output": True,
+    },
+    "isotropic_equiangular": {"noise_type": "isotropic", "data_grid": "equiangular"},
+    "no_pos_embed_relu_encoder_2": {
+        "pos_embed": False,
+        "activation_function": "relu",
+        "encoder_layers": 2,
+        "use_mlp": False,
+    },
+}
+NOISE_COMMON = {"embed_dim": 4, "num_layers": 2, "noise_embed_dim": 3}
+NOISE_SEED = 1234
 IMG_SHAPE = (8, 16)
 N_IN, N_OUT = 3, 2
 
@@ -134,6 +158,44 @@ def make_networks(out: Path) -> None:
             out / f"sfno_{name}.pt",
         )
         print(f"wrote sfno_{name}.pt", flush=True)
+
+
+def make_noise_networks(out: Path) -> None:
+    """Write one ``noise_sfno_<variant>.pt`` per entry of ``NOISE_VARIANTS``."""
+    import torch
+    from fme.ace.registry.stochastic_sfno import NoiseConditionedSFNOBuilder
+    from fme.core.coordinates import LatLonCoordinates
+    from fme.core.dataset_info import DatasetInfo
+
+    for i, (name, variant) in enumerate(NOISE_VARIANTS.items()):
+        builder_config = {**NOISE_COMMON, **variant}
+        builder = NoiseConditionedSFNOBuilder(**builder_config)
+        torch.manual_seed(200 + i)
+        lat = torch.linspace(-80.0, 80.0, IMG_SHAPE[0])
+        lon = torch.arange(IMG_SHAPE[1]) * 360.0 / IMG_SHAPE[1]
+        info = DatasetInfo(horizontal_coordinates=LatLonCoordinates(lat=lat, lon=lon))
+        net = builder.build(N_IN, N_OUT, info)
+        with torch.no_grad():
+            for param in net.parameters():
+                param.copy_(0.5 * torch.randn_like(param))
+        x = torch.randn(2, N_IN, *IMG_SHAPE)
+        torch.manual_seed(NOISE_SEED)
+        with torch.no_grad():
+            y = net(x)
+        torch.save(
+            {
+                "builder": builder_config,
+                "img_shape": IMG_SHAPE,
+                "n_in": N_IN,
+                "n_out": N_OUT,
+                "noise_seed": NOISE_SEED,
+                "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
+                "input": x,
+                "output": y,
+            },
+            out / f"noise_sfno_{name}.pt",
+        )
+        print(f"wrote noise_sfno_{name}.pt", flush=True)
 
 
 def _write_fixture(data_root: Path) -> Path:
@@ -301,7 +363,9 @@ def make_checkpoint(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--only", choices=("networks", "checkpoint"), default=None)
+    parser.add_argument(
+        "--only", choices=("networks", "noise", "checkpoint"), default=None
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     _check_reference_fme()
@@ -311,6 +375,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "networks"):
         make_networks(args.out)
+    if args.only in (None, "noise"):
+        make_noise_networks(args.out)
     if args.only in (None, "checkpoint"):
         make_checkpoint(args.out)
 

@@ -3,8 +3,13 @@
 Importing this package registers every module type with ``MODULE_REGISTRY``.
 """
 
-# conv_net, pointwise and sfno_config are imported for their registration side effect.
-from fme.ace.models import conv_net, pointwise, sfno_config  # noqa: F401
+# These modules are imported for their registration side effect.
+from fme.ace.models import (  # noqa: F401
+    conv_net,
+    noise_sfno_config,
+    pointwise,
+    sfno_config,
+)
 from fme.ace.models.registry import MODULE_REGISTRY, ModuleConfig, ModuleSelector
 
 __all__ = ["MODULE_REGISTRY", "ModuleConfig", "ModuleSelector"]

@@ -95,6 +95,14 @@ class SpectralConvS2(nn.Module):
         mmax: the number of orders of the weight (ACE's, possibly more than the
             transforms keep; the extra ones multiply zero coefficients).
         init_gain: complex weights start with E|w|^2 = init_gain / in_channels.
+        weight_layout: "in_out" (ACE's ``SphericalFourierNeuralOperatorNet``)
+            or "group_out_in": dhconv only, shape ``(1, lmax, out, in, 2)``
+            (ACE's conditional SFNO of ``NoiseConditionedSFNO``).
+        round_trip_residual: return the input passed through the forward and
+            inverse transforms as the skip, also on the same grid (ACE's
+            ``filter_residual``).
+        preserve_global_mean: pass the l = 0 coefficients through unchanged
+            (ACE's ``filter_preserves_global_mean``; in == out channels).
     """
 
     def __init__(
@@ -107,6 +115,9 @@ class SpectralConvS2(nn.Module):
         operator_type: str = "diagonal",
         mmax: int | None = None,
         init_gain: float = 1.0,
+        weight_layout: str = "in_out",
+        round_trip_residual: bool = False,
+        preserve_global_mean: bool = False,
     ):
         super().__init__()
         if (forward_transform.lmax, forward_transform.mmax) != (
@@ -131,18 +142,31 @@ class SpectralConvS2(nn.Module):
                 f"mmax of the weight ({self.weight_mmax}) must be >= the "
                 f"transforms' ({self.mmax})"
             )
-        self.resamples = (forward_transform.nlat, forward_transform.nlon) != (
-            inverse_transform.nlat,
-            inverse_transform.nlon,
-        ) or forward_transform.grid != inverse_transform.grid
+        self.resamples = round_trip_residual or (
+            (forward_transform.nlat, forward_transform.nlon)
+            != (inverse_transform.nlat, inverse_transform.nlon)
+            or forward_transform.grid != inverse_transform.grid
+        )
+        if weight_layout not in ("in_out", "group_out_in"):
+            raise ValueError(f"unknown weight_layout {weight_layout!r}")
+        if weight_layout == "group_out_in" and operator_type != "dhconv":
+            raise ValueError("weight_layout group_out_in needs operator_type dhconv")
+        if preserve_global_mean and in_channels != out_channels:
+            raise ValueError("preserve_global_mean needs in_channels == out_channels")
+        self.weight_layout = weight_layout
+        self.preserve_global_mean = preserve_global_mean
         modes = (
             [self.lmax] if operator_type == "dhconv" else [self.lmax, self.weight_mmax]
         )
         # real and imaginary parts each carry half the variance
         std = math.sqrt(init_gain / in_channels / 2.0)
-        self.weight = _mode_major_parameter(
+        weight = _mode_major_parameter(
             in_channels=in_channels, out_channels=out_channels, modes=modes, std=std
         )
+        if weight_layout == "group_out_in":
+            # (in, out, l, 2) -> (1, l, out, in, 2), still [l, in, out, 2] in memory
+            weight = nn.Parameter(weight.detach().permute(2, 1, 0, 3)[None])
+        self.weight = weight
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def extra_repr(self) -> str:
@@ -168,17 +192,26 @@ class SpectralConvS2(nn.Module):
             self.out_channels,
         )
         spec = torch.view_as_complex(coeffs.view(n_m, n_l, batch, n_in, 2))
-        weight = _mode_major(self.weight)
+        if self.weight_layout == "group_out_in":
+            weight = self.weight[0].permute(0, 2, 1, 3).contiguous()
+        else:
+            weight = _mode_major(self.weight)
         if self.operator_type == "dhconv":
             # [l, in, out]: one matrix per l, shared by all m; rows are (m, batch)
             rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
             mixed = torch.bmm(rows, torch.view_as_complex(weight))
             mixed = mixed.view(n_l, n_m, batch, n_out).transpose(0, 1)
-            return torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
-        # [m, l, in, out]: the first n_m orders are a contiguous prefix
-        per_mode = torch.view_as_complex(weight[:n_m]).view(n_m * n_l, n_in, n_out)
-        mixed = torch.bmm(spec.reshape(n_m * n_l, batch, n_in), per_mode)
-        return torch.view_as_real(mixed).view(n_m, n_l, batch * n_out * 2)
+            out = torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
+        else:
+            # [m, l, in, out]: the first n_m orders are a contiguous prefix
+            per_mode = torch.view_as_complex(weight[:n_m]).view(n_m * n_l, n_in, n_out)
+            mixed = torch.bmm(spec.reshape(n_m * n_l, batch, n_in), per_mode)
+            out = torch.view_as_real(mixed).view(n_m, n_l, batch * n_out * 2)
+        if self.preserve_global_mean:
+            # (m, l) = (0, 0) is the global mean: not filtered
+            m0 = torch.cat([coeffs[:1, :1], out[:1, 1:]], dim=1)
+            out = torch.cat([m0, out[1:]], dim=0)
+        return out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Convolve ``[batch, in_channels, lat, lon]`` given on the input grid.
@@ -223,8 +256,16 @@ class _FilterLayer(nn.Module):
         self.filter = conv
 
 
-class _MLP(nn.Module):
-    """ACE's block MLP: ``fwd = [1x1 conv, activation, 1x1 conv]``."""
+class PointwiseMLP(nn.Module):
+    """ACE's block MLP: ``fwd = [1x1 conv, activation, 1x1 conv]``.
+
+    Args:
+        embed_dim: input and output channels.
+        hidden: hidden channels.
+        activation: the activation module class.
+        branch_gain: initial output variance per unit input variance.
+        checkpointed: recompute its activations in backward.
+    """
 
     def __init__(
         self,
@@ -307,9 +348,9 @@ class SFNOBlock(nn.Module):
         )
         self.activation = activation()
         self.norm1 = norm1
-        self.mlp: _MLP | None = None
+        self.mlp: PointwiseMLP | None = None
         if use_mlp:
-            self.mlp = _MLP(
+            self.mlp = PointwiseMLP(
                 embed_dim=embed_dim,
                 hidden=int(embed_dim * mlp_ratio),
                 activation=activation,
@@ -331,7 +372,7 @@ class SFNOBlock(nn.Module):
         return y + residual
 
 
-def _coder(
+def coder(
     *,
     n_in: int,
     hidden: int,
@@ -339,7 +380,15 @@ def _coder(
     n_hidden_layers: int,
     activation: type[nn.Module],
 ) -> nn.Sequential:
-    """ACE's encoder/decoder: hidden 1x1 convs with bias, then one without."""
+    """ACE's encoder/decoder: hidden 1x1 convs with bias, then one without.
+
+    Args:
+        n_in: input channels.
+        hidden: channels of the hidden layers.
+        n_out: output channels.
+        n_hidden_layers: number of (1x1 conv + activation) layers first.
+        activation: the activation module class.
+    """
     layers: list[nn.Module] = []
     current = n_in
     for _ in range(n_hidden_layers):
@@ -402,7 +451,7 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
         activation = ACTIVATIONS[activation_function]
         n_in_total = n_in_channels + noise_channels
 
-        self.encoder = _coder(
+        self.encoder = coder(
             n_in=n_in_total,
             hidden=embed_dim,
             n_out=embed_dim,
@@ -475,7 +524,7 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
                 )
             )
         self.blocks = nn.ModuleList(blocks)
-        self.decoder = _coder(
+        self.decoder = coder(
             n_in=embed_dim + (n_in_total if big_skip else 0),
             hidden=embed_dim,
             n_out=n_out_channels,

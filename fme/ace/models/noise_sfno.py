@@ -1,0 +1,362 @@
+"""ACE2S's ``NoiseConditionedSFNO``: an SFNO whose normalisations see fresh noise.
+
+Every call draws noise ``z`` (``noise_embed_dim`` channels on the grid:
+``gaussian`` white noise, or ``isotropic`` noise synthesised from random
+spherical-harmonic coefficients with unit variance), and every normalisation
+layer is conditioned on it (conditional layer norm, as ACE's)::
+
+    norm(x; z) = layer_norm(x) * (1 + W_scale z) + W_bias z
+
+with 1x1 convolutions ``W_scale``, ``W_bias`` (zero at initialisation) and a
+layer norm over the channels of each grid point (``global_layer_norm``: over
+channels and grid). The rest is ACE's conditional SFNO: encoder, position
+embedding, blocks (norm0, dhconv filter + 1x1 skip, activation, norm1, MLP,
+identity outer skip), big skip (optionally normalised and filtered), decoder
+(optionally filtered). Parameter names and shapes are ACE's
+(``conditional_model.blocks.<i>.norm0.W_scale_2d.weight``,
+``conditional_model.blocks.<i>.filter.filter.weight`` of shape ``(1, lmax,
+out, in, 2)``, ...).
+
+Noise is drawn from torch's global generator in the same order and shapes as
+ACE's (``torch.randn``), so with the same seed the same weights give the same
+output as the released network.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from fme.ace.models.pointwise import PointwiseLinear
+from fme.ace.models.sfno import (
+    ACTIVATIONS,
+    SpectralConvS2,
+    coder,
+    PointwiseMLP,
+)
+from fme.ace.models.sht import (
+    InverseSphericalHarmonicTransform,
+    SphericalHarmonicTransform,
+)
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channels of each grid point (ACE's, eps 1e-5)."""
+
+    def __init__(self, channels: int, *, affine: bool, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+        if affine:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-3, keepdim=True)
+        var = x.var(dim=-3, keepdim=True, unbiased=False)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None and self.bias is not None:
+            y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
+        return y
+
+
+class ConditionalLayerNorm(nn.Module):
+    """``layer_norm(x) * (1 + W_scale_2d z) + W_bias_2d z`` for noise ``z``.
+
+    Args:
+        channels: channels of ``x``.
+        noise_channels: channels of ``z``.
+        grid: (lat, lon), for ``global_layer_norm``.
+        global_layer_norm: normalise over channels and grid points together.
+        affine: learned element-wise affine parameters of the layer norm.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        noise_channels: int,
+        grid: tuple[int, int],
+        global_layer_norm: bool,
+        affine: bool,
+    ):
+        super().__init__()
+        self.W_scale_2d = PointwiseLinear(
+            noise_channels, channels, bias=False, conv_shape=True
+        )
+        self.W_bias_2d = PointwiseLinear(
+            noise_channels, channels, bias=False, conv_shape=True
+        )
+        for layer in (self.W_scale_2d, self.W_bias_2d):
+            nn.init.zeros_(layer.weight)
+        self.norm: nn.Module
+        if global_layer_norm:
+            self.norm = nn.LayerNorm(
+                (channels, *grid), eps=1e-5, elementwise_affine=affine
+            )
+        else:
+            self.norm = ChannelLayerNorm(channels, affine=affine)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + self.W_scale_2d(noise)
+        return self.norm(x) * scale + self.W_bias_2d(noise)
+
+
+class _FilterLayer(nn.Module):
+    def __init__(self, conv: SpectralConvS2):
+        super().__init__()
+        self.filter = conv
+
+
+class ConditionalSFNOBlock(nn.Module):
+    """One block of ACE's conditional SFNO (norms conditioned on the noise)."""
+
+    def __init__(
+        self,
+        *,
+        conv: SpectralConvS2,
+        embed_dim: int,
+        norm_kwargs: dict,
+        activation: type[nn.Module],
+        use_mlp: bool,
+        mlp_ratio: float,
+        checkpoint_mlp: bool,
+    ):
+        super().__init__()
+        self.norm0 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
+        self.filter = _FilterLayer(conv)
+        self.inner_skip = PointwiseLinear(embed_dim, embed_dim, conv_shape=True)
+        self.activation = activation()
+        self.norm1 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
+        self.mlp: PointwiseMLP | None = None
+        if use_mlp:
+            self.mlp = PointwiseMLP(
+                embed_dim=embed_dim,
+                hidden=int(embed_dim * mlp_ratio),
+                activation=activation,
+                branch_gain=1.0,
+                checkpointed=checkpoint_mlp,
+            )
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        y, residual = self.filter.filter(self.norm0(x, noise))
+        y = self.norm1(self.activation(y + self.inner_skip(residual)), noise)
+        if self.mlp is not None:
+            y = self.mlp(y)
+        return y + residual
+
+
+class ConditionalSFNO(nn.Module):
+    """ACE's conditional SFNO (``conditional_model``), given the noise.
+
+    Args:
+        n_in_channels: input channels.
+        n_out_channels: output channels.
+        img_shape: (lat, lon) of the data grid.
+        embed_dim: feature channels.
+        noise_channels: channels of the conditioning noise.
+        num_layers: number of blocks.
+        use_mlp: whether blocks end with a pointwise MLP.
+        mlp_ratio: MLP hidden width relative to ``embed_dim``.
+        activation_function: "gelu", "relu" or "silu".
+        encoder_layers: hidden layers of encoder and decoder.
+        pos_embed: learned position embedding after the encoder.
+        big_skip: the decoder also sees the (filtered, normalised) input.
+        checkpointing: activation checkpointing level as in ACE.
+        data_grid: "legendre-gauss" or "equiangular".
+        global_layer_norm: see :class:`ConditionalLayerNorm`.
+        affine_norms: see :class:`ConditionalLayerNorm`.
+        filter_residual: skips pass through an SHT round trip.
+        filter_output: the output passes through an SHT round trip.
+        normalize_big_skip: the big skip passes through a conditional norm.
+        filter_preserves_global_mean: filters leave l = 0 unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_in_channels: int,
+        n_out_channels: int,
+        img_shape: tuple[int, int],
+        embed_dim: int,
+        noise_channels: int,
+        num_layers: int,
+        use_mlp: bool,
+        mlp_ratio: float,
+        activation_function: str,
+        encoder_layers: int,
+        pos_embed: bool,
+        big_skip: bool,
+        checkpointing: int,
+        data_grid: str,
+        global_layer_norm: bool,
+        affine_norms: bool,
+        filter_residual: bool,
+        filter_output: bool,
+        normalize_big_skip: bool,
+        filter_preserves_global_mean: bool,
+    ):
+        super().__init__()
+        n_lat, n_lon = img_shape
+        self.img_shape = (n_lat, n_lon)
+        lmax = n_lat
+        self.weight_mmax = n_lon // 2 + 1
+        mmax = min(self.weight_mmax, lmax)
+        self.lmax = lmax
+        self.big_skip = big_skip
+        self.filter_residual = filter_residual
+        self.filter_output = filter_output
+        self.checkpointing = checkpointing
+        activation = ACTIVATIONS[activation_function]
+        data = dict(nlat=n_lat, nlon=n_lon, grid=data_grid, lmax=lmax, mmax=mmax)
+        inner = dict(data, grid="legendre-gauss")
+        self.trans_down = SphericalHarmonicTransform(**data)  # type: ignore[arg-type]
+        self.itrans_up = InverseSphericalHarmonicTransform(**data)  # type: ignore[arg-type]
+        trans = SphericalHarmonicTransform(**inner)  # type: ignore[arg-type]
+        itrans = InverseSphericalHarmonicTransform(**inner)  # type: ignore[arg-type]
+        if data_grid == "legendre-gauss":
+            trans, itrans = self.trans_down, self.itrans_up
+        norm_kwargs = dict(
+            noise_channels=noise_channels,
+            grid=self.img_shape,
+            global_layer_norm=global_layer_norm,
+            affine=affine_norms,
+        )
+        self.encoder = coder(
+            n_in=n_in_channels,
+            hidden=embed_dim,
+            n_out=embed_dim,
+            n_hidden_layers=encoder_layers,
+            activation=activation,
+        )
+        self.pos_embed: nn.Parameter | None = None
+        if pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, n_lat, n_lon))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        blocks = []
+        for i in range(num_layers):
+            conv = SpectralConvS2(
+                forward_transform=self.trans_down if i == 0 else trans,
+                inverse_transform=self.itrans_up if i == num_layers - 1 else itrans,
+                in_channels=embed_dim,
+                out_channels=embed_dim,
+                operator_type="dhconv",
+                weight_layout="group_out_in",
+                round_trip_residual=filter_residual,
+                preserve_global_mean=filter_preserves_global_mean,
+            )
+            blocks.append(
+                ConditionalSFNOBlock(
+                    conv=conv,
+                    embed_dim=embed_dim,
+                    norm_kwargs=norm_kwargs,
+                    activation=activation,
+                    use_mlp=use_mlp,
+                    mlp_ratio=mlp_ratio,
+                    checkpoint_mlp=checkpointing >= 2,
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.decoder = coder(
+            n_in=embed_dim + (n_in_channels if big_skip else 0),
+            hidden=embed_dim,
+            n_out=n_out_channels,
+            n_hidden_layers=encoder_layers,
+            activation=activation,
+        )
+        self.norm_big_skip: ConditionalLayerNorm | None = None
+        if normalize_big_skip:
+            self.norm_big_skip = ConditionalLayerNorm(n_in_channels, **norm_kwargs)
+
+    def _round_trip(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[:2]
+        dtype = x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            coeffs = self.trans_down(x.float() if dtype != torch.float64 else x)
+            out = self.itrans_up(coeffs, batch=batch, channels=channels)
+        return out.to(dtype)
+
+    def _run(self, part: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+        if self.checkpointing >= level:
+            return checkpoint(part, x, use_reentrant=False)
+        return part(x)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Map ``[batch, n_in, lat, lon]`` and noise to ``[batch, n_out, ...]``."""
+        residual = x
+        if self.big_skip:
+            if self.filter_residual:
+                residual = self._round_trip(residual)
+            if self.norm_big_skip is not None:
+                residual = self.norm_big_skip(residual, noise)
+        h = self._run(self.encoder, x, 1)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed
+        for block in self.blocks:
+            if self.checkpointing >= 3:
+                h = checkpoint(block, h, noise, use_reentrant=False)
+            else:
+                h = block(h, noise)
+        if self.big_skip:
+            h = torch.cat([h, residual], dim=1)
+        h = self._run(self.decoder, h, 1)
+        if self.filter_output:
+            h = self._round_trip(h)
+        return h
+
+
+class NoiseConditionedSFNO(nn.Module):
+    """Draws the noise and calls the conditional SFNO (``conditional_model``).
+
+    Args:
+        conditional_model: the network given the noise.
+        noise_channels: channels of the noise.
+        noise_type: "gaussian" (white noise on the grid) or "isotropic"
+            (random spherical-harmonic coefficients, unit variance in space).
+    """
+
+    def __init__(
+        self,
+        conditional_model: ConditionalSFNO,
+        *,
+        noise_channels: int,
+        noise_type: str,
+    ):
+        super().__init__()
+        self.conditional_model = conditional_model
+        self.noise_channels = noise_channels
+        self.noise_type = noise_type
+
+    def _isotropic_noise(self, batch: int, device: torch.device) -> torch.Tensor:
+        model = self.conditional_model
+        lmax, mmax = model.lmax, model.weight_mmax
+        shape = (batch, self.noise_channels, lmax, mmax)
+        real = torch.randn(shape, dtype=torch.float32, device=device)
+        imag = torch.randn(shape, dtype=torch.float32, device=device)
+        imag[..., :, 0] = 0.0  # m = 0 is real
+        # m > 0: real and imaginary parts N(0, 1/2), so |a_lm|^2 has mean 1
+        real[..., :, 1:] /= math.sqrt(2.0)
+        imag[..., :, 1:] /= math.sqrt(2.0)
+        scale = math.sqrt(4.0 * math.pi) / lmax
+        coeffs = torch.stack([real, imag], dim=-1) * scale  # [b, c, l, m, 2]
+        isht = model.itrans_up
+        coeffs = coeffs[..., : isht.mmax, :]  # orders m > l carry no harmonic
+        coeffs = coeffs.permute(3, 2, 0, 1, 4).reshape(isht.mmax, lmax, -1)
+        return isht(coeffs, batch=batch, channels=self.noise_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[batch, n_in, lat, lon]`` to ``[batch, n_out, lat, lon]`` (random)."""
+        x = x.reshape(-1, *x.shape[-3:])
+        if self.noise_type == "isotropic":
+            noise = self._isotropic_noise(x.shape[0], x.device).to(x.dtype)
+        else:
+            noise = torch.randn(
+                x.shape[0],
+                self.noise_channels,
+                *x.shape[-2:],
+                device=x.device,
+                dtype=x.dtype,
+            )
+        return self.conditional_model(x, noise)

@@ -16,6 +16,10 @@ Cases (``--cases``, comma-separated):
   dry-air corrector. With ``--reference-python`` (a separate virtualenv with
   the released ``fme==2026.10.0``) the same case runs there through
   ``scripts/reference_ace_benchmark.py`` and the ratios are printed.
+- ``noise_sfno``: the same data with ``NoiseConditionedSFNO`` (ACE2S, embed_dim
+  16, noise_embed_dim 8) trained with ``EnsembleLoss`` (CRPS 0.9 + energy
+  score 0.1) and ``n_ensemble: 2``; with ``--reference-python`` also in the
+  released package, printing the ratio.
 - ``corrector_loss``: the shallow-water case with corrector loss off,
   pre-corrector, regularisation, and both.
 - ``data_parallel``: samples/s with 1 process and with ``torchrun`` 2
@@ -50,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_CASES = (
     "startup",
     "speed",
+    "noise_sfno",
     "corrector_loss",
     "data_parallel",
     "zarr_loader",
@@ -132,8 +137,24 @@ def _ace_format_config(
     cache_in_memory: bool = True,
     embed_dim: int = 16,
     operator_type: str = "diagonal",
+    builder: str = "SphericalFourierNeuralOperatorNet",
 ) -> dict[str, Any]:
     prognostic = data.prognostic
+    builder_config: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "num_layers": 2,
+        "data_grid": "legendre-gauss",
+    }
+    training: dict[str, Any] = {"loss": {"type": "MSE"}, "n_forward_steps": 2}
+    if builder == "NoiseConditionedSFNO":  # as reference_ace_benchmark.py
+        builder_config["noise_embed_dim"] = max(1, embed_dim // 2)
+        training["n_ensemble"] = 2
+        training["loss"] = {
+            "type": "EnsembleLoss",
+            "kwargs": {"crps_weight": 0.9, "energy_score_weight": 0.1},
+        }
+    else:
+        builder_config["operator_type"] = operator_type
     return {
         "experiment_dir": str(experiment_dir),
         "max_epochs": 100,
@@ -151,15 +172,7 @@ def _ace_format_config(
             "step": {
                 "type": "single_module",
                 "config": {
-                    "builder": {
-                        "type": "SphericalFourierNeuralOperatorNet",
-                        "config": {
-                            "embed_dim": embed_dim,
-                            "num_layers": 2,
-                            "operator_type": operator_type,
-                            "data_grid": "legendre-gauss",
-                        },
-                    },
+                    "builder": {"type": builder, "config": builder_config},
                     "in_names": prognostic + data.forcing,
                     "out_names": prognostic + data.diagnostic,
                     "normalization": {
@@ -179,7 +192,7 @@ def _ace_format_config(
                 },
             }
         },
-        "stepper_training": {"loss": {"type": "MSE"}, "n_forward_steps": 2},
+        "stepper_training": training,
     }
 
 
@@ -546,9 +559,16 @@ def _import_floor() -> float:
 
 
 def _reference(
-    python: str, data_dir: Path, work: Path, *, steps: int, warmup: int, batch_size: int
+    python: str,
+    data_dir: Path,
+    work: Path,
+    *,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    builder: str = "SphericalFourierNeuralOperatorNet",
 ) -> dict[str, Any]:
-    out = work / "reference"
+    out = work / f"reference_{builder}"
     command = [
         python,
         str(REPO / "scripts" / "reference_ace_benchmark.py"),
@@ -566,6 +586,8 @@ def _reference(
         "2",
         "--threads",
         "1",
+        "--builder",
+        builder,
     ]
     result = subprocess.run(
         command,
@@ -679,6 +701,45 @@ def main(argv: list[str] | None = None) -> None:
                 f"| streamed vs released: speed-up "
                 f"{ref['s_per_step'] / ours['s_per_step']:.2f}x, memory ratio "
                 f"{ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f} | | | |"
+            )
+    if "noise_sfno" in cases:
+        noise_data = write_ace_format_dataset(
+            work / "ace", n_lat=32, n_lon=64, n_levels=2, n_times=400, seed=0
+        )
+        noise_config = _ace_format_config(
+            noise_data,
+            work / "noise_sfno",
+            4,
+            cache_in_memory=False,
+            builder="NoiseConditionedSFNO",
+        )
+        noise = _best(
+            [
+                _run_case(noise_config, work, f"noise{r}", steps=steps, warmup=warmup)
+                for r in range(args.repeats)
+            ]
+        )
+        results["noise_sfno"] = {"fme": noise}
+        lines.append(
+            _row(
+                "NoiseConditionedSFNO 16x2, EnsembleLoss, n_ensemble 2, streamed", noise
+            )
+        )
+        if args.reference_python:
+            ref = _reference(
+                args.reference_python,
+                work / "ace",
+                work,
+                steps=steps,
+                warmup=warmup,
+                batch_size=4,
+                builder="NoiseConditionedSFNO",
+            )
+            results["noise_sfno"]["reference"] = ref
+            lines.append(_row(f"same, released {ref['impl']}", ref))
+            lines.append(
+                f"| NoiseConditionedSFNO vs released: speed-up "
+                f"{ref['s_per_step'] / noise['s_per_step']:.2f}x | | | |"
             )
     if "corrector_loss" in cases:
         variants = {

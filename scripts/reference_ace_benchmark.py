@@ -102,6 +102,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SFNO operator_type (released default: diagonal)",
     )
     parser.add_argument(
+        "--builder",
+        choices=("SphericalFourierNeuralOperatorNet", "NoiseConditionedSFNO"),
+        default="SphericalFourierNeuralOperatorNet",
+        help="network; NoiseConditionedSFNO trains with EnsembleLoss, n_ensemble 2",
+    )
+    parser.add_argument(
         "--use-gradient-accumulation",
         action="store_true",
         help="optimization.use_gradient_accumulation (released default: false)",
@@ -301,15 +307,7 @@ def build_train_config(
                     "in_names": in_names,
                     "out_names": out_names,
                     "normalization": normalization,
-                    "builder": {
-                        "type": "SphericalFourierNeuralOperatorNet",
-                        "config": {
-                            "embed_dim": args.embed_dim,
-                            "num_layers": args.num_layers,
-                            "data_grid": args.data_grid,
-                            "operator_type": args.operator_type,
-                        },
-                    },
+                    "builder": builder_config(args),
                     "corrector": {
                         "type": "atmosphere_corrector",
                         "config": {"conserve_dry_air": True},
@@ -317,11 +315,37 @@ def build_train_config(
                 },
             },
         },
-        "stepper_training": {
-            "loss": {"type": "MSE"},
-            "n_forward_steps": args.n_forward_steps,
-        },
+        "stepper_training": stepper_training_config(args),
     }
+
+
+def builder_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The network of the benchmark, the same YAML for both implementations."""
+    config: dict[str, Any] = {
+        "embed_dim": args.embed_dim,
+        "num_layers": args.num_layers,
+        "data_grid": args.data_grid,
+    }
+    if args.builder == "NoiseConditionedSFNO":
+        config["noise_embed_dim"] = max(1, args.embed_dim // 2)
+    else:
+        config["operator_type"] = args.operator_type
+    return {"type": args.builder, "config": config}
+
+
+def stepper_training_config(args: argparse.Namespace) -> dict[str, Any]:
+    """MSE, or ACE2S's ensemble CRPS + energy score for NoiseConditionedSFNO."""
+    config: dict[str, Any] = {
+        "loss": {"type": "MSE"},
+        "n_forward_steps": args.n_forward_steps,
+    }
+    if args.builder == "NoiseConditionedSFNO":
+        config["n_ensemble"] = 2
+        config["loss"] = {
+            "type": "EnsembleLoss",
+            "kwargs": {"crps_weight": 0.9, "energy_score_weight": 0.1},
+        }
+    return config
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +495,7 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "n_params": timer.n_params,
         "operator_type": args.operator_type,
+        "builder": args.builder,
         "data_grid": args.data_grid,
         "use_gradient_accumulation": args.use_gradient_accumulation,
         "complete_epoch": args.complete_epoch,

@@ -80,3 +80,78 @@ def test_weights_move_back_to_ace_unchanged(variant):
     # the loaded spectral weight keeps its mode-major memory (the fast path)
     weight = net.blocks[0].filter.filter.weight
     assert not weight.is_contiguous()
+
+
+# ACE's SphericalFourierNeuralOperatorBuilder fields and defaults
+# (fme==2026.10.0, fme/ace/registry/sfno.py).
+ACE_BUILDER_DEFAULTS = {
+    "spectral_transform": "sht",
+    "filter_type": "linear",
+    "operator_type": "diagonal",
+    "scale_factor": 1,
+    "residual_filter_factor": 1,
+    "embed_dim": 256,
+    "num_layers": 12,
+    "hard_thresholding_fraction": 1.0,
+    "normalization_layer": "instance_norm",
+    "use_mlp": True,
+    "activation_function": "gelu",
+    "encoder_layers": 1,
+    "pos_embed": True,
+    "big_skip": True,
+    "rank": 1.0,
+    "factorization": None,
+    "separable": False,
+    "complex_network": True,
+    "complex_activation": "real",
+    "spectral_layers": 1,
+    "checkpointing": 0,
+    "data_grid": "legendre-gauss",
+}
+
+
+def test_every_ace_builder_key_with_ace_defaults():
+    config = ModuleSelector(type="SphericalFourierNeuralOperatorNet").module_config
+    for key, default in ACE_BUILDER_DEFAULTS.items():
+        assert getattr(config, key) == default, key
+
+
+@pytest.mark.parametrize(
+    "key, value, supported",
+    [
+        ("filter_type", "non-linear", "linear"),
+        ("spectral_transform", "fft", "sht"),
+        ("factorization", "cp", "null"),
+        ("separable", True, "false"),
+    ],
+)
+def test_ace_values_not_implemented_are_refused_naming_key_and_support(
+    key, value, supported
+):
+    with pytest.raises(ValueError, match=f"not supported here: {key}=.*{supported}"):
+        ModuleSelector(type="SphericalFourierNeuralOperatorNet", config={key: value})
+
+
+@pytest.mark.parametrize("checkpointing", [1, 2, 3])
+def test_activation_checkpointing_levels_keep_the_function_and_gradients(
+    checkpointing,
+):
+    reference = _load("dhconv")
+    plain, checkpointed = (
+        _build(reference),
+        _build(
+            {
+                **reference,
+                "builder": {**reference["builder"], "checkpointing": checkpointing},
+            }
+        ),
+    )
+    for net in (plain, checkpointed):
+        net.load_state_dict(reference["state_dict"])
+    x = reference["input"]
+    plain(x).square().sum().backward()
+    checkpointed(x).square().sum().backward()
+    for (name, a), b in zip(
+        plain.named_parameters(), checkpointed.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)

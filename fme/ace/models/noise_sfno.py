@@ -31,9 +31,9 @@ from torch.utils.checkpoint import checkpoint
 from fme.ace.models.pointwise import PointwiseLinear
 from fme.ace.models.sfno import (
     ACTIVATIONS,
+    PointwiseMLP,
     SpectralConvS2,
     coder,
-    PointwiseMLP,
 )
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,

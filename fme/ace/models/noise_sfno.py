@@ -54,9 +54,11 @@ class ChannelLayerNorm(nn.Module):
             self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-3, keepdim=True)
-        var = x.var(dim=-3, keepdim=True, unbiased=False)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
+        # mean of squares rather than torch.var: a reduction over the channel
+        # axis that keeps the grid axes innermost is several times faster on CPU
+        centered = x - x.mean(dim=-3, keepdim=True)
+        var = (centered * centered).mean(dim=-3, keepdim=True)
+        y = centered * torch.rsqrt(var + self.eps)
         if self.weight is not None and self.bias is not None:
             y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
         return y

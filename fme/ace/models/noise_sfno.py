@@ -23,6 +23,7 @@ output as the released network.
 """
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from fme.ace.models.pointwise import PointwiseLinear
 from fme.ace.models.sfno import (
     ACTIVATIONS,
+    FilterLayer,
     PointwiseMLP,
     SpectralConvS2,
     coder,
@@ -106,12 +108,6 @@ class ConditionalLayerNorm(nn.Module):
         return self.norm(x) * scale + self.W_bias_2d(noise)
 
 
-class _FilterLayer(nn.Module):
-    def __init__(self, conv: SpectralConvS2):
-        super().__init__()
-        self.filter = conv
-
-
 class ConditionalSFNOBlock(nn.Module):
     """One block of ACE's conditional SFNO (norms conditioned on the noise)."""
 
@@ -128,7 +124,7 @@ class ConditionalSFNOBlock(nn.Module):
     ):
         super().__init__()
         self.norm0 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
-        self.filter = _FilterLayer(conv)
+        self.filter = FilterLayer(conv)
         self.inner_skip = PointwiseLinear(embed_dim, embed_dim, conv_shape=True)
         self.activation = activation()
         self.norm1 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
@@ -212,15 +208,17 @@ class ConditionalSFNO(nn.Module):
         self.filter_output = filter_output
         self.checkpointing = checkpointing
         activation = ACTIVATIONS[activation_function]
-        data = dict(nlat=n_lat, nlon=n_lon, grid=data_grid, lmax=lmax, mmax=mmax)
+        data: dict[str, Any] = dict(
+            nlat=n_lat, nlon=n_lon, grid=data_grid, lmax=lmax, mmax=mmax
+        )
         inner = dict(data, grid="legendre-gauss")
-        self.trans_down = SphericalHarmonicTransform(**data)  # type: ignore[arg-type]
-        self.itrans_up = InverseSphericalHarmonicTransform(**data)  # type: ignore[arg-type]
-        trans = SphericalHarmonicTransform(**inner)  # type: ignore[arg-type]
-        itrans = InverseSphericalHarmonicTransform(**inner)  # type: ignore[arg-type]
+        self.trans_down = SphericalHarmonicTransform(**data)
+        self.itrans_up = InverseSphericalHarmonicTransform(**data)
+        trans = SphericalHarmonicTransform(**inner)
+        itrans = InverseSphericalHarmonicTransform(**inner)
         if data_grid == "legendre-gauss":
             trans, itrans = self.trans_down, self.itrans_up
-        norm_kwargs = dict(
+        norm_kwargs: dict[str, Any] = dict(
             noise_channels=noise_channels,
             grid=self.img_shape,
             global_layer_norm=global_layer_norm,

@@ -248,7 +248,7 @@ def _normalization(kind: str, channels: int, grid: tuple[int, int]) -> nn.Module
     return nn.Identity()
 
 
-class _FilterLayer(nn.Module):
+class FilterLayer(nn.Module):
     """ACE's ``SpectralFilterLayer``: a container of the spectral convolution."""
 
     def __init__(self, conv: SpectralConvS2):
@@ -329,7 +329,7 @@ class SFNOBlock(nn.Module):
         super().__init__()
         self.norm0 = norm0
         # ACE's nesting: blocks.<i>.filter.filter.{weight,bias}
-        self.filter = _FilterLayer(
+        self.filter = FilterLayer(
             SpectralConvS2(
                 forward_transform=forward_transform,
                 inverse_transform=inverse_transform,
@@ -357,11 +357,6 @@ class SFNOBlock(nn.Module):
                 branch_gain=branch_gain,
                 checkpointed=checkpoint_mlp,
             )
-
-    @property
-    def spectral_conv(self) -> SpectralConvS2:
-        """The block's spectral convolution (``filter.filter``)."""
-        return self.filter.filter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""

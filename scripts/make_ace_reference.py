@@ -23,7 +23,8 @@ It writes, all small (kilobytes):
   (``fme.ace.data.ace_format_fixture.write_ace_format_dataset`` with the
   parameters in ``ace_run/fixture.json``), SFNO (dhconv) with the dry-air
   corrector and EMA: ``ckpt.tar`` (with optimiser and EMA state),
-  ``best_ckpt.tar`` (EMA weights, ``validate_using_ema: true``), the train
+  ``best_ckpt.tar`` and ``best_inference_ckpt.tar`` (EMA weights,
+  ``validate_using_ema: true``), the train
   YAML, the released evaluator's YAML and what it predicted:
   ``evaluator_predictions.pt`` ``{"prediction": {name: [sample, time, lat,
   lon]}, "target": {...}}``, read from its ``autoregressive_predictions.nc``
@@ -233,6 +234,16 @@ def _train_config(data: Path, experiment_dir: Path) -> dict[str, Any]:
             },
         },
         "optimization": {"optimizer_type": "Adam", "lr": 1.0e-2},
+        # an inline inference, so best_inference_ckpt.tar is written too
+        "inference": {
+            "n_forward_steps": 2,
+            "forward_steps_in_memory": 2,
+            "loader": {
+                "dataset": dataset,
+                "start_indices": {"first": 20, "n_initial_conditions": 2},
+                "num_data_workers": 0,
+            },
+        },
         "stepper": {
             "step": {
                 "type": "single_module",
@@ -331,7 +342,7 @@ def make_checkpoint(out: Path) -> None:
         with Distributed.context():
             train_main(str(train_yaml))
         checkpoints = experiment / "training_checkpoints"
-        for name in ("ckpt.tar", "best_ckpt.tar"):
+        for name in ("ckpt.tar", "best_ckpt.tar", "best_inference_ckpt.tar"):
             shutil.copy(checkpoints / name, run_out / name)
         eval_dir = tmp_path / "eval"
         eval_yaml = run_out / "evaluator.yaml"

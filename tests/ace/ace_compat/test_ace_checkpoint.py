@@ -52,7 +52,9 @@ def _evaluator_yaml(tmp_path: Path, checkpoint: str = "ckpt.tar") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["ckpt.tar", "best_ckpt.tar"])
+@pytest.mark.parametrize(
+    "name", ["ckpt.tar", "best_ckpt.tar", "best_inference_ckpt.tar"]
+)
 def test_ace_checkpoint_converts_to_ours(name):
     state = load_checkpoint(RUN / name)
     stepper_state = state["trainable"]["stepper"]
@@ -137,3 +139,12 @@ def test_ace_entry_point_name_runs_the_evaluator():
         check=True,
     )
     assert "evaluator YAML" in result.stdout
+
+
+def test_ace_best_checkpoints_hold_the_ema_weights_of_ckpt():
+    # validate_using_ema: ACE writes best checkpoints with the EMA in place
+    ema = load_checkpoint(RUN / "ckpt.tar")["ema"]["params"]
+    for name in ("best_ckpt.tar", "best_inference_ckpt.tar"):
+        stepper = load_stepper(RUN / name, use_ema=True)  # no EMA params: as saved
+        for key, value in stepper.base_module.state_dict().items():
+            assert torch.equal(value, ema[key]), (name, key)

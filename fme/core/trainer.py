@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from fme.core.checkpoint import load_checkpoint, save_checkpoint
 from fme.core.distributed import DistributedContext
-from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.ema import EMATracker
+from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.optimization import Optimization

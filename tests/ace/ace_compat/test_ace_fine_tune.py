@@ -71,7 +71,7 @@ def test_first_step_loss_equals_the_released_models_loss(tmp_path):
         path="stepper_training",
     )
     train_stepper = training.build(stepper)
-    stepper.step.module.train()
+    stepper.module.train()
     loss = train_stepper.validate_on_batch(batch).metrics["loss"]
     assert abs(loss - reference["loss"]) <= 1e-5 * reference["loss"], (
         loss,
@@ -99,7 +99,7 @@ def test_ace_checkpoint_fine_tunes_with_the_corrector_loss(tmp_path):
     )
     train_stepper = training.build(stepper)
     optimization = OptimizationConfig(optimizer_type="Adam", lr=1e-3).build(
-        stepper.step.module.parameters()
+        stepper.module.parameters()
     )
     first = train_stepper.validate_on_batch(batch).metrics
     assert first["corrector_regularization"] > 0  # the dry-air fix is penalised

@@ -52,7 +52,7 @@ def _train_step(tmp_path: Path, amp: bool):
     train_stepper = training.build(stepper)
     optimization = OptimizationConfig(
         optimizer_type="Adam", lr=1e-3, enable_automatic_mixed_precision=amp
-    ).build(stepper.step.module.parameters())
+    ).build(stepper.module.parameters())
     dtypes: list[torch.dtype] = []
     hook = stepper.base_module.encoder.register_forward_hook(
         lambda module, args, out: dtypes.append(out.dtype)

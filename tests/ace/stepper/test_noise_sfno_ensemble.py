@@ -50,7 +50,7 @@ def test_ensemble_loss_with_ace_kwargs_trains_a_noise_conditioned_sfno():
     )
     data = batch(n_samples=2, n_times=2)
     optimization = OptimizationConfig(optimizer_type="Adam", lr=3e-3).build(
-        stepper.step.module.parameters()
+        stepper.module.parameters()
     )
     torch.manual_seed(1)
     first = train.validate_on_batch(data).metrics["loss"]

@@ -6,6 +6,7 @@ applies it to the raw mapping, outermost first, before the strict check.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -43,6 +44,7 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     _check_unknown_keys(cls, data, path)
+    check_finite_numbers(data, path=path)
     try:
         return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
     except dacite.UnexpectedDataError as err:
@@ -213,6 +215,30 @@ def _fits(cls: type, value: dict) -> bool:
     return set(value) <= names and required <= set(value)
 
 
+def check_finite_numbers(data: Any, *, path: str = "config") -> None:
+    """Refuse NaN and infinite numbers anywhere in ``data``, naming the key path.
+
+    The one check of finiteness for everything read from YAML (including
+    free-form ``kwargs`` passed to torch): a range check such as ``x <= 0`` is
+    False for NaN, so a NaN would otherwise pass every range check. No setting
+    means "no limit" by infinity; those use null.
+
+    Raises:
+        ConfigError: ``<path>: must be a finite number, got nan``.
+    """
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(
+            f"{path}: must be a finite number, got {data!r}; "
+            "use null where a setting allows no limit"
+        )
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite_numbers(value, path=f"{path}.{key}")
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_finite_numbers(value, path=f"{path}[{i}]")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -237,17 +263,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 walked = ".".join(keys[: i + 1])
                 raise ConfigError(f"override {override!r}: {walked} is not a mapping")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw_value)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw_value)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {override!r}: not valid YAML ({_yaml_problem(err)})"
+            ) from None
     return data
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error's problem in one line, without the quoted source lines."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{problem} ({context})" if context else str(problem)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file into a dict, with a clear error for a missing file."""
+    """Read a YAML file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, not a mapping, or not valid YAML
+            (one line: ``file:line:column: YAML syntax error: ...``).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     with path.open() as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+            raise ConfigError(
+                f"{path}:{where} YAML syntax error: {_yaml_problem(err)}"
+            ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
     return data

@@ -6,12 +6,17 @@ sampler.
 """
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from fme.core.checkpoint import load_checkpoint, save_checkpoint
+from fme.core.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporary_files,
+    save_checkpoint,
+)
 from fme.core.distributed import DistributedContext
 from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
@@ -170,6 +175,9 @@ class Trainer:
             resume: continue from ``ckpt.tar`` if it exists (False when a new
                 training phase starts from the weights already loaded).
         """
+        if self.dist.is_root:
+            for path in remove_stale_temporary_files(self.checkpoint_dir):
+                logging.info("removed %s, left by a checkpoint write killed", path)
         if resume and self.latest_checkpoint_path.is_file():
             self.resume(self.latest_checkpoint_path)
         while not self._done():
@@ -320,10 +328,56 @@ class Trainer:
             return
         state = self.get_state()
         if self.dist.is_root:
-            save_checkpoint(state, self.latest_checkpoint_path)
+            # best first: a kill between the writes leaves ckpt.tar older than
+            # best_ckpt.tar (the epoch re-runs), never best_ckpt.tar stale
             if best:
                 save_checkpoint(state, self.checkpoint_dir / BEST_CHECKPOINT)
+            save_checkpoint(state, self.latest_checkpoint_path)
         self.dist.barrier()
+
+    def _repair_best_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Make ``best_ckpt.tar`` hold the best value ``ckpt.tar`` records.
+
+        Runs written before the best-first write order could be killed after
+        ``ckpt.tar`` (holding a new best) and before ``best_ckpt.tar``; that
+        ``ckpt.tar`` was written at the end of the epoch reaching the best,
+        so it is the best state.
+        """
+        if not (self.dist.is_root and self.save_checkpoints):
+            return
+        trainer_state = state["trainer"]
+        best_value = float(trainer_state["best_value"])
+        if not math.isfinite(best_value):
+            return
+        best_path = self.checkpoint_dir / BEST_CHECKPOINT
+        recorded = float("inf")
+        if best_path.is_file():
+            recorded = float(load_checkpoint(best_path)["trainer"]["best_value"])
+        if recorded <= best_value:
+            return
+        if trainer_state.get("sampler", {}).get("batches_done", 0) != 0:
+            logging.warning(
+                "%s records best %s = %.6g but %s holds %.6g, and %s is not "
+                "from the end of that epoch, so it cannot replace it",
+                path,
+                self.best_metric,
+                best_value,
+                best_path,
+                recorded,
+                path,
+            )
+            return
+        save_checkpoint(state, best_path)
+        logging.warning(
+            "repaired %s: it was older than the best %s = %.6g recorded in %s "
+            "(it held %s); replaced it with %s, written when that best was reached",
+            best_path,
+            self.best_metric,
+            best_value,
+            path,
+            "nothing" if recorded == float("inf") else f"{recorded:.6g}",
+            path,
+        )
 
     def resume(self, path: Path) -> None:
         """Continue from checkpoint ``path``."""
@@ -345,6 +399,7 @@ class Trainer:
         self._epoch_metrics = MeanAggregator()
         self._epoch_metrics.load_state(trainer_state["epoch_metrics"])
         set_rng_state(trainer_state["rng"])
+        self._repair_best_checkpoint(path, state)
         logging.info(
             "resumed from %s at epoch %d, optimizer step %d",
             path,

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import yaml
 from train_run_builders import tiny_config, tiny_data
 
-from fme.ace.train.main import run_training
+from fme.ace.train.main import main, run_training
 from fme.core import trainer as trainer_module
 from fme.core.checkpoint import load_checkpoint
 
@@ -78,3 +79,68 @@ def test_stale_temporary_files_of_killed_writes_are_removed_at_start(data, tmp_p
     run_training(tiny_config(data, experiment_dir, ["max_steps=1"]))
     assert not stale.exists()
     assert sorted(p.name for p in checkpoints.iterdir()) == ["ckpt.tar"]
+
+
+@pytest.mark.parametrize(
+    "metric, allowed",
+    [
+        ("val/mean/los", "'val/mean/loss', 'val/mean/loss/eastward_wind'"),
+        ("inference/rmse/geopotentail", "'inference/rmse/geopotential'"),
+    ],
+)
+def test_a_best_metric_never_logged_fails_before_training(
+    data, tmp_path, metric, allowed
+):
+    experiment_dir = tmp_path / "run"
+    extra = [f"best_checkpoint_metric={metric}"]
+    if metric.startswith("inference/"):
+        extra.append(
+            "inference={loader: {dataset: {data_path: "
+            f"{data / 'validation'}}}, start_indices: {{first: 0, "
+            "n_initial_conditions: 1}}, n_forward_steps: 2}"
+        )
+    with pytest.raises(ValueError) as info:
+        run_training(tiny_config(data, experiment_dir, extra))
+    message = str(info.value)
+    assert f"best_checkpoint_metric {metric!r} is never logged" in message
+    assert allowed in message
+    assert not (experiment_dir / "training_checkpoints").exists()
+    assert not (experiment_dir / "metrics.jsonl").exists()
+
+
+def test_a_failed_start_leaves_only_out_log_with_the_error(data, tmp_path, capsys):
+    experiment_dir = tmp_path / "run"
+    config = tiny_config(data, experiment_dir, ["best_checkpoint_metric=val/mean/x"])
+    path = tmp_path / "config.yaml"
+    from fme.core.config_loading import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: best_checkpoint_metric"), err
+    assert str(experiment_dir / "out.log") in err[0]
+    # no config.yaml, metrics or checkpoints: a start that never trained
+    assert sorted(p.name for p in experiment_dir.iterdir()) == ["out.log"]
+    log = (experiment_dir / "out.log").read_text()
+    assert "best_checkpoint_metric 'val/mean/x' is never logged" in log
+    assert "start failed before training" in log
+
+
+def test_a_fatal_error_during_training_is_in_out_log(data, tmp_path, capsys):
+    experiment_dir = tmp_path / "run"
+    config = tiny_config(data, experiment_dir, ["stepper_training.loss.type=NaN"])
+    path = tmp_path / "config.yaml"
+    from fme.core.config_loading import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not finite" in err[0], err
+    log = (experiment_dir / "out.log").read_text()
+    assert "loss term 'main' is not finite at rollout step 0" in log
+    assert "Traceback" in log  # the details are in the file, not on the screen
+    assert (experiment_dir / "config.yaml").is_file()

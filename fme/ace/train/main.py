@@ -263,7 +263,10 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
     """
     owns_dist = dist is None
     if dist is None:
-        dist = DistributedContext.from_environment(config.distributed_backend)
+        dist = DistributedContext.from_environment(
+            config.distributed_backend,
+            collective_timeout=config.distributed_timeout_seconds,
+        )
     experiment_dir = Path(config.experiment_dir)
     config.logging.configure_python_logging(experiment_dir, dist)
     started = False
@@ -282,7 +285,10 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
         finished = True
     except Exception as err:
         stage = "training stopped" if started else "start failed before training"
-        logging.error("%s: %s", stage, err, exc_info=err)
+        peer = dist.peer_failure(err)
+        logging.error("%s: %s", stage, peer or err, exc_info=err)
+        if peer is not None:
+            raise peer from err
         raise
     finally:
         if owns_dist:

@@ -21,6 +21,7 @@ from fme.core.distributed import DistributedContext
 from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
+from fme.core.nonfinite import NonFiniteError, first_nonfinite_tensor
 from fme.core.optimization import Optimization
 from fme.core.progress import Progress
 from fme.core.rng_state import get_rng_state, set_rng_state
@@ -145,6 +146,8 @@ class Trainer:
         self._epoch_metrics = MeanAggregator()
         self._resume_sampler_state: dict[str, int] | None = None
         self._batches_done = 0
+        # (file, optimizer step) of the newest checkpoint this run wrote or read
+        self._last_checkpoint: tuple[Path, int] | None = None
 
     @property
     def latest_checkpoint_path(self) -> Path:
@@ -239,11 +242,14 @@ class Trainer:
         )
         for batch in self.train_data.loader:
             batch_index = self._batches_done
-            out = self.trainable.train_on_batch(
-                batch,
-                self.optimization,
-                where=f"epoch {self.epoch}, batch {batch_index}",
-            )
+            try:
+                out = self.trainable.train_on_batch(
+                    batch,
+                    self.optimization,
+                    where=f"epoch {self.epoch}, batch {batch_index}",
+                )
+            except NonFiniteError as err:
+                raise type(err)(f"{err}; {self._checkpoint_truth()}") from None
             self._batches_done += 1
             n = _batch_size(batch) * self.dist.world_size
             n_samples += n
@@ -314,11 +320,37 @@ class Trainer:
             state["phase"] = self.phase
         return state
 
+    def _checkpoint_truth(self) -> str:
+        """Which checkpoint a stopped run leaves, for error messages."""
+        if not self.save_checkpoints:
+            return "no checkpoint was written (save_checkpoint: false)"
+        if self._last_checkpoint is None:
+            return "training stopped; no checkpoint was written in this run"
+        path, step = self._last_checkpoint
+        return (
+            f"training stopped; the last checkpoint, {path} at optimizer step "
+            f"{step}, was written before this and is intact"
+        )
+
+    def _finite_state(self, name: str) -> dict[str, Any]:
+        """The state to checkpoint, refused if a weight or optimiser state is bad."""
+        state = self.get_state()
+        bad = first_nonfinite_tensor(
+            {"trainable": state["trainable"], "optimization": state["optimization"]}
+        )
+        if bad is not None:
+            raise NonFiniteError(
+                f"{bad} is not finite at optimizer step "
+                f"{self.optimization.optimizer_steps}; {name} was not written "
+                f"and {self._checkpoint_truth()}"
+            )
+        return state
+
     def save_as(self, name: str) -> None:
         """Write the current state to ``checkpoint_dir/name`` (e.g. a phase's end)."""
         if not self.save_checkpoints:
             return
-        state = self.get_state()
+        state = self._finite_state(name)
         if self.dist.is_root:
             save_checkpoint(state, self.checkpoint_dir / name)
         self.dist.barrier()
@@ -326,13 +358,17 @@ class Trainer:
     def _save(self, *, best: bool) -> None:
         if not self.save_checkpoints:
             return
-        state = self.get_state()
+        state = self._finite_state(LATEST_CHECKPOINT)
         if self.dist.is_root:
             # best first: a kill between the writes leaves ckpt.tar older than
             # best_ckpt.tar (the epoch re-runs), never best_ckpt.tar stale
             if best:
                 save_checkpoint(state, self.checkpoint_dir / BEST_CHECKPOINT)
             save_checkpoint(state, self.latest_checkpoint_path)
+        self._last_checkpoint = (
+            self.latest_checkpoint_path,
+            self.optimization.optimizer_steps,
+        )
         self.dist.barrier()
 
     def _repair_best_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
@@ -400,6 +436,7 @@ class Trainer:
         self._epoch_metrics.load_state(trainer_state["epoch_metrics"])
         set_rng_state(trainer_state["rng"])
         self._repair_best_checkpoint(path, state)
+        self._last_checkpoint = (path, self.optimization.optimizer_steps)
         logging.info(
             "resumed from %s at epoch %d, optimizer step %d",
             path,

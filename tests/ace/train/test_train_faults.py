@@ -8,6 +8,8 @@ from train_run_builders import tiny_config, tiny_data
 from fme.ace.train.main import main, run_training
 from fme.core import trainer as trainer_module
 from fme.core.checkpoint import load_checkpoint
+from fme.core.nonfinite import NonFiniteError
+from fme.core.optimization import Optimization
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,44 @@ def test_a_fatal_error_during_training_is_in_out_log(data, tmp_path, capsys):
     assert "loss term 'main' is not finite at rollout step 0" in log
     assert "Traceback" in log  # the details are in the file, not on the screen
     assert (experiment_dir / "config.yaml").is_file()
+
+
+def test_a_non_finite_loss_says_no_checkpoint_was_written(data, tmp_path):
+    experiment_dir = tmp_path / "run"
+    config = tiny_config(data, experiment_dir, ["stepper_training.loss.type=NaN"])
+    with pytest.raises(NonFiniteError) as info:
+        run_training(config)
+    message = str(info.value)
+    assert "loss term 'main' is not finite at rollout step 0, epoch 0" in message
+    assert "no checkpoint was written in this run" in message
+    assert "intact" not in message
+    assert not (experiment_dir / "training_checkpoints" / "ckpt.tar").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(data, tmp_path, monkeypatch):
+    """A bad update that got past every check still never reaches a checkpoint."""
+    experiment_dir = tmp_path / "run"
+    checkpoints = experiment_dir / "training_checkpoints"
+    real_step = Optimization.step_weights
+
+    def step_then_poison(self):
+        real_step(self)
+        if self.optimizer_steps == 3:
+            with torch.no_grad():
+                self.parameters[0].fill_(float("nan"))
+
+    monkeypatch.setattr(Optimization, "step_weights", step_then_poison)
+    config = tiny_config(data, experiment_dir, ["checkpoint_every_n_steps=1"])
+    with pytest.raises(NonFiniteError) as info:
+        run_training(config)
+    message = str(info.value)
+    assert "trainable.stepper.module." in message
+    assert "is not finite at optimizer step 3; ckpt.tar was not written" in message
+    assert (
+        f"the last checkpoint, {checkpoints / 'ckpt.tar'} at optimizer step 2, "
+        "was written before this and is intact"
+    ) in message
+    state = load_checkpoint(checkpoints / "ckpt.tar")
+    assert state["optimization"]["optimizer_steps"] == 2
+    for value in state["trainable"]["stepper"]["module"].values():
+        assert torch.isfinite(value).all()

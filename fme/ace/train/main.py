@@ -24,6 +24,7 @@ from fme.ace.train.phases import (
     finish_network,
     prepare_network,
 )
+from fme.ace.train.resume_check import check_resume
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import ConfigError, to_dict
 from fme.core.distributed import DistributedContext
@@ -83,12 +84,12 @@ def _mean_over_ranks(dist: DistributedContext):
     return mean
 
 
-def _checkpoint_progress(config: TrainConfig) -> PhaseProgress | None:
-    """The phase progress of the run's latest checkpoint, or None (fresh run)."""
+def _latest_checkpoint(config: TrainConfig) -> dict[str, Any] | None:
+    """The run's latest checkpoint, or None (fresh run)."""
     path = config.checkpoint_dir / LATEST_CHECKPOINT
     if not path.is_file():
         return None
-    return PhaseProgress.from_state(load_checkpoint(path).get("phase"))
+    return load_checkpoint(path)
 
 
 def build_phase_trainer(
@@ -157,7 +158,8 @@ def train_phases(
     """
     seed_everything(config.seed)
     phases = config.resolved_phases()
-    resumed = _checkpoint_progress(config)
+    latest = _latest_checkpoint(config)
+    resumed = None if latest is None else PhaseProgress.from_state(latest.get("phase"))
     progress = resumed or PhaseProgress()
     if progress.index >= len(phases):
         raise ValueError(
@@ -179,8 +181,15 @@ def train_phases(
     remaining = phases[progress.index :]
     train_data, _ = data_for(remaining[0])
     stepper = config.stepper.build(dataset_info=train_data.dataset_info)
-    if resumed is None:
+    if latest is None:
         initialize_stepper(stepper, config.stepper_training.parameter_init)
+    else:
+        check_resume(
+            config,
+            latest,
+            stepper=stepper,
+            path=str(config.checkpoint_dir / LATEST_CHECKPOINT),
+        )
     for phase in remaining:  # fail before training for any phase
         phase.stepper_training.build(stepper, seed=config.seed, dist=dist)
         check_phase_network_settings(stepper, phase)

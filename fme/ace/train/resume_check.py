@@ -6,7 +6,9 @@ distributed settings) may change: the change is applied and logged, old →
 new. Anything else (the model, its variables and normalisation statistics,
 losses, rollout, optimiser and schedule, batch size, seed, phases, the best
 metric) is restored from the checkpoint and cannot change silently: the
-start is refused, listing each differing dotted key, old → new.
+start is refused, listing each differing dotted key, old → new. The initial
+weights (``parameter_init.weights_path``, ``exclude_parameters``) are used
+only when a run starts; a change to them is logged as having no effect.
 """
 
 import fnmatch
@@ -39,6 +41,12 @@ APPLIED_ON_RESUME = (
     # where the statistics are read from; their values are compared below
     "stepper.step.config.normalization.*.global_means_path",
     "stepper.step.config.normalization.*.global_stds_path",
+)
+
+# used only when a run starts: a resumed run takes its weights from ckpt.tar
+START_ONLY = (
+    "stepper_training.parameter_init.weights_path",
+    "stepper_training.parameter_init.exclude_parameters",
 )
 
 _STATISTICS_RTOL = 1e-6
@@ -115,6 +123,7 @@ def check_resume(
     saved = checkpoint.get("config") or {}
     refused: dict[str, tuple] = {}
     applied: dict[str, tuple] = {}
+    start_only: dict[str, tuple] = {}
     if not saved:
         logging.warning(
             "%s stores no run config; the config cannot be compared on resume", path
@@ -123,7 +132,12 @@ def check_resume(
         for key, change in config_differences(
             _with_defaults(saved), to_dict(config)
         ).items():
-            (applied if _applies_on_resume(key) else refused)[key] = change
+            if key in START_ONLY:
+                start_only[key] = change
+            elif _applies_on_resume(key):
+                applied[key] = change
+            else:
+                refused[key] = change
     stepper_state = checkpoint.get("trainable", {}).get("stepper", {})
     for key, change in _statistics_differences(stepper_state, stepper).items():
         refused[f"normalization statistics {key}"] = change
@@ -139,4 +153,13 @@ def check_resume(
         )
     for key, (old, new) in applied.items():
         logging.info("resuming with a changed setting: %s: %r -> %r", key, old, new)
+    for key, (old, new) in start_only.items():
+        logging.warning(
+            "%s changed (%r -> %r) but is used only when a run starts; resuming "
+            "takes the weights from %s",
+            key,
+            old,
+            new,
+            path,
+        )
     return applied

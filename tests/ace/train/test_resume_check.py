@@ -132,3 +132,16 @@ def test_settings_that_can_change_are_applied_and_logged(data, interrupted, tmp_
     written = yaml.safe_load((experiment_dir / "config.yaml").read_text())
     assert written["max_steps"] == 4
     assert written["logging"]["batch_log_interval"] == 1
+
+
+def test_start_only_settings_are_logged_as_unused_on_resume(
+    data, interrupted, tmp_path
+):
+    experiment_dir = _copy(interrupted, tmp_path)
+    weights = "stepper_training.parameter_init.weights_path"
+    run_training(
+        tiny_config(data, experiment_dir, ["max_steps=3", f"{weights}=/x.tar"])
+    )
+    log = (experiment_dir / "out.log").read_text()
+    assert f"{weights} changed (None -> '/x.tar') but is used only when a run" in log
+    assert _state(experiment_dir)["optimization"]["optimizer_steps"] == 3

@@ -6,7 +6,6 @@ applies it to the raw mapping, outermost first, before the strict check.
 """
 
 import dataclasses
-import math
 import types
 import typing
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any, TypeVar
 
 import dacite
 import yaml
+
+from fme.core.number_check import check_finite_numbers
 
 T = TypeVar("T")
 
@@ -44,7 +45,10 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     _check_unknown_keys(cls, data, path)
-    check_finite_numbers(data, path=path)
+    try:
+        check_finite_numbers(data, path=path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     try:
         return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
     except dacite.UnexpectedDataError as err:
@@ -213,30 +217,6 @@ def _fits(cls: type, value: dict) -> bool:
         and f.default_factory is dataclasses.MISSING
     }
     return set(value) <= names and required <= set(value)
-
-
-def check_finite_numbers(data: Any, *, path: str = "config") -> None:
-    """Refuse NaN and infinite numbers anywhere in ``data``, naming the key path.
-
-    The one check of finiteness for everything read from YAML (including
-    free-form ``kwargs`` passed to torch): a range check such as ``x <= 0`` is
-    False for NaN, so a NaN would otherwise pass every range check. No setting
-    means "no limit" by infinity; those use null.
-
-    Raises:
-        ConfigError: ``<path>: must be a finite number, got nan``.
-    """
-    if isinstance(data, float) and not math.isfinite(data):
-        raise ConfigError(
-            f"{path}: must be a finite number, got {data!r}; "
-            "use null where a setting allows no limit"
-        )
-    if isinstance(data, dict):
-        for key, value in data.items():
-            check_finite_numbers(value, path=f"{path}.{key}")
-    elif isinstance(data, list | tuple):
-        for i, value in enumerate(data):
-            check_finite_numbers(value, path=f"{path}[{i}]")
 
 
 def _type_name(tp: Any) -> str:

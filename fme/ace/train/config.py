@@ -12,6 +12,7 @@ from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
 from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
 from fme.core.distributed import DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
 from fme.core.metrics_logger import LoggingConfig
+from fme.core.number_check import check_number
 from fme.core.optimization import OptimizationConfig
 
 _BACKENDS = (None, "gloo", "nccl")
@@ -92,11 +93,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
-        if self.distributed_timeout_seconds <= 0:
-            raise ValueError(
-                "distributed_timeout_seconds must be > 0, got "
-                f"{self.distributed_timeout_seconds}"
-            )
+        check_number(
+            self.distributed_timeout_seconds,
+            path="distributed_timeout_seconds",
+            minimum=0.0,
+            exclusive=True,
+        )
         if self.distributed_backend not in _BACKENDS:
             raise ValueError(
                 f"distributed_backend {self.distributed_backend!r} is unknown; "

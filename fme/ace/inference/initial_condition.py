@@ -147,7 +147,10 @@ def write_state_file(
         )
         time[:] = micros.astype(np.int64)
         for name, values in state.items():
-            var = ds.createVariable(name, "f4", ("sample", "lat", "lon"))
+            # per-chunk checksums, checked when the file is read back
+            var = ds.createVariable(
+                name, "f4", ("sample", "lat", "lon"), fletcher32=True
+            )
             var.setncatts(dict(variable_metadata.get(name, {})))
             var[:] = values.detach().to("cpu", torch.float32).numpy()
     tmp.replace(path)

@@ -34,6 +34,7 @@ APPLIED_ON_RESUME = (
     "inference",
     "inference.*",
     "train_loader.num_data_workers",
+    "train_loader.prefetch_factor",
     "train_loader.dataset.data_path",
     "train_loader.dataset.cache_in_memory",
     "distributed_backend",

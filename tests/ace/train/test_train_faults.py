@@ -1,5 +1,7 @@
 """Faults during a run: kills between checkpoint writes, stale files, bad starts."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -83,11 +85,30 @@ def test_stale_temporary_files_of_killed_writes_are_removed_at_start(data, tmp_p
     assert sorted(p.name for p in checkpoints.iterdir()) == ["ckpt.tar"]
 
 
+def test_a_map_diagnostic_best_metric_is_accepted(data, tmp_path):
+    # its names depend on the data a rollout covers: checked by family
+    experiment_dir = tmp_path / "run"
+    extra = [
+        "best_checkpoint_metric=inference/time_mean/rmse/geopotential",
+        "inference={loader: {dataset: {data_path: "
+        f"{data / 'validation'}}}, start_indices: {{first: 0, "
+        "n_initial_conditions: 1}}, n_forward_steps: 2}",
+        "max_epochs=1",
+    ]
+    run_training(tiny_config(data, experiment_dir, extra))
+    checkpoints = experiment_dir / "training_checkpoints"
+    assert (checkpoints / "best_ckpt.tar").exists()
+    records = [json.loads(line) for line in (experiment_dir / "metrics.jsonl").open()]
+    assert any("inference/time_mean/rmse/geopotential" in r for r in records)
+
+
 @pytest.mark.parametrize(
     "metric, allowed",
     [
         ("val/mean/los", "'val/mean/loss', 'val/mean/loss/eastward_wind'"),
         ("inference/rmse/geopotentail", "'inference/rmse/geopotential'"),
+        # not a map-diagnostic family either (time_mean is)
+        ("inference/time_means/rmse/geopotential", "'inference/rmse/geopotential'"),
     ],
 )
 def test_a_best_metric_never_logged_fails_before_training(

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,34 @@ def _describe(state: Any) -> str:
     return f"a {type(state).__name__}"
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def remove_stale_temporary_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed.
+
+    ``save_checkpoint`` writes ``.<name>.<random>.tmp`` next to the target and
+    renames it; a process killed before the rename leaves it behind. Only
+    files of that shape that end in ``.tar.<random>.tmp`` are removed.
+
+    Returns:
+        The removed paths (empty if ``directory`` does not exist).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in sorted(directory.glob(f".*.tar.*{_TMP_SUFFIX}")):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -220,7 +249,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "format_version": CHECKPOINT_FORMAT_VERSION}
     fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        dir=path.parent, prefix=_temporary_prefix(path.name), suffix=_TMP_SUFFIX
     )
     try:
         with os.fdopen(fd, "wb") as f:
@@ -237,22 +266,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint, migrating older formats to the current one.
 
     Raises:
-        ValueError: the file is missing or from a newer, unknown format.
+        ValueError: the file is missing, empty, truncated or corrupt, not a
+            checkpoint, or from a newer, unknown format; the message names it.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is empty (0 bytes); it was not written "
+            "completely: use another checkpoint or retrain"
+        )
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise _corrupt(path, size, ValueError("not a complete zip archive"))
     stand_ins: list[Any] = [pair for f in _FOREIGN_FORMATS for pair in f.stand_ins]
     try:
         with torch.serialization.safe_globals(stand_ins):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(
-            f"checkpoint {str(path)!r} is neither an fme checkpoint nor one of "
-            f"{[f.name for f in _FOREIGN_FORMATS]}: torch cannot read it with "
-            f"weights-only loading ({type(err).__name__}: {first_line})"
-        ) from None
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported" in str(err):
+            raise ValueError(
+                f"checkpoint {str(path)!r} is neither an fme checkpoint nor one "
+                f"of {_foreign_names()}: it holds objects other than plain data "
+                "and tensors, which are never unpickled here (weights-only "
+                f"loading: {str(err).splitlines()[0]})"
+            ) from None
+        raise _corrupt(path, size, err) from None
+    except (OSError, EOFError, RuntimeError, ValueError) as err:
+        raise _corrupt(path, size, err) from None
     if not _is_ours(state):
         for foreign in _FOREIGN_FORMATS:
             if foreign.matches(state):
@@ -260,8 +302,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 break
         else:
             raise ValueError(
-                f"checkpoint {str(path)!r} is neither an fme checkpoint nor one "
-                f"of {[f.name for f in _FOREIGN_FORMATS]}: found {_describe(state)}"
+                f"checkpoint {str(path)!r} is not a checkpoint this program "
+                f"reads: neither an fme checkpoint nor one of {_foreign_names()}; "
+                f"found {_describe(state)}"
             )
     version = int(state.get("format_version", 0))
     if version > CHECKPOINT_FORMAT_VERSION:
@@ -279,3 +322,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         version += 1
         state["format_version"] = version
     return state
+
+
+def _foreign_names() -> list[str]:
+    return [f.name for f in _FOREIGN_FORMATS]
+
+
+def _corrupt(path: Path, size: int, err: BaseException) -> ValueError:
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(
+        f"checkpoint {str(path)!r} ({size} bytes) is neither an fme checkpoint "
+        f"nor one of {_foreign_names()}: it is truncated or corrupt and torch "
+        f"cannot read it with weights-only loading ({type(err).__name__}: "
+        f"{first_line}); use another checkpoint or retrain"
+    )

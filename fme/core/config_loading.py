@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import dacite
 import yaml
 
+from fme.core.number_check import check_finite_numbers
+
 T = TypeVar("T")
 
 _DACITE_CONFIG = dacite.Config(strict=True, cast=[tuple])
@@ -43,6 +45,10 @@ def from_dict_strict(cls: type[T], data: Any, *, path: str = "config") -> T:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     _check_unknown_keys(cls, data, path)
+    try:
+        check_finite_numbers(data, path=path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     try:
         return dacite.from_dict(cls, data, config=_DACITE_CONFIG)
     except dacite.UnexpectedDataError as err:
@@ -237,17 +243,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 walked = ".".join(keys[: i + 1])
                 raise ConfigError(f"override {override!r}: {walked} is not a mapping")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw_value)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw_value)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {override!r}: not valid YAML ({_yaml_problem(err)})"
+            ) from None
     return data
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error's problem in one line, without the quoted source lines."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{problem} ({context})" if context else str(problem)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file into a dict, with a clear error for a missing file."""
+    """Read a YAML file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, not a mapping, or not valid YAML
+            (one line: ``file:line:column: YAML syntax error: ...``).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     with path.open() as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+            raise ConfigError(
+                f"{path}:{where} YAML syntax error: {_yaml_problem(err)}"
+            ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
     return data

@@ -14,6 +14,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 300.0
+
+# how gloo and nccl report a peer that stopped responding or died
+_PEER_FAILURE_SIGNS = (
+    "Timed out",
+    "timed out",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
+
+class CollectiveFailure(RuntimeError):
+    """A collective (all-reduce, barrier) failed because a peer stopped or died."""
+
 
 class DistributedContext:
     """Describes this process's place in a data-parallel job.
@@ -23,6 +39,8 @@ class DistributedContext:
         world_size: number of processes.
         device: the device this process computes on.
         initialized: whether a ``torch.distributed`` process group is up.
+        collective_timeout: seconds a collective waits for the other ranks
+            before this rank fails.
     """
 
     def __init__(
@@ -32,7 +50,9 @@ class DistributedContext:
         world_size: int = 1,
         device: torch.device | None = None,
         initialized: bool = False,
+        collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
     ):
+        self.collective_timeout = collective_timeout
         self.rank = rank
         self.world_size = world_size
         self.device = device if device is not None else torch.device("cpu")
@@ -46,12 +66,19 @@ class DistributedContext:
         return cls(device=device)
 
     @classmethod
-    def from_environment(cls, backend: str | None = None) -> "DistributedContext":
+    def from_environment(
+        cls,
+        backend: str | None = None,
+        *,
+        collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
+    ) -> "DistributedContext":
         """Join the process group ``torchrun`` describes, or run as one process.
 
         Args:
             backend: ``nccl`` or ``gloo``; by default ``nccl`` when CUDA is
                 available, else ``gloo``.
+            collective_timeout: seconds a collective waits for every rank; a
+                rank that stops responding ends the job after this long.
         """
         if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return cls.single_process()
@@ -69,13 +96,35 @@ class DistributedContext:
             device = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group(
-                backend=backend, timeout=datetime.timedelta(minutes=10)
+                backend=backend,
+                timeout=datetime.timedelta(seconds=collective_timeout),
             )
         return cls(
             rank=dist.get_rank(),
             world_size=dist.get_world_size(),
             device=device,
             initialized=True,
+            collective_timeout=collective_timeout,
+        )
+
+    def peer_failure(self, err: BaseException) -> CollectiveFailure | None:
+        """``err`` explained as a peer that stopped responding or died, if it is.
+
+        The backends' messages name neither the rank that failed nor the
+        setting; this names both (with two processes the peer is known).
+        """
+        if not self.is_distributed or isinstance(err, CollectiveFailure):
+            return None
+        text = str(err)
+        if not any(sign in text for sign in _PEER_FAILURE_SIGNS):
+            return None
+        others = [r for r in range(self.world_size) if r != self.rank]
+        peer = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+        return CollectiveFailure(
+            f"rank {self.rank} of {self.world_size}: a collective did not complete: "
+            f"{peer} stopped responding (collective timeout "
+            f"{self.collective_timeout:g} s, distributed_timeout_seconds) or died "
+            f"({text.splitlines()[0][:200]})"
         )
 
     @property

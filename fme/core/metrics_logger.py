@@ -78,14 +78,32 @@ class LoggingConfig:
             root.addHandler(rank_handler)
             return
         root.setLevel(self.level)
-        if self.log_to_screen:
-            handlers.append(logging.StreamHandler(sys.stdout))
         if self.log_to_file:
             experiment_dir.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(experiment_dir / "out.log"))
+            file_handler = logging.FileHandler(experiment_dir / "out.log")
+            file_handler.setFormatter(formatter)
+            handlers.append(file_handler)
+        if self.log_to_screen:
+            screen = logging.StreamHandler(sys.stdout)
+            # with a log file, tracebacks go there and the screen keeps one line
+            screen.setFormatter(
+                _WithoutTraceback(formatter._fmt) if self.log_to_file else formatter
+            )
+            handlers.append(screen)
         for handler in handlers:
-            handler.setFormatter(formatter)
             root.addHandler(handler)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record without its exception traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
 
 
 def _plain(value: Any) -> float | int | str:

@@ -1,12 +1,12 @@
 """Per-variable standard normalisation and its YAML configuration."""
 
 import dataclasses
+import math
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
-import xarray as xr
 
+from fme.core.netcdf_files import checked_values, open_dataset
 from fme.core.tensors import TensorDict, TensorMapping
 
 
@@ -70,16 +70,31 @@ class StandardNormalizer:
 
 
 def _read_scalars(path: str, names: Iterable[str], role: str) -> dict[str, float]:
-    if not Path(path).is_file():
-        raise ValueError(f"normalization {role} file {path!r} does not exist")
-    with xr.open_dataset(path) as ds:
+    """One scalar per name from a statistics file; bad values name file and name."""
+    with open_dataset(path, role=f"normalization {role} file") as ds:
         missing = [n for n in names if n not in ds.variables]
         if missing:
             raise ValueError(
                 f"normalization {role} file {path!r} has no statistics for {missing}; "
                 f"it holds {sorted(str(v) for v in ds.data_vars)}"
             )
-        return {n: float(ds[n].values) for n in names}
+        values = {
+            n: float(checked_values(ds[n], path=path, name=n).item()) for n in names
+        }
+    kind = "std" if role == "stds" else "mean"
+    for name, value in values.items():
+        if kind == "std" and not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"std of {name!r} in {path!r} must be positive and finite, got "
+                f"{value}; a constant field cannot be normalised: recompute the "
+                "statistics or drop the variable"
+            )
+        if not math.isfinite(value):
+            raise ValueError(
+                f"mean of {name!r} in {path!r} must be finite, got {value}; "
+                "recompute the statistics"
+            )
+    return values
 
 
 @dataclasses.dataclass

@@ -39,3 +39,27 @@ def check_number(
         relation = ">" if exclusive else ">="
         raise ValueError(f"{path} must be {relation} {minimum:g}, got {value!r}")
     return number
+
+
+def check_finite_numbers(data: Any, *, path: str = "config") -> None:
+    """Refuse NaN and infinite numbers anywhere in ``data``, naming the key path.
+
+    The one check of finiteness for everything read from YAML (including
+    free-form ``kwargs`` passed to torch): a range check such as ``x <= 0`` is
+    False for NaN, so a NaN would otherwise pass every range check. No setting
+    means "no limit" by infinity; those use null.
+
+    Raises:
+        ValueError: ``<path>: must be a finite number, got nan``.
+    """
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ValueError(
+            f"{path}: must be a finite number, got {data!r}; "
+            "use null where a setting allows no limit"
+        )
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite_numbers(value, path=f"{path}.{key}")
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_finite_numbers(value, path=f"{path}[{i}]")

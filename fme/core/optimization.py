@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
+from fme.core.nonfinite import NonFiniteError
 from fme.core.number_check import check_number
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -416,12 +417,34 @@ class Optimization(OptimizationABC):
             total = torch.stack(self._pending).sum()
             self._pending = []
             total.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        self._check_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.clock.tick()
         self.schedule.step_optimizer()
+
+    def _check_gradients(self) -> None:
+        """Clip (if set) and refuse a non-finite gradient before the step.
+
+        The clip computes the global norm anyway; without clipping it is
+        computed here (one reduction over the gradients).
+        """
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        if not grads:
+            return
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            self.discard()
+            raise NonFiniteError(
+                f"the gradient norm is {float(norm)} (the loss was finite) at "
+                f"optimizer step {self.optimizer_steps + 1}; the optimiser step "
+                "was not taken and the weights are unchanged. Lower "
+                "optimization.lr, set optimization.max_grad_norm, or look for "
+                "operations with infinite derivatives (sqrt or log at 0)"
+            )
 
     def step_with_closure(self, run_forward: Callable[[], None]) -> None:
         """One optimiser step of a closure optimiser (L-BFGS).
@@ -455,10 +478,23 @@ class Optimization(OptimizationABC):
                 loss = self._mean_over_ranks(loss)
             return loss
 
+        before = [p.detach().clone() for p in self.parameters]
         try:
             self.optimizer.step(closure)  # type: ignore[arg-type]
         finally:
             self._pending = []
+        bad = [i for i, p in enumerate(self.parameters) if not torch.isfinite(p).all()]
+        if bad:
+            with torch.no_grad():
+                for p, saved in zip(self.parameters, before, strict=True):
+                    p.copy_(saved)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"the L-BFGS update of {len(bad)} parameter tensor(s) is not finite "
+                f"at optimizer step {self.optimizer_steps + 1}; the weights were "
+                "restored to before the step. Lower optimization.lr or use "
+                "line_search_fn: strong_wolfe"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.clock.tick()
         self.schedule.step_optimizer()

@@ -7,17 +7,23 @@ sampler.
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from fme.core.checkpoint import load_checkpoint, save_checkpoint
+from fme.core.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporary_files,
+    save_checkpoint,
+)
 from fme.core.distributed import DistributedContext
 from fme.core.ema import EMATracker
 from fme.core.loss_weight_schedule import METRIC_PREFIX as LOSS_WEIGHT_PREFIX
 from fme.core.metrics_aggregator import MeanAggregator
 from fme.core.metrics_logger import MetricsLogger
+from fme.core.nonfinite import NonFiniteError, first_nonfinite_tensor
 from fme.core.optimization import Optimization
 from fme.core.progress import Progress
 from fme.core.rng_state import get_rng_state, set_rng_state
@@ -153,6 +159,8 @@ class Trainer:
         self._epoch_metrics = MeanAggregator()
         self._resume_sampler_state: dict[str, int] | None = None
         self._batches_done = 0
+        # (file, optimizer step) of the newest checkpoint this run wrote or read
+        self._last_checkpoint: tuple[Path, int] | None = None
 
     @property
     def latest_checkpoint_path(self) -> Path:
@@ -183,6 +191,9 @@ class Trainer:
             resume: continue from ``ckpt.tar`` if it exists (False when a new
                 training phase starts from the weights already loaded).
         """
+        if self.dist.is_root:
+            for path in remove_stale_temporary_files(self.checkpoint_dir):
+                logging.info("removed %s, left by a checkpoint write killed", path)
         if resume and self.latest_checkpoint_path.is_file():
             self.resume(self.latest_checkpoint_path)
         while not self._done():
@@ -245,11 +256,14 @@ class Trainer:
         )
         for batch in self.train_data.loader:
             batch_index = self._batches_done
-            out = self.trainable.train_on_batch(
-                batch,
-                self.optimization,
-                where=f"epoch {self.epoch}, batch {batch_index}",
-            )
+            try:
+                out = self.trainable.train_on_batch(
+                    batch,
+                    self.optimization,
+                    where=f"epoch {self.epoch}, batch {batch_index}",
+                )
+            except NonFiniteError as err:
+                raise type(err)(f"{err}; {self._checkpoint_truth()}") from None
             self._batches_done += 1
             if self.ema is not None and not out.skipped:
                 self.ema.update()
@@ -333,11 +347,37 @@ class Trainer:
             state["ema"] = self.ema.get_state()
         return state
 
+    def _checkpoint_truth(self) -> str:
+        """Which checkpoint a stopped run leaves, for error messages."""
+        if not self.save_checkpoints:
+            return "no checkpoint was written (save_checkpoint: false)"
+        if self._last_checkpoint is None:
+            return "training stopped; no checkpoint was written in this run"
+        path, step = self._last_checkpoint
+        return (
+            f"training stopped; the last checkpoint, {path} at optimizer step "
+            f"{step}, was written before this and is intact"
+        )
+
+    def _finite_state(self, name: str) -> dict[str, Any]:
+        """The state to checkpoint, refused if a weight or optimiser state is bad."""
+        state = self.get_state()
+        bad = first_nonfinite_tensor(
+            {"trainable": state["trainable"], "optimization": state["optimization"]}
+        )
+        if bad is not None:
+            raise NonFiniteError(
+                f"{bad} is not finite at optimizer step "
+                f"{self.optimization.optimizer_steps}; {name} was not written "
+                f"and {self._checkpoint_truth()}"
+            )
+        return state
+
     def save_as(self, name: str) -> None:
         """Write the current state to ``checkpoint_dir/name`` (e.g. a phase's end)."""
         if not self.save_checkpoints:
             return
-        state = self.get_state()
+        state = self._finite_state(name)
         if self.dist.is_root:
             save_checkpoint(state, self.checkpoint_dir / name)
         self.dist.barrier()
@@ -345,18 +385,67 @@ class Trainer:
     def _save(self, *, best: bool) -> None:
         if not self.save_checkpoints:
             return
-        state = self.get_state()
+        state = self._finite_state(LATEST_CHECKPOINT)
         if self.dist.is_root:
-            save_checkpoint(state, self.latest_checkpoint_path)
-        if best:
-            # the weights that were validated (saved inside: the state holds
-            # references to the parameters)
-            with self._validation_weights():
-                if self.dist.is_root:
+            # best first: a kill between the writes leaves ckpt.tar older than
+            # best_ckpt.tar (the epoch re-runs), never best_ckpt.tar stale
+            if best:
+                # the weights that were validated (saved inside: the state
+                # holds references to the parameters)
+                with self._validation_weights():
                     save_checkpoint(
                         self.get_state(), self.checkpoint_dir / BEST_CHECKPOINT
                     )
+            save_checkpoint(state, self.latest_checkpoint_path)
+        self._last_checkpoint = (
+            self.latest_checkpoint_path,
+            self.optimization.optimizer_steps,
+        )
         self.dist.barrier()
+
+    def _repair_best_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Make ``best_ckpt.tar`` hold the best value ``ckpt.tar`` records.
+
+        Runs written before the best-first write order could be killed after
+        ``ckpt.tar`` (holding a new best) and before ``best_ckpt.tar``; that
+        ``ckpt.tar`` was written at the end of the epoch reaching the best,
+        so it is the best state.
+        """
+        if not (self.dist.is_root and self.save_checkpoints):
+            return
+        trainer_state = state["trainer"]
+        best_value = float(trainer_state["best_value"])
+        if not math.isfinite(best_value):
+            return
+        best_path = self.checkpoint_dir / BEST_CHECKPOINT
+        recorded = float("inf")
+        if best_path.is_file():
+            recorded = float(load_checkpoint(best_path)["trainer"]["best_value"])
+        if recorded <= best_value:
+            return
+        if trainer_state.get("sampler", {}).get("batches_done", 0) != 0:
+            logging.warning(
+                "%s records best %s = %.6g but %s holds %.6g, and %s is not "
+                "from the end of that epoch, so it cannot replace it",
+                path,
+                self.best_metric,
+                best_value,
+                best_path,
+                recorded,
+                path,
+            )
+            return
+        save_checkpoint(state, best_path)
+        logging.warning(
+            "repaired %s: it was older than the best %s = %.6g recorded in %s "
+            "(it held %s); replaced it with %s, written when that best was reached",
+            best_path,
+            self.best_metric,
+            best_value,
+            path,
+            "nothing" if recorded == float("inf") else f"{recorded:.6g}",
+            path,
+        )
 
     def resume(self, path: Path) -> None:
         """Continue from checkpoint ``path``."""
@@ -385,6 +474,8 @@ class Trainer:
         self._epoch_metrics = MeanAggregator()
         self._epoch_metrics.load_state(trainer_state["epoch_metrics"])
         set_rng_state(trainer_state["rng"])
+        self._repair_best_checkpoint(path, state)
+        self._last_checkpoint = (path, self.optimization.optimizer_steps)
         logging.info(
             "resumed from %s at epoch %d, optimizer step %d",
             path,

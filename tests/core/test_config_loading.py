@@ -82,3 +82,44 @@ class Holder:
 def test_unknown_nested_key_names_full_path(data, path):
     with pytest.raises(ConfigError, match=path + r": unknown key\(s\) .*\['value'\]"):
         from_dict_strict(Holder, data)
+
+
+@dataclasses.dataclass
+class WithNumbers:
+    rate: float = 1.0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    items: list = dataclasses.field(default_factory=list)
+
+
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        ({"rate": float("nan")}, r"config\.rate"),
+        ({"rate": float("inf")}, r"config\.rate"),
+        ({"rate": float("-inf")}, r"config\.rate"),
+        ({"kwargs": {"betas": [0.9, float("nan")]}}, r"config\.kwargs\.betas\[1\]"),
+        ({"items": [{"eps": float("inf")}]}, r"config\.items\[0\]\.eps"),
+    ],
+)
+def test_non_finite_numbers_are_refused_with_the_key_path(data, path):
+    # `<= 0` range checks are False for NaN, so NaN must be caught on its own
+    with pytest.raises(ConfigError, match=path + r": must be a finite number, got"):
+        from_dict_strict(WithNumbers, data)
+
+
+def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:")
+    line, column = message.split(":")[1:3]
+    assert (int(line), int(column)) == (3, 2)
+    assert "YAML syntax error" in message
+
+
+def test_yaml_syntax_error_in_an_override_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'a=\[1': not valid YAML"):
+        apply_overrides({}, ["a=[1"])

@@ -74,3 +74,34 @@ def test_missing_variable_in_file_named(tmp_path):
 def test_paths_must_come_together():
     with pytest.raises(ValueError, match="go together"):
         NormalizationConfig(global_means_path="x.nc")
+
+
+@pytest.mark.parametrize(
+    "means, stds, message",
+    [
+        ({"a": 1.0}, {"a": 0.0}, r"std of 'a' in .*s\.nc.* must be positive.*got 0"),
+        ({"a": 1.0}, {"a": float("nan")}, r"std of 'a' in .*s\.nc.* got nan"),
+        ({"a": 1.0}, {"a": float("inf")}, r"std of 'a' in .*s\.nc.* got inf"),
+        ({"a": float("nan")}, {"a": 1.0}, r"mean of 'a' in .*m\.nc.* finite.*nan"),
+    ],
+)
+def test_bad_statistics_name_the_file_and_variable(tmp_path, means, stds, message):
+    _write_scalars(tmp_path / "m.nc", means)
+    _write_scalars(tmp_path / "s.nc", stds)
+    config = NormalizationConfig(
+        global_means_path=str(tmp_path / "m.nc"),
+        global_stds_path=str(tmp_path / "s.nc"),
+    )
+    with pytest.raises(ValueError, match=message):
+        config.build(["a"])
+
+
+def test_empty_statistics_file_is_named(tmp_path):
+    _write_scalars(tmp_path / "m.nc", {"a": 1.0})
+    (tmp_path / "s.nc").write_bytes(b"")
+    config = NormalizationConfig(
+        global_means_path=str(tmp_path / "m.nc"),
+        global_stds_path=str(tmp_path / "s.nc"),
+    )
+    with pytest.raises(ValueError, match=r"s\.nc' is empty \(0 bytes\)"):
+        config.build(["a"])

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from fme.core.netcdf_files import checksum_encoding
+
 _TIME_UNITS = "hours since 2000-01-01"
 _CALENDAR = "proleptic_gregorian"
 _STEP_HOURS = 6
@@ -128,6 +130,8 @@ def _write(ds: xr.Dataset, path: Path) -> None:
     }
     if "time" in ds.coords:
         encoding["time"].update(units=_TIME_UNITS, calendar=_CALENDAR, dtype="f8")
+    for name, checksum in checksum_encoding(ds).items():
+        encoding.setdefault(name, {}).update(checksum)
     ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
 
 

@@ -17,11 +17,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import xarray as xr
 
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
-from fme.ace.data.store import TimeSeriesStore
+from fme.ace.data.store import TimeSeriesStore, open_data
 from fme.core.tensors import TensorDict
 
 
@@ -251,7 +250,7 @@ def _available_names(config: XarrayDataConfig | ConcatDatasetConfig) -> set[str]
     first = config.concat[0] if isinstance(config, ConcatDatasetConfig) else config
     paths = TimeSeriesStore.paths(first.data_path, first.file_pattern)
     engine = "zarr" if first.engine == "zarr" else None
-    with xr.open_dataset(paths[0], engine=engine, chunks=None) as ds:
+    with open_data(paths[0], engine) as ds:
         return {str(v) for v in ds.data_vars}
 
 

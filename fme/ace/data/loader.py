@@ -280,6 +280,9 @@ def build_data_loader(
         num_workers=config.num_data_workers,
         collate_fn=collate_windows,
         prefetch_factor=config.prefetch_factor if config.num_data_workers else None,
+        # each new iterator draws a seed from this generator; from the global
+        # one it would shift a stochastic network's noise on resume
+        generator=torch.Generator().manual_seed(seed),
     )
     return GriddedData(
         loader=loader,

@@ -22,6 +22,7 @@ import torch
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.data.store import ENGINES, TimeSeriesStore
 from fme.ace.data.time_subset import RepeatedInterval, Slice, TimeSlice
+from fme.core.netcdf_files import first_nonfinite
 from fme.core.tensors import TensorDict
 
 __all__ = [
@@ -228,8 +229,8 @@ class XarrayDataset(torch.utils.data.Dataset):
             )
         if config.cache_in_memory and self.store.n_bytes <= CACHE_LIMIT_BYTES:
             self.store.load_into_memory()
-            for path, arrays in self.store.cached_files():
-                self._check_nans(arrays, str(path))
+            for start, arrays in self.store.cached_files():
+                self._check_finite(arrays, start=start)
 
     def _window_starts(self) -> np.ndarray:
         segment = self.store.segment_id
@@ -265,18 +266,39 @@ class XarrayDataset(torch.utils.data.Dataset):
         if self.config.fill_nans is not None:
             for name, values in static.items():
                 static[name] = np.nan_to_num(values, nan=self.config.fill_nans.value)
-        self._check_nans(static, self.config.description)
+        self._check_finite(static, start=None)
 
-    def _check_nans(self, arrays: dict[str, np.ndarray], where: str) -> None:
-        if self.config.allow_nans or self.config.fill_nans is not None:
-            return
+    def _check_finite(
+        self, arrays: dict[str, np.ndarray], *, start: int | None
+    ) -> None:
+        """NaN (unless allowed or filled) and infinity are errors naming the file,
+        variable and time.
+
+        Args:
+            arrays: ``{name: [time, lat, lon]}`` from axis time ``start`` on, or
+                time-invariant ``{name: [lat, lon]}`` fields (``start`` None).
+        """
+        allow_nan = self.config.allow_nans or self.config.fill_nans is not None
         for name, values in arrays.items():
-            if np.isnan(values).any():
-                raise ValueError(
-                    f"variable {name!r} in {where} contains NaN; clean the data, "
-                    "set fill_nans: {value: ...} or allow_nans: true in the "
-                    "dataset config"
-                )
+            found = first_nonfinite(values, allow_nan=allow_nan)
+            if found is None:
+                continue
+            kind, index = found
+            if start is None or index < 0:
+                source, when = self.config.description, ""
+            else:
+                path, local, time = self.store.locate(start + index)
+                stamp = np.datetime_as_string(time, unit="s")
+                source, when = str(path), f" at time index {local} ({stamp})"
+            fix = (
+                "clean the data"
+                if kind == "inf" or allow_nan
+                else "clean the data, set fill_nans: {value: ...} or allow_nans: "
+                "true in the dataset config"
+            )
+            raise ValueError(
+                f"variable {name!r} in {source} contains {kind}{when}; {fix}"
+            )
 
     def check_range(self, start: int, n_times: int) -> None:
         """Raise unless times ``start .. start + n_times - 1`` are readable together.
@@ -312,9 +334,7 @@ class XarrayDataset(torch.utils.data.Dataset):
             if self.config.fill_nans is not None:
                 value = self.config.fill_nans.value
                 arrays = {k: np.nan_to_num(v, nan=value) for k, v in arrays.items()}
-            self._check_nans(
-                arrays, f"{self.store.file_path(start)} (times {start}..{stop - 1})"
-            )
+            self._check_finite(arrays, start=start)
         elif self.config.fill_nans is not None:
             value = self.config.fill_nans.value
             arrays = {k: np.nan_to_num(v, nan=value) for k, v in arrays.items()}

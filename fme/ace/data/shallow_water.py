@@ -54,6 +54,8 @@ import torch
 import xarray as xr
 from torch_harmonics.examples import ShallowWaterSolver
 
+from fme.core.netcdf_files import checksum_encoding
+
 FIELD_METADATA: dict[str, dict[str, str]] = {
     "geopotential": {"units": "m^2/s^2", "long_name": "geopotential (g * depth)"},
     "eastward_wind": {"units": "m/s", "long_name": "eastward wind"},
@@ -497,6 +499,8 @@ def _write_netcdf(ds: xr.Dataset, path: Path) -> None:
     }
     if "time" in ds.coords:
         encoding["time"].update(units=TIME_UNITS, calendar=CALENDAR, dtype="f8")
+    for name, checksum in checksum_encoding(ds).items():
+        encoding.setdefault(name, {}).update(checksum)
     ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     tmp.replace(path)
 

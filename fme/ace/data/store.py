@@ -27,6 +27,7 @@ import torch
 import xarray as xr
 
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
+from fme.core.netcdf_files import open_dataset
 
 ENGINES = ("netcdf4", "zarr")
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
@@ -58,10 +59,49 @@ def _timedelta(delta: Any) -> datetime.timedelta:
     return delta
 
 
-def _open(path: Path, engine: str) -> xr.Dataset:
-    if engine == "zarr":
-        return xr.open_dataset(path, engine="zarr", chunks=None, cache=False)
-    return xr.open_dataset(path, cache=False)
+def open_data(
+    path: Path, engine: str | None, *, role: str = "data file", **kwargs: Any
+) -> xr.Dataset:
+    """A data file or zarr store as a lazy dataset; errors name the path.
+
+    Args:
+        path: the netCDF file or zarr store.
+        engine: ``zarr`` for a zarr store, anything else for netCDF.
+        role: what the file is, for messages.
+        kwargs: passed to ``xr.open_dataset``.
+
+    Raises:
+        ValueError: the file or store is missing, empty or unreadable.
+    """
+    if engine != "zarr":
+        return open_dataset(path, role=role, cache=False, **kwargs)
+    if not Path(path).exists():
+        raise ValueError(f"{role} (zarr store) {str(path)!r} does not exist")
+    try:
+        return xr.open_dataset(path, engine="zarr", chunks=None, cache=False, **kwargs)
+    except Exception as err:  # zarr and its stores raise many kinds of errors
+        raise _unreadable_store(path, err) from None
+
+
+def _unreadable_store(path: Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"zarr store {str(path)!r} cannot be read ({type(err).__name__}: "
+        f"{_first_line(err)}); it may be incomplete or corrupt: regenerate it"
+    )
+
+
+def _unreadable_times(
+    path: Path, name: str, start: int, stop: int, err: BaseException
+) -> ValueError:
+    return ValueError(
+        f"variable {name!r} in {str(path)!r} cannot be read at times "
+        f"{start}..{stop - 1} ({type(err).__name__}: {_first_line(err)}); a checksum "
+        "mismatch or decoding error means the file is corrupt: regenerate it"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else ""
 
 
 class TimeSeriesStore:
@@ -104,7 +144,7 @@ class TimeSeriesStore:
         files, raw_times = [], []
         steps: set[datetime.timedelta] = set()
         for index, path in enumerate(paths):
-            with _open(path, engine) as ds:
+            with open_data(path, engine) as ds:
                 self._check_variables(ds, path)
                 if index == 0:
                     self._info_from_first(ds, path)
@@ -255,11 +295,30 @@ class TimeSeriesStore:
         """The file holding time ``time_index`` of the axis."""
         return self._files[int(self._file_of[time_index])].path
 
+    def locate(self, time_index: int) -> tuple[Path, int, np.datetime64]:
+        """``(file, index in the file, time in the file)`` of an axis time."""
+        n_base = sum(f.n_times for f in self._files)
+        repeat = time_index // n_base
+        time = self.times[time_index] - repeat * n_base * np.timedelta64(self.timestep)
+        return self.file_path(time_index), int(self._local[time_index]), time
+
+    def file_start(self, file_index: int) -> int:
+        """Axis index of the first time of file ``file_index`` (first repeat)."""
+        return sum(f.n_times for f in self._files[:file_index])
+
     def _handle(self, file_index: int) -> netCDF4.Dataset:
         """An open netCDF handle of a file, opened lazily in this process."""
         self._check_pid()
         if file_index not in self._handles:
-            handle = netCDF4.Dataset(self._files[file_index].path, "r")
+            path = self._files[file_index].path
+            try:
+                handle = netCDF4.Dataset(path, "r")
+            except OSError as err:
+                raise ValueError(
+                    f"data file {str(path)!r} cannot be read as netCDF "
+                    f"({type(err).__name__}: {_first_line(err)}); it may have "
+                    "changed since the start: regenerate or replace it"
+                ) from None
             handle.set_auto_mask(False)
             self._handles[file_index] = handle
         return self._handles[file_index]
@@ -283,9 +342,12 @@ class TimeSeriesStore:
 
             # zarrs (Rust) decodes the chunks; the arrays keep the pipeline
             with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
-                self._handles[file_index] = self._event_loop().run_until_complete(
-                    open_arrays()
-                )
+                try:
+                    self._handles[file_index] = self._event_loop().run_until_complete(
+                        open_arrays()
+                    )
+                except Exception as err:  # zarr raises many kinds of errors
+                    raise _unreadable_store(self._files[file_index].path, err) from None
         return self._handles[file_index]
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -300,25 +362,34 @@ class TimeSeriesStore:
     def _read_file(self, file_index: int, start: int, stop: int) -> dict:
         if file_index in self._cache:
             return {n: v[start:stop] for n, v in self._cache[file_index].items()}
+        path = self._files[file_index].path
         if self.engine == "zarr":
             # every variable's chunks are fetched and decoded concurrently
             arrays = self._zarr_arrays(file_index)
 
             async def read_all() -> list[Any]:
                 return await asyncio.gather(
-                    *(a.getitem((slice(start, stop),)) for a in arrays.values())
+                    *(a.getitem((slice(start, stop),)) for a in arrays.values()),
+                    return_exceptions=True,
                 )
 
             values = self._event_loop().run_until_complete(read_all())
+            for name, value in zip(arrays, values, strict=True):
+                if isinstance(value, BaseException):
+                    raise _unreadable_times(path, name, start, stop, value)
             return {
                 n: np.asarray(v, dtype=np.float32)
                 for n, v in zip(arrays, values, strict=True)
             }
         handle = self._handle(file_index)
-        return {
-            name: np.asarray(handle.variables[name][start:stop], dtype=np.float32)
-            for name in self._time_names
-        }
+        out = {}
+        for name in self._time_names:
+            try:
+                values = handle.variables[name][start:stop]
+            except (OSError, RuntimeError) as err:  # e.g. a failed fletcher32 check
+                raise _unreadable_times(path, name, start, stop, err) from None
+            out[name] = np.asarray(values, dtype=np.float32)
+        return out
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Time-dependent variables at axis times ``start:stop`` (``[n, lat, lon]``).
@@ -351,9 +422,9 @@ class TimeSeriesStore:
         }
         self._cache = cache
 
-    def cached_files(self) -> list[tuple[Path, dict[str, np.ndarray]]]:
-        """``(path, {name: [time, lat, lon]})`` of every file held in memory."""
-        return [(self._files[i].path, arrays) for i, arrays in self._cache.items()]
+    def cached_files(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """``(axis index of its first time, {name: [time, lat, lon]})`` per cached file."""
+        return [(self.file_start(i), arrays) for i, arrays in self._cache.items()]
 
     @property
     def in_memory(self) -> bool:

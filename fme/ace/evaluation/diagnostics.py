@@ -26,6 +26,7 @@ from fme.ace.evaluation.time_mean import TimeMeanDiagnostic, read_reference_maps
 from fme.ace.evaluation.zonal_mean import ZonalMeanDiagnostic
 from fme.ace.inference.rollout import RolloutChunk
 from fme.core.gridded_ops import LatLonOperations
+from fme.core.netcdf_files import checksum_encoding
 
 
 class Diagnostic(Protocol):
@@ -216,7 +217,7 @@ class RolloutDiagnostics:
             if len(ds.data_vars) == 0:
                 continue
             path = Path(experiment_dir) / f"{diagnostic.file_stem}_diagnostics.nc"
-            ds.to_netcdf(path)
+            ds.to_netcdf(path, encoding=checksum_encoding(ds))
             paths.append(path)
         return paths
 
@@ -249,5 +250,5 @@ def write_mean_diagnostics(
     lead_hours = np.arange(1, n + 1) * timestep.total_seconds() / 3600
     ds = xr.Dataset(data, coords={"forecast_step": np.arange(1, n + 1)})
     ds["lead_hours"] = (("forecast_step",), lead_hours, {"units": "hours"})
-    ds.to_netcdf(path)
+    ds.to_netcdf(path, encoding=checksum_encoding(ds))
     return path

@@ -94,7 +94,11 @@ class MonthlyMeanWriter:
             var[:] = values.detach().cpu().numpy()
         for name in self._names:
             var = ds.createVariable(
-                name, "f4", ("sample", "time", "lat", "lon"), fill_value=np.nan
+                name,
+                "f4",
+                ("sample", "time", "lat", "lon"),
+                fill_value=np.nan,
+                fletcher32=True,  # per-chunk checksums, checked on read
             )
             var.setncatts(dict(variable_metadata.get(name, {})))
             var.cell_methods = "time: mean"

@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 
 from fme.core.gridded_ops import LatLonOperations
+from fme.core.netcdf_files import open_dataset
 from fme.core.tensors import TensorMapping
 
 
@@ -27,7 +28,7 @@ def read_reference_maps(
     Raises:
         ValueError: naming the file when it lacks a variable or has another grid.
     """
-    with xr.open_dataset(path) as ds:
+    with open_dataset(path, role="time-mean reference file") as ds:
         missing = [n for n in names if n not in ds.data_vars]
         if missing:
             raise ValueError(

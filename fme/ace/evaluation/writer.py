@@ -191,6 +191,7 @@ class PredictionWriter:
                 ("sample", LEAD_DIM, "lat", "lon"),
                 fill_value=np.float32(np.nan),
                 chunksizes=(1, 1, *self._img_shape),
+                fletcher32=True,  # per-chunk checksums, checked on read
             )
             var.setncatts(dict(variable_metadata.get(name, {})))
             var.coordinates = "init_time valid_time"

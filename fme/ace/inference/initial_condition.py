@@ -14,9 +14,8 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import torch
-import xarray as xr
 
-from fme.ace.data.store import _to_datetime64
+from fme.ace.data.store import _to_datetime64, open_data
 from fme.ace.evaluation.writer import provenance_attributes
 from fme.ace.inference.data import ExplicitIndices, StartIndices, TimestampList
 from fme.core.tensors import TensorDict, TensorMapping
@@ -77,7 +76,7 @@ def read_initial_condition(
             "file of the prognostic variables (or a restart.nc of a previous run)"
         )
     engine = "zarr" if config.engine == "zarr" else None
-    with xr.open_dataset(path, engine=engine) as ds:
+    with open_data(path, engine, role="initial condition file") as ds:
         if "time" not in ds.variables:
             raise ValueError(f"initial condition {path} has no 'time' variable")
         missing = [n for n in names if n not in ds.data_vars]
@@ -148,7 +147,10 @@ def write_state_file(
         )
         time[:] = micros.astype(np.int64)
         for name, values in state.items():
-            var = ds.createVariable(name, "f4", ("sample", "lat", "lon"))
+            # per-chunk checksums, checked when the file is read back
+            var = ds.createVariable(
+                name, "f4", ("sample", "lat", "lon"), fletcher32=True
+            )
             var.setncatts(dict(variable_metadata.get(name, {})))
             var[:] = values.detach().to("cpu", torch.float32).numpy()
     tmp.replace(path)

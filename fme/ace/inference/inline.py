@@ -4,11 +4,24 @@ import dataclasses
 
 from fme.ace.data.time_subset import Slice
 from fme.ace.evaluation.aggregator_config import InferenceEvaluatorAggregatorConfig
+from fme.ace.evaluation.conserved import conserved_quantities
+from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.evaluation.rollout_evaluation import RolloutEvaluation
 from fme.ace.evaluation.time_mean import read_reference_maps
 from fme.ace.inference.data import InferenceData, InferenceDataLoaderConfig
 from fme.ace.stepper.stepper import Stepper
 from fme.core.distributed import DistributedContext
+
+# metric families of the map diagnostics (time mean, histogram, spectrum,
+# seasonal and annual means), as their get_metrics name them
+DIAGNOSTIC_FAMILIES = (
+    "time_mean",
+    "time_mean_ref",
+    "histogram",
+    "power_spectrum",
+    "seasonal",
+    "annual",
+)
 
 
 @dataclasses.dataclass
@@ -114,6 +127,34 @@ class _Block:
                 reference, names=stepper.out_names, img_shape=info.img_shape
             )
 
+    def metric_names(self) -> list[str]:
+        """``<prefix>/<metric>/<var>`` skill summaries a run of this block logs."""
+        info = self.data.dataset_info
+        conserved = conserved_quantities(self.stepper)
+        aggregator = RolloutMetricsAggregator(
+            gridded_operations=info.gridded_operations,
+            names=self.stepper.out_names,
+            conserved_names=conserved.names,
+            derived_quantities=conserved.derived,
+            n_lead_times=self.config.n_forward_steps,
+        )
+        return sorted(f"{self.prefix}/{k}" for k in aggregator.get_curves())
+
+    def may_log_diagnostic(self, metric: str) -> bool:
+        """Whether ``metric`` can be one of this block's map-diagnostic metrics.
+
+        Their names depend on the data a rollout covers (e.g. the seasons), so
+        only the family is checked before training; they are computed on
+        single-process runs only.
+        """
+        parts = metric.split("/")
+        return (
+            self.dist.world_size == 1
+            and len(parts) >= 3
+            and parts[0] == self.prefix
+            and parts[1] in DIAGNOSTIC_FAMILIES
+        )
+
     def __call__(self, epoch: int) -> dict[str, float]:
         if not self.config.runs_after(epoch):
             return {}
@@ -155,6 +196,14 @@ class InlineInference:
             _Block(block, prefix=prefix, stepper=stepper, dist=dist)
             for block, prefix in zip(blocks, metric_prefixes(config), strict=True)
         ]
+
+    def metric_names(self) -> list[str]:
+        """The skill-summary names every run of the blocks logs, prefixed."""
+        return sorted(n for block in self._blocks for n in block.metric_names())
+
+    def may_log_diagnostic(self, metric: str) -> bool:
+        """Whether ``metric`` names a map-diagnostic family of some block."""
+        return any(block.may_log_diagnostic(metric) for block in self._blocks)
 
     def __call__(self, epoch: int) -> dict[str, float]:
         """Metrics of the rollouts after ``epoch`` (empty on skipped epochs)."""

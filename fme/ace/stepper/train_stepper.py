@@ -35,6 +35,7 @@ from fme.core.loss_weight_schedule import (
     check_loss_weight_schedule_terms,
 )
 from fme.core.metrics_aggregator import MeanAggregator
+from fme.core.nonfinite import NonFiniteError
 from fme.core.optimization import (
     NullOptimization,
     Optimization,
@@ -57,7 +58,7 @@ __all__ = [  # the rollout-length configs are re-exported for their old import p
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """A loss term became NaN or infinite."""
 
 
@@ -515,9 +516,7 @@ class TrainStepper:
                 f"{', ' + where if where else ''}"
             )
             if not self._skip_nonfinite:
-                raise NonFiniteLossError(
-                    message + "; training stopped, the last checkpoint is intact"
-                )
+                raise NonFiniteLossError(message)
             logging.warning("%s; skipping the batch", message)
             return None
         self._record_step_metrics(metrics, result, out, step=step)

@@ -10,8 +10,10 @@ from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
 from fme.core.config_loading import apply_overrides, from_dict_strict, load_yaml
+from fme.core.distributed import DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
 from fme.core.ema import EMAConfig
 from fme.core.metrics_logger import LoggingConfig
+from fme.core.number_check import check_number
 from fme.core.optimization import OptimizationConfig
 
 _BACKENDS = (None, "gloo", "nccl")
@@ -51,6 +53,9 @@ class TrainConfig:
             ``val/mean/main_loss`` ignores regularisation terms and weights.
         distributed_backend: ``gloo`` or ``nccl``; None picks ``nccl`` with
             CUDA, ``gloo`` otherwise.
+        distributed_timeout_seconds: how long a collective (gradient
+            all-reduce, metric reduction, barrier) waits for every rank
+            before the job fails naming the rank that stopped responding.
         inference: rollouts scored at the end of epochs, one block or a list
             as in ACE (``inference/...`` metrics for one block,
             ``inference_<i>/...`` or ``<name>/...`` for several; usable as
@@ -84,6 +89,7 @@ class TrainConfig:
     checkpoint_every_n_steps: int | None = None
     best_checkpoint_metric: str = "val/mean/loss"
     distributed_backend: str | None = None
+    distributed_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
     inference: InlineInferenceConfig | list[InlineInferenceConfig] | None = None
     phases: list[PhaseConfig] | None = None
     ema: EMAConfig | None = None
@@ -106,6 +112,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        check_number(
+            self.distributed_timeout_seconds,
+            path="distributed_timeout_seconds",
+            minimum=0.0,
+            exclusive=True,
+        )
         if self.distributed_backend not in _BACKENDS:
             raise ValueError(
                 f"distributed_backend {self.distributed_backend!r} is unknown; "

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fme.ace.inference.inline import InlineInference
 from fme.ace.stepper.parameter_init import initialize_stepper
 from fme.ace.stepper.stepper import Stepper
 from fme.ace.stepper.train_stepper import TrainStepper
+from fme.ace.train.best_metric import check_best_metric
 from fme.ace.train.config import TrainConfig, load_train_config
 from fme.ace.train.phases import (
     PhaseProgress,
@@ -22,6 +24,7 @@ from fme.ace.train.phases import (
     finish_network,
     prepare_network,
 )
+from fme.ace.train.resume_check import check_resume
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import ConfigError, to_dict
 from fme.core.distributed import DistributedContext
@@ -82,12 +85,12 @@ def _mean_over_ranks(dist: DistributedContext):
     return mean
 
 
-def _checkpoint_progress(config: TrainConfig) -> PhaseProgress | None:
-    """The phase progress of the run's latest checkpoint, or None (fresh run)."""
+def _latest_checkpoint(config: TrainConfig) -> dict[str, Any] | None:
+    """The run's latest checkpoint, or None (fresh run)."""
     path = config.checkpoint_dir / LATEST_CHECKPOINT
     if not path.is_file():
         return None
-    return PhaseProgress.from_state(load_checkpoint(path).get("phase"))
+    return load_checkpoint(path)
 
 
 def build_ema(
@@ -164,7 +167,11 @@ def build_phase_trainer(
 
 
 def train_phases(
-    config: TrainConfig, dist: DistributedContext, logger: MetricsLogger
+    config: TrainConfig,
+    dist: DistributedContext,
+    logger: MetricsLogger,
+    *,
+    on_start: Callable[[], None] = lambda: None,
 ) -> Trainer:
     """Train ``config``'s phases in order, resuming in the checkpoint's phase.
 
@@ -175,7 +182,8 @@ def train_phases(
     """
     seed_everything(config.seed)
     phases = config.resolved_phases()
-    resumed = _checkpoint_progress(config)
+    latest = _latest_checkpoint(config)
+    resumed = None if latest is None else PhaseProgress.from_state(latest.get("phase"))
     progress = resumed or PhaseProgress()
     if progress.index >= len(phases):
         raise ValueError(
@@ -197,8 +205,15 @@ def train_phases(
     remaining = phases[progress.index :]
     train_data, _ = data_for(remaining[0])
     stepper = config.stepper.build(dataset_info=train_data.dataset_info)
-    if resumed is None:
+    if latest is None:
         initialize_stepper(stepper, config.stepper_training.parameter_init)
+    else:
+        check_resume(
+            config,
+            latest,
+            stepper=stepper,
+            path=str(config.checkpoint_dir / LATEST_CHECKPOINT),
+        )
     for phase in remaining:  # fail before training for any phase
         phase.stepper_training.build(stepper, seed=config.seed, dist=dist)
         check_phase_network_settings(stepper, phase)
@@ -230,6 +245,16 @@ def train_phases(
         )
         if carried_loss_weights is not None and phase.carries_loss_weights:
             train_stepper.loss_weights.load_state_dict(carried_loss_weights)
+        check_best_metric(
+            config.best_checkpoint_metric,
+            train_stepper=train_stepper,
+            validation=data_for(phase)[1],
+            inference=end_of_epoch,
+            dist=dist,
+            label=phase.label if len(phases) > 1 else "",
+        )
+        if phase is remaining[0]:
+            on_start()
         trainer.train(resume=resumed is not None and phase is remaining[0])
         step = trainer.optimization.optimizer_steps
         if not progress.phase_finished(phase, epoch=trainer.epoch, step=step):
@@ -264,15 +289,42 @@ def _plot_training(trainer: Trainer, experiment_dir: Path) -> None:
 
 
 def run_training(config: TrainConfig, dist: DistributedContext | None = None) -> Path:
-    """Train (resuming if a checkpoint exists); returns the experiment directory."""
+    """Train (resuming if a checkpoint exists); returns the experiment directory.
+
+    ``config.yaml`` is written once the config has been checked against the
+    data and the network, so a start that fails leaves no config, metrics or
+    checkpoints: only ``out.log`` with the error. Every fatal error is logged
+    there with its traceback before it propagates.
+    """
     owns_dist = dist is None
     if dist is None:
-        dist = DistributedContext.from_environment(config.distributed_backend)
+        dist = DistributedContext.from_environment(
+            config.distributed_backend,
+            collective_timeout=config.distributed_timeout_seconds,
+        )
     experiment_dir = Path(config.experiment_dir)
+    config.logging.configure_python_logging(experiment_dir, dist)
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        if dist.is_root:
+            experiment_dir.mkdir(parents=True, exist_ok=True)
+            with (experiment_dir / "config.yaml").open("w") as f:
+                yaml.safe_dump(to_dict(config), f, sort_keys=False)
+        started = True
+
     finished = False
     try:
-        _train_and_report(config, dist, experiment_dir)
+        _train_and_report(config, dist, experiment_dir, on_start=start)
         finished = True
+    except Exception as err:
+        stage = "training stopped" if started else "start failed before training"
+        peer = dist.peer_failure(err)
+        logging.error("%s: %s", stage, peer or err, exc_info=err)
+        if peer is not None:
+            raise peer from err
+        raise
     finally:
         if owns_dist:
             # the trainer and its DDP wrapper are gone with _train_and_report's frame
@@ -281,14 +333,13 @@ def run_training(config: TrainConfig, dist: DistributedContext | None = None) ->
 
 
 def _train_and_report(
-    config: TrainConfig, dist: DistributedContext, experiment_dir: Path
+    config: TrainConfig,
+    dist: DistributedContext,
+    experiment_dir: Path,
+    *,
+    on_start: Callable[[], None],
 ) -> None:
     """The run itself; every object built for it is released when it returns."""
-    config.logging.configure_python_logging(experiment_dir, dist)
-    if dist.is_root:
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        with (experiment_dir / "config.yaml").open("w") as f:
-            yaml.safe_dump(to_dict(config), f, sort_keys=False)
     logger = MetricsLogger(
         config=config.logging,
         experiment_dir=experiment_dir,
@@ -296,7 +347,7 @@ def _train_and_report(
         run_config=to_dict(config),
     )
     try:
-        trainer = train_phases(config, dist, logger)
+        trainer = train_phases(config, dist, logger, on_start=on_start)
         if dist.is_root:
             _plot_training(trainer, experiment_dir)
     finally:
@@ -325,4 +376,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    run_training(config)
+    try:
+        run_training(config)
+    except Exception as err:
+        details = ""
+        if config.logging.log_to_file:
+            details = f" (details in {Path(config.experiment_dir) / 'out.log'})"
+        message = " ".join(str(err).split())  # one line
+        print(f"error: {message}{details}", file=sys.stderr)
+        sys.exit(1)

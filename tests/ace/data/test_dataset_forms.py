@@ -223,3 +223,23 @@ def test_dataset_forms_are_told_apart_strictly(tmp_path):
             DataLoaderConfig,
             {"batch_size": 1, "dataset": {"data_path": "x", "isel": {"lev": 0}}},
         )
+
+
+def test_unreadable_zarr_store_and_corrupt_chunk_are_named(tmp_path):
+    path = write_zarr(tmp_path, 12)
+    config = XarrayDataConfig(
+        data_path=str(tmp_path),
+        engine="zarr",
+        file_pattern="data.zarr",
+        cache_in_memory=False,
+    )
+    # a chunk overwritten with garbage: the read names the store and times
+    chunk = next(p for p in (path / "a").rglob("*") if p.is_file() and p.stem != "zarr")
+    chunk.write_bytes(b"garbage" * 10)
+    data = XarrayDataset(config, names=["a", "b"], n_timesteps=3)
+    with pytest.raises(ValueError, match=rf"'a' in '{path}' cannot be read at times"):
+        [data[i] for i in range(len(data))]
+    # the store's metadata gone: opening names the store
+    (path / "zarr.json").unlink()
+    with pytest.raises(ValueError, match=f"zarr store '{path}' cannot be read"):
+        XarrayDataset(config, names=["a", "b"], n_timesteps=3)

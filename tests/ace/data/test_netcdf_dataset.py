@@ -333,3 +333,45 @@ def test_reads_generated_shallow_water_data(tmp_path):
     info = ds.dataset_info
     assert info.img_shape == (8, 16) and info.timestep == datetime.timedelta(hours=6)
     assert info.variable_metadata["geopotential"]["units"] == "m^2/s^2"
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_infinite_values_raise_naming_file_variable_and_time(
+    tmp_path, monkeypatch, cached
+):
+    values = _values(0, 4, 0.0)
+    values[2, 1, 1] = np.inf
+    paths = write_files(tmp_path, [4], extra={"bad": (("time", "lat", "lon"), values)})
+    if not cached:
+        monkeypatch.setattr(netcdf_dataset, "CACHE_LIMIT_BYTES", 0)
+    message = rf"'bad' in {paths[0]} contains inf at time index 2 \(2001-03-01T12"
+    # NaNs may be allowed (masked values); infinities never are
+    for allow_nans in (False, True):
+        with pytest.raises(ValueError, match=message):
+            ds = dataset(tmp_path, names=("a", "bad"), allow_nans=allow_nans)
+            [ds[i] for i in range(len(ds))]
+
+
+def test_nan_message_names_the_time_index(tmp_path):
+    values = _values(0, 4, 0.0)
+    values[3, 0, 0] = np.nan
+    paths = write_files(tmp_path, [4], extra={"bad": (("time", "lat", "lon"), values)})
+    with pytest.raises(ValueError, match=f"'bad' in {paths[0]} contains NaN at time "):
+        dataset(tmp_path, names=("a", "bad"))
+
+
+@pytest.mark.parametrize(
+    "corrupt, what",
+    [
+        (lambda b: b"", "is empty"),
+        (lambda b: b[: len(b) // 3], "cannot be read as netCDF"),
+        (lambda b: b"garbage" * 100, "cannot be read as netCDF"),
+    ],
+)
+def test_empty_truncated_or_garbage_data_file_is_named(tmp_path, corrupt, what):
+    paths = write_files(tmp_path, [4, 4])
+    bad = paths[1]
+    bad.write_bytes(corrupt(bad.read_bytes()))
+    with pytest.raises(ValueError, match=f"{bad}.*{what}|{what}.*{bad}") as info:
+        dataset(tmp_path)
+    assert "\n" not in str(info.value)

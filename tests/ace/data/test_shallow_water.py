@@ -279,3 +279,32 @@ def test_unknown_preset_and_invalid_preset_raise(tmp_path):
         ShallowWaterPreset(
             nlat=8, nlon=16, lmax=9, n_train=1, n_validation=0, n_times=4
         )
+
+
+def test_data_files_carry_fletcher32_checksums(tiny_dir):
+    import netCDF4
+
+    for path in sorted((tiny_dir / "train").glob("*.nc")) + sorted(
+        (tiny_dir / "validation").glob("*.nc")
+    ):
+        with netCDF4.Dataset(path) as ds:
+            for name in FIELD_NAMES:
+                assert ds[name].filters()["fletcher32"] is True, (path, name)
+
+
+def test_corrupt_chunk_is_detected_on_read(tiny_dir, tmp_path):
+    from fme.ace.data.netcdf_dataset import XarrayDataConfig, XarrayDataset
+
+    source = sorted((tiny_dir / "train").glob("*.nc"))[0]
+    raw = bytearray(source.read_bytes())
+    with xr.open_dataset(source) as ds:
+        needle = ds["geopotential"].values[3].tobytes()[:64]
+    offset = raw.find(needle)
+    assert offset > 0  # stored uncompressed: the chunk's bytes are in the file
+    raw[offset + 8] ^= 0xFF  # one flipped byte inside a data chunk
+    directory = tmp_path / "train"
+    directory.mkdir()
+    (directory / source.name).write_bytes(bytes(raw))
+    config = XarrayDataConfig(data_path=str(directory))
+    with pytest.raises(ValueError, match=rf"'geopotential' in .*{source.name}.*read"):
+        XarrayDataset(config, names=list(FIELD_NAMES), n_timesteps=2)

@@ -152,3 +152,20 @@ def test_wrong_shapes_raise(tmp_path):
         writer.set_init_times(0, np.array([1.0]))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_variables_carry_fletcher32_checksums(tmp_path):
+    import netCDF4
+
+    writer = make_writer(tmp_path)
+    writer.append(
+        sample_start=0,
+        lead_start=1,
+        prediction=fields(0, 3, 4),
+        target=fields(1, 3, 4),
+    )
+    writer.close()
+    for filename in (PREDICTION_FILENAME, TARGET_FILENAME):
+        with netCDF4.Dataset(tmp_path / filename) as ds:
+            for name in ("a", "b"):
+                assert ds[name].filters()["fletcher32"] is True, (filename, name)

@@ -1,5 +1,6 @@
 """``python -m fme.ace.inference``: forecast-only rollouts, ACE's files, restart."""
 
+import netCDF4
 import numpy as np
 import pytest
 import torch
@@ -119,6 +120,15 @@ def test_inference_writes_ace_files_equal_to_a_hand_rollout(setup, tmp_path):
             expected["PRESsfc"].mean(dim=1).numpy(),
             rtol=1e-6,
         )
+    # every gridded or per-step variable written carries per-chunk checksums
+    for path in out.glob("*.nc"):
+        with netCDF4.Dataset(path) as ds:
+            for name in stepper.out_names:
+                if name in ds.variables:
+                    assert ds[name].filters()["fletcher32"] is True, (path, name)
+    with netCDF4.Dataset(out / "time_mean_diagnostics.nc") as ds:
+        gridded = [v for v in ds.variables.values() if v.ndim == 2]
+        assert gridded and all(v.filters()["fletcher32"] for v in gridded)
 
 
 def test_restart_continues_the_run(setup, tmp_path):

@@ -456,3 +456,71 @@ def test_former_loss_scaling_key_moves_to_each_terms_scaling():
         )
     with pytest.raises(ConfigError, match="unknown term"):
         from_dict_strict(TrainStepperConfig, {"loss_scaling": {"global_mean": area}})
+
+
+def test_rollout_length_outcomes_are_sampled_with_their_probabilities():
+    stepper = build_stepper()
+    outcomes = {
+        "outcomes": [
+            {"n_forward_steps": 1, "probability": 0.25},
+            {"n_forward_steps": 2, "probability": 0.75},
+        ]
+    }
+    train = build_train_stepper(stepper, {"n_forward_steps": outcomes})
+    optimization = _sgd(stepper, accumulate=False, lr=1e-9)
+    data = batch(n_times=3)
+    n_batches = 400
+    lengths = []
+    for _ in range(n_batches):
+        out = train.train_on_batch(data, optimization)
+        lengths.append(out.n_forward_steps)
+        # the sampled length is the rollout that ran
+        assert ("loss_step_1" in out.metrics) == (out.n_forward_steps == 2)
+    n_two = lengths.count(2)
+    assert lengths.count(1) + n_two == n_batches
+    # binomial(400, 0.75): mean 300, std 8.7; 5 std either side
+    assert abs(n_two - 300) < 5 * 8.7, n_two
+    # seeded: the same sequence again
+    again = build_train_stepper(build_stepper(), {"n_forward_steps": outcomes})
+    opt = _sgd(again.stepper, accumulate=False, lr=1e-9)
+    assert [
+        again.train_on_batch(data, opt).n_forward_steps for _ in range(50)
+    ] == lengths[:50]
+
+
+def _nan_at_second_target(data):
+    """A batch whose rollout step 0 is finite and step 1 has a NaN input."""
+    bad = copy.deepcopy(data)
+    bad.data["f"][0, 1, 1, 1] = float("nan")  # the forcing of step 1
+    return bad
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_a_skipped_batch_takes_no_step_and_leaves_no_gradients(accumulate):
+    stepper = build_stepper()
+    reference = copy.deepcopy(stepper)
+    training = {"n_forward_steps": 2, "on_nonfinite_loss": "skip_batch"}
+    config = OptimizationConfig(
+        optimizer_type="Adam", lr=0.01, use_gradient_accumulation=accumulate
+    )
+    train = build_train_stepper(stepper, training)
+    optimization = config.build(stepper.module.parameters())
+    before = _params(stepper)
+    good, bad = batch(n_times=3, seed=1), _nan_at_second_target(batch(n_times=3))
+    out = train.train_on_batch(bad, optimization)
+    assert out.skipped
+    # no optimiser step: weights, optimiser state, clock and schedules unchanged
+    for p, q in zip(before, _params(stepper), strict=True):
+        assert torch.equal(p, q)
+    assert optimization.optimizer_steps == 0
+    assert optimization.optimizer.state_dict()["state"] == {}
+    assert train.loss_weights.t == 0
+    # ... and no gradient of the skipped batch's finite step 0 is kept
+    assert all(p.grad is None for p in stepper.module.parameters())
+    train.train_on_batch(good, optimization)
+    reference_train = build_train_stepper(reference, training)
+    reference_opt = config.build(reference.module.parameters())
+    reference_train.train_on_batch(good, reference_opt)
+    assert optimization.optimizer_steps == 1
+    for p, q in zip(_params(reference), _params(stepper), strict=True):
+        assert torch.equal(p, q)

@@ -91,3 +91,55 @@ def test_torchrun_nonfinite_loss_ends_all_ranks_with_the_error(tmp_path):
         result.stdout + result.stderr
     )
     assert not (tmp_path / "nan" / "training_checkpoints" / "ckpt.tar").exists()
+
+
+def _data_with_one_bad_sample(tmp_path):
+    """Tiny data where only the first window of the first file holds a NaN."""
+    import shutil
+
+    import numpy as np
+    import xarray as xr
+
+    data = tiny_data(tmp_path)
+    copy = tmp_path / "data_with_nan"
+    shutil.copytree(data, copy)
+    first = sorted((copy / "train").glob("*.nc"))[0]
+    with xr.open_dataset(first) as ds:
+        loaded = ds.load()
+    values = loaded["geopotential"].values.copy()
+    values[0, 0, 0] = np.nan  # time 0 is in the first window only
+    loaded["geopotential"].values = values
+    first.unlink()
+    loaded.to_netcdf(first)
+    return copy
+
+
+def test_torchrun_ranks_agree_to_skip_a_batch_only_one_of_them_finds_bad(tmp_path):
+    data = _data_with_one_bad_sample(tmp_path)
+    extra = [
+        "train_loader.num_data_workers=0",
+        "train_loader.dataset.allow_nans=true",
+        "stepper_training.on_nonfinite_loss=skip_batch",
+        "max_epochs=1",
+        "distributed_timeout_seconds=20",
+    ]
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
+    single = _write_config(
+        tmp_path / "single.yaml", tiny_config(data, single_dir, extra)
+    )
+    multi = _write_config(tmp_path / "multi.yaml", tiny_config(data, multi_dir, extra))
+    _run([sys.executable, "-m", "fme.ace.train", str(single)])
+    _torchrun(multi)
+    one, one_state = _weights(single_dir)
+    two, two_state = _weights(multi_dir)
+    # the batch holding the bad sample was skipped, by both ranks together
+    epoch = [
+        json.loads(line)
+        for line in (multi_dir / "metrics.jsonl").read_text().splitlines()
+        if "train/mean/skipped_batches" in line
+    ][-1]
+    assert epoch["train/mean/skipped_batches"] > 0
+    steps = two_state["optimization"]["optimizer_steps"]
+    assert steps == one_state["optimization"]["optimizer_steps"]
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5)

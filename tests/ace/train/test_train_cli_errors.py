@@ -44,6 +44,14 @@ def _write(tmp_path, mutate):
             ),
             r"mian.*main",
         ),
+        (
+            lambda d: d["optimization"].update(max_grad_norm=float("nan")),
+            r"config.optimization.max_grad_norm: must be a finite number, got nan",
+        ),
+        (
+            lambda d: d["optimization"].update(lr=float("inf")),
+            r"config.optimization.lr: must be a finite number, got inf",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, mutate, message):
@@ -54,3 +62,14 @@ def test_config_errors_name_the_key(tmp_path, capsys, mutate, message):
     assert err.startswith("config error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "missing").exists()
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text("experiment_dir: x\noptimization: {lr: 1.0\nmax_epochs: 2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert re.match(rf"config error: {re.escape(str(path))}:3:\d+: YAML syntax", err)

@@ -1,0 +1,96 @@
+"""Opening and writing netCDF files with errors that name the file.
+
+Every netCDF file this project reads goes through ``open_dataset`` (a missing,
+empty or unreadable file fails with its path and what is wrong, not with an
+xarray backend message), and every file it writes stores data variables with
+netCDF's per-chunk ``fletcher32`` checksums, so corruption of those files is
+detected when they are read back (``checked_values``).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+# per-chunk checksums of netCDF-4/HDF5; needs chunked storage (not scalars)
+CHECKSUM = {"fletcher32": True}
+
+
+def _unreadable(path: Path, role: str, err: BaseException) -> ValueError:
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(
+        f"{role} {str(path)!r} cannot be read as netCDF "
+        f"({type(err).__name__}: {first_line}); it may be truncated or corrupt, "
+        "or not a netCDF file: regenerate or replace it"
+    )
+
+
+def open_dataset(path: str | Path, *, role: str = "netCDF file", **kwargs: Any):
+    """``xr.open_dataset(path)``, with errors naming ``path`` and the problem.
+
+    Args:
+        path: the file.
+        role: what the file is, for messages (e.g. "data file").
+        kwargs: passed to ``xr.open_dataset``.
+
+    Raises:
+        ValueError: the file is missing, empty (0 bytes) or not readable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{role} {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{role} {str(path)!r} is empty (0 bytes); it was not written "
+            "completely: regenerate or replace it"
+        )
+    try:
+        return xr.open_dataset(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise _unreadable(path, role, err) from None
+
+
+def checked_values(variable: Any, *, path: str | Path, name: str) -> np.ndarray:
+    """Read a variable's values; a failed checksum or read names file and variable."""
+    try:
+        return np.asarray(variable.values if hasattr(variable, "values") else variable)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(
+            f"variable {name!r} in {str(path)!r} cannot be read "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "a checksum mismatch means the file is corrupt: regenerate it"
+        ) from None
+
+
+def checksum_encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
+    """``to_netcdf`` encoding turning on checksums for every non-scalar variable."""
+    return {
+        str(name): dict(CHECKSUM)
+        for name, variable in ds.variables.items()
+        if variable.ndim > 0 and name not in ds.coords
+    }
+
+
+def first_nonfinite(values: np.ndarray, *, allow_nan: bool) -> tuple[str, int] | None:
+    """``(kind, time index)`` of the first NaN or infinite value along axis 0.
+
+    Args:
+        values: an array whose first axis is time (or a time-invariant field).
+        allow_nan: NaNs are accepted (only infinities are reported).
+
+    Returns:
+        ``("NaN" | "inf", index)`` or None when every value is acceptable. For
+        a field without a time axis, the index is -1.
+    """
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+    if not bad.any():
+        return None
+    if values.ndim < 3:
+        index = -1
+        kind = "inf" if np.isinf(values[bad]).any() else "NaN"
+        return kind, index
+    per_time = bad.reshape(bad.shape[0], -1).any(axis=1)
+    index = int(np.argmax(per_time))
+    kind = "inf" if np.isinf(values[index][bad[index]]).any() else "NaN"
+    return kind, index

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.corrector.corrector import CorrectorABC
+from fme.ace.corrector.corrector import CorrectorABC, CorrectorState
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.data.dataset_info_state import (
     dataset_info_from_state,
@@ -140,8 +140,14 @@ class Stepper:
 
     @property
     def forcing_names(self) -> list[str]:
-        """Variables read from data at every step."""
-        return self.step.forcing_names
+        """Variables read from data at every step (what ``rollout``'s ``forcing`` holds).
+
+        The network's forcing inputs and what the step reads at the next time
+        (e.g. a prescribed ocean's surface temperature and ocean fraction).
+        """
+        return list(
+            dict.fromkeys(self.step.forcing_names + self.step.next_step_input_names)
+        )
 
     @property
     def all_names(self) -> list[str]:
@@ -192,22 +198,36 @@ class Stepper:
                 steps with index ``>= n`` (non-reentrant activation checkpointing).
         """
         state: TensorDict = {n: initial_condition[n] for n in self.prognostic_names}
+        next_step_forcing = set(self.step.next_step_forcing_names)
+        corrector_state = None
         for i in range(n_forward_steps):
             input_data = {
                 **state,
-                **{n: forcing[n][:, i] for n in self.forcing_names},
+                **{
+                    n: forcing[n][:, i + 1 if n in next_step_forcing else i]
+                    for n in self.step.forcing_names
+                },
             }
-            next_forcing = {n: forcing[n][:, i + 1] for n in self.forcing_names}
+            next_forcing = {
+                n: forcing[n][:, i + 1] for n in self.step.next_step_input_names
+            }
+            if corrector_state is None:
+                # Seeded once from the initial condition and carried through
+                # the rollout (ACE's dry-air reference).
+                corrector_state = self.step.initial_corrector_state(input_data)
             if checkpoint_after_n_steps is not None and i >= checkpoint_after_n_steps:
                 out = checkpoint(
                     self._step,
                     input_data,
                     next_forcing,
                     detach_uncorrected,
+                    corrector_state,
                     use_reentrant=False,
                 )
             else:
-                out = self._step(input_data, next_forcing, detach_uncorrected)
+                out = self._step(
+                    input_data, next_forcing, detach_uncorrected, corrector_state
+                )
             yield out
             state = {n: out.output[n] for n in self.prognostic_names}
             if detach_between_steps:
@@ -218,9 +238,13 @@ class Stepper:
         input_data: TensorMapping,
         next_forcing: TensorMapping,
         detach_uncorrected: bool,
+        corrector_state: CorrectorState,
     ) -> StepOutput:
         return self.step.step(
-            input_data, next_forcing, detach_uncorrected=detach_uncorrected
+            input_data,
+            next_forcing,
+            detach_uncorrected=detach_uncorrected,
+            corrector_state=corrector_state,
         )
 
     @property

@@ -88,12 +88,16 @@ class NameResolver:
         self.available = list(available)
         self.n_levels = n_levels
         self.missing: list[str] = []
+        self._other_spellings: list[str] = []
 
     def surface(self, quantity: str) -> str:
         """The name of ``quantity``; records it as missing (returns "") if absent."""
         name = find_surface_name(quantity, self.available)
         if name is None:
-            self.missing.append(describe(quantity))
+            names = SURFACE_NAMES[quantity]
+            self.missing.append(names[0])
+            if len(names) > 1:
+                self._other_spellings.append(describe(quantity))
             return ""
         return name
 
@@ -118,8 +122,14 @@ class NameResolver:
     def check(self, key: str) -> None:
         """Raise naming ``key`` and every missing variable, if any were missed."""
         if self.missing:
+            spellings = (
+                f" (also accepted: {'; '.join(self._other_spellings)})"
+                if self._other_spellings
+                else ""
+            )
             raise MissingVariablesError(
                 f"corrector {key} needs variables absent from {self.where}; "
-                f"missing: {self.missing}; present: {sorted(self.available)}; add "
-                f"them to the step's names or turn {key} off"
+                f"missing: {self.missing}{spellings}; present: "
+                f"{sorted(self.available)}; add them to the step's names or turn "
+                f"{key} off"
             )

@@ -108,9 +108,9 @@ def make_inputs(seed: int = 0) -> dict:
         "DSWRFtoa": (
             400.0 + 300.0 * torch.rand(N_BATCH, N_LAT, N_LON, generator=generator)
         ).to(torch.float32),
-        "HGTsfc": (
-            1500.0 * torch.randn(N_BATCH, N_LAT, N_LON, generator=generator)
-        ).to(torch.float32),  # partly negative (taken as 0 m)
+        "HGTsfc": (1500.0 * torch.randn(N_BATCH, N_LAT, N_LON, generator=generator)).to(
+            torch.float32
+        ),  # partly negative (taken as 0 m)
     }
     input_data = {**_state(generator, raw=False), **forcing}
     gen_data = _state(generator, raw=True)
@@ -135,6 +135,7 @@ def run_reference(inputs: dict) -> dict:
     import dacite
     from fme.core.coordinates import HybridSigmaPressureCoordinate
     from fme.core.corrector.atmosphere import AtmosphereCorrectorConfig
+
     from fme.core.gridded_ops import LatLonOperations
 
     ops = LatLonOperations(_area_weights())

@@ -31,8 +31,7 @@ SPECIFIC_HEAT_OF_DRY_AIR_CONST_PRESSURE_J_PER_KG_K = 1004.6
 GAS_CONSTANT_DRY_AIR_J_PER_KG_K = 287.05
 GAS_CONSTANT_WATER_VAPOR_J_PER_KG_K = 461.5
 SPECIFIC_HEAT_OF_DRY_AIR_CONST_VOLUME_J_PER_KG_K = (
-    SPECIFIC_HEAT_OF_DRY_AIR_CONST_PRESSURE_J_PER_KG_K
-    - GAS_CONSTANT_DRY_AIR_J_PER_KG_K
+    SPECIFIC_HEAT_OF_DRY_AIR_CONST_PRESSURE_J_PER_KG_K - GAS_CONSTANT_DRY_AIR_J_PER_KG_K
 )
 # Interface pressures are clamped here before taking logs: data with a 0 Pa
 # model top would otherwise give an infinite top-layer thickness (as in ACE).
@@ -126,9 +125,11 @@ def layer_thickness_times_gravity_per_temperature(
     """
     pressure = coordinate.interface_pressure(surface_pressure)
     dlogp = torch.log(pressure.clamp(min=MINIMUM_LOG_PRESSURE_PA)).diff(dim=-1)
-    virtual_factor = 1.0 + (
-        GAS_CONSTANT_WATER_VAPOR_J_PER_KG_K / GAS_CONSTANT_DRY_AIR_J_PER_KG_K - 1.0
-    ) * specific_total_water
+    virtual_factor = (
+        1.0
+        + (GAS_CONSTANT_WATER_VAPOR_J_PER_KG_K / GAS_CONSTANT_DRY_AIR_J_PER_KG_K - 1.0)
+        * specific_total_water
+    )
     return GAS_CONSTANT_DRY_AIR_J_PER_KG_K * virtual_factor * dlogp
 
 

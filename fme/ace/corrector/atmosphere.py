@@ -48,9 +48,9 @@ from fme.ace.corrector.moisture import (
     ZeroGlobalMeanMoistureAdvection,
 )
 from fme.ace.corrector.operations import (
+    ConserveDryAir,
     CorrectionContext,
     CorrectionOperation,
-    ConserveDryAir,
     ForcePositive,
     RescaleToGlobalMean,
     ShiftToGlobalMean,
@@ -472,7 +472,9 @@ class _ChainBuilder:
             advection_name=advection,
         )
 
-    def clip_frozen(self, *, after_moisture_budget: bool) -> ClipFrozenPrecipitation | None:
+    def clip_frozen(
+        self, *, after_moisture_budget: bool
+    ) -> ClipFrozenPrecipitation | None:
         frozen = find_surface_name("frozen_precipitation_rate", self.out_names)
         if not after_moisture_budget or frozen is None:
             logger.warning(
@@ -525,8 +527,7 @@ class _ChainBuilder:
         both = [n for n in self.next_step_names if n in self.in_names]
         forcing = NameResolver(
             where=(
-                "the step's forcing (in_names not in out_names, read at the next "
-                "time)"
+                "the step's forcing (in_names not in out_names, read at the next time)"
             ),
             available=self.next_step_names,
             n_levels=coordinate.n_levels,

@@ -141,7 +141,9 @@ class TotalEnergyBudgetCorrection(CorrectionOperation):
             frozen_precipitation_rate=frozen,
         )
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """Every level's air temperature plus the one correcting change."""
         mean = self._ops.area_weighted_mean
         input_energy = self.energy_path(

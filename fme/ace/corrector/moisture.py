@@ -50,7 +50,9 @@ class ZeroGlobalMeanMoistureAdvection(CorrectionOperation):
         self._name = advection_name
         self._ops = gridded_operations
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The advective tendency with zero global mean."""
         advection = gen_data[self._name]
         mean = self._ops.area_weighted_mean(advection, keepdim=True)
@@ -138,7 +140,9 @@ class MoistureBudgetCorrection(CorrectionOperation):
         """``(TWP(gen) - TWP(input)) / dt`` (kg m-2 s-1)."""
         return (self._water_path(gen_data) - self._water_path(input_data)) / self._dt
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The rescaled precipitation or latent heat flux, and advection if recomputed."""
         mean = self._ops.area_weighted_mean
         tendency = self.water_path_tendency(context.input_data, gen_data)
@@ -192,7 +196,9 @@ class ClipFrozenPrecipitation(CorrectionOperation):
         self._frozen = frozen_name
         self._precipitation = precipitation_name
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The clipped frozen precipitation rate."""
         return {
             self._frozen: torch.minimum(

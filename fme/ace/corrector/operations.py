@@ -89,10 +89,16 @@ class CorrectionOperation(abc.ABC):
     changed_names: list[str]
 
     def seed_state(self, state: CorrectorState, input_data: TensorMapping) -> None:
-        """Fill the fields of ``state`` this operation needs from the initial condition."""
+        """Fill the fields of ``state`` this operation needs from the initial condition.
+
+        Most operations need none and leave ``state`` as it is.
+        """
+        return None
 
     @abc.abstractmethod
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """Corrected values of ``changed_names``, differentiable in ``gen_data``."""
 
     @abc.abstractmethod
@@ -127,7 +133,9 @@ class ForcePositive(CorrectionOperation):
         self.changed_names = list(names)
         self.keep_gradient = keep_gradient
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """``clamp(gen, min=0)`` for each variable."""
         out = {}
         for name in self.changed_names:
@@ -173,7 +181,9 @@ class ShiftToGlobalMean(_GlobalMeanOperation):
     ``out = gen - mean(gen) + mean(input)``, area-weighted, per sample.
     """
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The shifted variables."""
         out = {}
         for name in self.changed_names:
@@ -204,7 +214,9 @@ class RescaleToGlobalMean(_GlobalMeanOperation):
     it cannot be rescaled; the input's mean is then added uniformly instead.
     """
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The clamped and rescaled variables."""
         out = {}
         for name in self.changed_names:
@@ -291,7 +303,9 @@ class ConserveDryAir(CorrectionOperation):
                 keepdim=True,
             ).detach()
 
-    def __call__(self, context: CorrectionContext, gen_data: TensorMapping) -> TensorDict:
+    def __call__(
+        self, context: CorrectionContext, gen_data: TensorMapping
+    ) -> TensorDict:
         """The corrected ``PRESsfc``."""
         reference = context.state.global_dry_air_pressure
         assert reference is not None, "the corrector state was not seeded"

@@ -60,7 +60,9 @@ class MultiCallStepConfig:
             )
         unknown = sorted(set(wrapped) - {"type", "config"})
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: type, config")
+            raise ConfigError(
+                f"{path}: unknown key(s) {unknown}; allowed: type, config"
+            )
         self._wrapped = from_dict_strict(
             SingleModuleStepConfig, wrapped.get("config"), path=f"{path}.config"
         )
@@ -119,6 +121,10 @@ class MultiCallStep(StepABC):
     def module(self) -> torch.nn.Module:
         """The wrapped step's network."""
         return self.wrapped.module
+
+    @module.setter
+    def module(self, module: torch.nn.Module) -> None:
+        self.wrapped.module = module
 
     def wrap_module(self, fn: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         self.wrapped.wrap_module(fn)

@@ -230,10 +230,12 @@ def test_gradcheck_mean_shift_rescale_and_dry_air():
     shift = ShiftToGlobalMean(["x"], gridded_operations=ops)
     rescale = RescaleToGlobalMean(["x"], gridded_operations=ops)
     assert torch.autograd.gradcheck(
-        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"], (gen_x,)
+        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"],
+        (gen_x,),
     )
     assert torch.autograd.gradcheck(
-        lambda x: rescale(seeded_context([rescale], {"x": input_x}), {"x": x})["x"], (gen_x,)
+        lambda x: rescale(seeded_context([rescale], {"x": input_x}), {"x": x})["x"],
+        (gen_x,),
     )
     dry = ConserveDryAir(
         gridded_operations=ops,
@@ -249,7 +251,8 @@ def test_gradcheck_mean_shift_rescale_and_dry_air():
     ps = (1e5 + 100 * torch.randn(2, 3, 4, dtype=torch.float64)).requires_grad_()
     q = (0.01 * gen_x.detach()).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda ps, q: dry(seeded_context([dry], input_state), state(ps, q))["PRESsfc"], (ps, q)
+        lambda ps, q: dry(seeded_context([dry], input_state), state(ps, q))["PRESsfc"],
+        (ps, q),
     )
 
 
@@ -259,7 +262,10 @@ def test_mean_shift_jacobian_is_identity_minus_weights():
     input_x = torch.rand(1, 3, 4, dtype=torch.float64)
     gen_x = torch.rand(1, 3, 4, dtype=torch.float64)
     jacobian = torch.autograd.functional.jacobian(
-        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"].reshape(-1), gen_x
+        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"].reshape(
+            -1
+        ),
+        gen_x,
     ).reshape(12, 12)
     weights = ops.area_weights.reshape(-1)
     expected = torch.eye(12, dtype=torch.float64) - weights[None, :]

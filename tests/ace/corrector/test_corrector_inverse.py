@@ -94,13 +94,19 @@ def test_shift_inverse(seed):
     gen = torch.Generator().manual_seed(seed)
     op = ShiftToGlobalMean(["x"], gridded_operations=OPS)
     input_data, raw = {"x": randn(gen)}, {"x": randn(gen, 2.0)}
-    target = op(seeded_context([op], input_data), {"x": randn(gen, 3.0)})  # satisfies the constraint
+    target = op(
+        seeded_context([op], input_data), {"x": randn(gen, 3.0)}
+    )  # satisfies the constraint
     preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
-    torch.testing.assert_close(op(seeded_context([op], input_data), preimage)["x"], target["x"])
+    torch.testing.assert_close(
+        op(seeded_context([op], input_data), preimage)["x"], target["x"]
+    )
     others = []
     for _ in range(N_OTHERS):
         other = {"x": target["x"] + randn(gen)[:, :1, :1]}
-        torch.testing.assert_close(op(seeded_context([op], input_data), other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], input_data), other)["x"], target["x"]
+        )
         others.append(other)
     others += nudged_along_line(preimage, target, ["x"])
     assert_never_closer(others, preimage, raw)
@@ -114,14 +120,18 @@ def test_clamp_inverse(seed):
     unconstrained = {"x": randn(gen)}
     preimage = op.nearest_preimage(raw, unconstrained, seeded_context([op], {}))
     # C(x~) = C(y*) for any target, and = y* for a constrained one
-    torch.testing.assert_close(op(seeded_context([op], {}), preimage)["x"], unconstrained["x"].clamp(min=0))
+    torch.testing.assert_close(
+        op(seeded_context([op], {}), preimage)["x"], unconstrained["x"].clamp(min=0)
+    )
     target = op(seeded_context([op], {}), unconstrained)
     preimage = op.nearest_preimage(raw, target, seeded_context([op], {}))
     torch.testing.assert_close(op(seeded_context([op], {}), preimage)["x"], target["x"])
     others = []
     for _ in range(N_OTHERS):
         other = {"x": torch.where(target["x"] > 0, target["x"], -randn(gen).abs())}
-        torch.testing.assert_close(op(seeded_context([op], {}), other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], {}), other)["x"], target["x"]
+        )
         others.append(other)
     assert_never_closer(others, preimage, raw)
 
@@ -135,18 +145,23 @@ def test_clamp_and_rescale_inverse(seed):
     unconstrained = {"x": randn(gen, 1.0, 0.2)}
     preimage = op.nearest_preimage(raw, unconstrained, seeded_context([op], input_data))
     torch.testing.assert_close(
-        op(seeded_context([op], input_data), preimage)["x"], op(seeded_context([op], input_data), unconstrained)["x"]
+        op(seeded_context([op], input_data), preimage)["x"],
+        op(seeded_context([op], input_data), unconstrained)["x"],
     )
     target = op(seeded_context([op], input_data), unconstrained)
     preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
-    torch.testing.assert_close(op(seeded_context([op], input_data), preimage)["x"], target["x"])
+    torch.testing.assert_close(
+        op(seeded_context([op], input_data), preimage)["x"], target["x"]
+    )
     others = []
     for _ in range(N_OTHERS):
         scale = torch.rand(BATCH, 1, 1, generator=gen, dtype=torch.float64) * 3
         other = {
             "x": torch.where(target["x"] > 0, scale * target["x"], -randn(gen).abs())
         }
-        torch.testing.assert_close(op(seeded_context([op], input_data), other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], input_data), other)["x"], target["x"]
+        )
         others.append(other)
     # the scale is a 1D least-squares optimum: nudging it never gets closer
     for factor in NUDGES:
@@ -163,7 +178,8 @@ def test_clamp_and_rescale_preimage_without_positive_overlap_is_still_a_preimage
     input_data = {"x": torch.full_like(target, 0.5)}
     preimage = nearest_clamp_and_scale_preimage(raw, target, gridded_operations=OPS)
     torch.testing.assert_close(
-        op(seeded_context([op], input_data), {"x": preimage})["x"], op(seeded_context([op], input_data), {"x": target})["x"]
+        op(seeded_context([op], input_data), {"x": preimage})["x"],
+        op(seeded_context([op], input_data), {"x": target})["x"],
     )
 
 
@@ -181,7 +197,8 @@ def test_dry_air_inverse(seed):
     target.update(op(seeded_context([op], input_data), target))
     preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
     torch.testing.assert_close(
-        op(seeded_context([op], input_data), {**target, **preimage})["PRESsfc"], target["PRESsfc"]
+        op(seeded_context([op], input_data), {**target, **preimage})["PRESsfc"],
+        target["PRESsfc"],
     )
     water = torch.stack([target[n] for n in WATER], dim=-1)
     direction = 1.0 / (1.0 - (water * COORDINATE.bk.diff()).sum(-1))

@@ -5,12 +5,13 @@ from pathlib import Path
 import torch
 from train_run_builders import REPO
 
-from fme.ace.corrector.atmosphere import GRAVITY
 from fme.ace.data.ace_format_fixture import write_ace_format_dataset
 from fme.ace.data.loader import build_data_loader
 from fme.ace.evaluate.main import load_stepper
 from fme.ace.train.config import load_train_config
 from fme.ace.train.main import run_training
+
+GRAVITY = 9.80665  # m s-2
 
 
 def test_ace_format_config_trains_and_conserves_dry_air(tmp_path: Path):

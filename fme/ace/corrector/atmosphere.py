@@ -342,6 +342,7 @@ class AtmosphereCorrectorConfig:
                 builder.moisture_budget(
                     self.moisture_budget_correction,
                     zero_mean_advection=self.zero_global_mean_moisture_advection,
+                    clamped=positive,
                 )
             )
         if self.clip_frozen_precipitation:
@@ -432,7 +433,11 @@ class _ChainBuilder:
         return ZeroGlobalMeanMoistureAdvection(name, gridded_operations=self.ops)
 
     def moisture_budget(
-        self, option: MoistureBudgetOption, *, zero_mean_advection: bool
+        self,
+        option: MoistureBudgetOption,
+        *,
+        zero_mean_advection: bool,
+        clamped: list[str],
     ) -> MoistureBudgetCorrection:
         key = f"moisture_budget_correction={option}"
         surface_pressure, water = self._prognostic_column(key)
@@ -470,6 +475,10 @@ class _ChainBuilder:
             precipitation_name=precipitation,
             latent_heat_flux_name=latent_heat_flux,
             advection_name=advection,
+            scaled_is_non_negative=(
+                precipitation if option.endswith("precipitation") else latent_heat_flux
+            )
+            in clamped,
         )
 
     def clip_frozen(

@@ -170,20 +170,39 @@ def nearest_clamp_and_scale_preimage(
 
 
 def nearest_scale_preimage(
-    raw: torch.Tensor, target: torch.Tensor, *, gridded_operations: LatLonOperations
+    raw: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gridded_operations: LatLonOperations,
+    non_negative_input: bool = False,
 ) -> torch.Tensor:
     """Nearest pre-image under a rescale to a prescribed global mean.
 
-    ``x -> x * m / mean(x)`` maps every ``s * target`` with ``s > 0`` to
+    ``x -> x * m / mean(x)`` maps every ``s * target`` (``s != 0``) to
     ``target``; the nearest to ``raw`` has ``s = <target, raw> / <target,
-    target>``. When that is not positive the infimum is at ``s -> 0``, which is
-    not a pre-image, and ``s = 1`` (the target itself) is used.
+    target>``. With ``non_negative_input`` (the rescale follows a clamp at
+    zero, so its input is non-negative) only the ``s`` with ``s * target >= 0``
+    are pre-images (``target`` has one sign); when the nearest ``s`` has the
+    wrong sign the infimum is at ``s -> 0``, which is not a pre-image, and
+    ``s = +-1`` is used. ``s = 0`` (no pre-image nearer) gives the target.
     """
     numerator = _weighted_inner(target, raw, gridded_operations)
     denominator = _weighted_inner(target, target, gridded_operations)
-    valid = (numerator > 0) & (denominator > 0)
-    safe_denominator = torch.where(valid, denominator, torch.ones_like(denominator))
-    scale = torch.where(valid, numerator / safe_denominator, torch.ones_like(numerator))
+    safe_denominator = torch.where(
+        denominator > 0, denominator, torch.ones_like(denominator)
+    )
+    scale = numerator / safe_denominator
+    if non_negative_input:
+        sign = torch.where(
+            gridded_operations.area_weighted_mean(target, keepdim=True) < 0,
+            -torch.ones_like(scale),
+            torch.ones_like(scale),
+        )
+        valid = (scale * sign > 0) & (denominator > 0)
+        scale = torch.where(valid, scale, sign)
+    else:
+        valid = (scale != 0) & (denominator > 0)
+        scale = torch.where(valid, scale, torch.ones_like(scale))
     return scale * target
 
 

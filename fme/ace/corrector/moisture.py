@@ -93,6 +93,8 @@ class MoistureBudgetCorrection(CorrectionOperation):
         precipitation_name: ``PRATEsfc`` (or its alias).
         latent_heat_flux_name: ``LHTFLsfc`` (or its alias).
         advection_name: the advective tendency; needed by the advection options.
+        scaled_is_non_negative: the rescaled field was clamped at zero before
+            (restricts the pre-images to one sign).
     """
 
     def __init__(
@@ -107,8 +109,10 @@ class MoistureBudgetCorrection(CorrectionOperation):
         precipitation_name: str,
         latent_heat_flux_name: str,
         advection_name: str | None,
+        scaled_is_non_negative: bool = False,
     ):
         self.option = option
+        self._scaled_is_non_negative = scaled_is_non_negative
         self._ops = gridded_operations
         self._coordinate = vertical_coordinate
         self._dt = timestep_seconds
@@ -171,7 +175,10 @@ class MoistureBudgetCorrection(CorrectionOperation):
         """
         out = {
             self._scaled: nearest_scale_preimage(
-                raw[self._scaled], target[self._scaled], gridded_operations=self._ops
+                raw[self._scaled],
+                target[self._scaled],
+                gridded_operations=self._ops,
+                non_negative_input=self._scaled_is_non_negative,
             )
         }
         if self._advection is not None and self.option.startswith("advection"):

@@ -114,7 +114,9 @@ def test_prescribed_ocean_takes_the_data_over_the_ocean(interpolate):
     ocean = {"surface_temperature_name": "sst", "ocean_fraction_name": "frac"}
     stepper = build(single(ocean={**ocean, "interpolate": interpolate}))
     free = build(single())  # same seed: the same network without the ocean
-    for i, (out, raw) in enumerate(zip(rollout(stepper, d, 1), rollout(free, d, 1))):
+    for i, (out, raw) in enumerate(
+        zip(rollout(stepper, d, 1), rollout(free, d, 1), strict=True)
+    ):
         frac, sst = d["frac"][:, i + 1], d["sst"][:, i + 1]
         if interpolate:
             expected = frac * sst + (1 - frac) * raw.output["sst"]

@@ -137,7 +137,7 @@ def test_torchrun_two_processes_ace2_corrector_loss_equals_one_process(tmp_path)
     two, two_state = _weights(tmp_path / "multi")
     assert two_state["optimization"]["optimizer_steps"] == 2
     for name, value in one.items():
-        torch.testing.assert_close(two[name], value, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-5)
     records = [
         json.loads(line)
         for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()

@@ -112,3 +112,34 @@ def test_ace2_config_trains_evaluates_and_keeps_the_budgets(tmp_path: Path):
     sst = state["surface_temperature"]
     assert torch.equal(sst[ocean], batch["surface_temperature"][:, 1][ocean])
     assert "surface_temperature" not in out.uncorrected
+
+
+def test_energy_budget_without_surface_height_fails_before_training(tmp_path: Path):
+    paths = write_ace_format_dataset(
+        tmp_path / "ace", n_lat=4, n_lon=8, n_levels=8, n_times=12
+    )
+    config_path = REPO / "configs" / "ace_atmosphere.yaml"
+    in_names = load_yaml(config_path)["stepper"]["step"]["config"]["in_names"]
+    step = "stepper.step.config"
+    overrides = [
+        f"experiment_dir={tmp_path / 'run'}",
+        f"train_loader.dataset.data_path={paths.data_dir}",
+        "train_loader.dataset.subset={stop: 8}",
+        f"validation.loader.dataset.data_path={paths.data_dir}",
+        "validation.loader.dataset.subset={start: 4}",
+        f"{step}.in_names={[n for n in in_names if n != 'HGTsfc']}",
+        f"{step}.normalization.network.global_means_path={paths.means_path}",
+        f"{step}.normalization.network.global_stds_path={paths.stds_path}",
+        f"{step}.normalization.residual.global_means_path={paths.means_path}",
+        f"{step}.normalization.residual.global_stds_path={paths.residual_stds_path}",
+        "logging.log_to_screen=false",
+    ]
+    config = load_train_config(config_path, overrides)
+    try:
+        run_training(config)
+    except ValueError as err:
+        message = str(err)
+    else:
+        raise AssertionError("training started without HGTsfc")
+    assert "total_energy_budget_correction" in message and "HGTsfc" in message
+    assert not (tmp_path / "run" / "training_checkpoints").exists()

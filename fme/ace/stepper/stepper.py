@@ -151,8 +151,9 @@ class Stepper:
 
     @property
     def all_names(self) -> list[str]:
-        """Variables a data window must hold."""
-        return self.in_names + [n for n in self.out_names if n not in self.in_names]
+        """Variables a data window must hold (also what is read at the next time)."""
+        names = self.in_names + [n for n in self.out_names if n not in self.in_names]
+        return list(dict.fromkeys(names + self.forcing_names))
 
     @property
     def module(self) -> torch.nn.Module:

@@ -210,3 +210,18 @@ def test_multi_call_config_errors(config, match):
     step["config"] = {**step["config"], **config}
     with pytest.raises(ConfigError, match=match):
         build(step)
+
+
+def test_ocean_fraction_needs_not_be_a_network_input():
+    ocean = {"surface_temperature_name": "sst", "ocean_fraction_name": "frac"}
+    stepper = build(
+        {
+            "type": "single_module",
+            "config": {**single_config(ocean=ocean), "in_names": ["sst", "a", "sw"]},
+        }
+    )
+    assert "frac" in stepper.forcing_names and "frac" in stepper.all_names
+    d = data()
+    out = rollout(stepper, d, 1)[0]
+    ocean_points = d["frac"][:, 1].round() == 1
+    assert torch.equal(out.output["sst"][ocean_points], d["sst"][:, 1][ocean_points])

@@ -183,6 +183,7 @@ class Stepper:
         detach_uncorrected: bool,
         detach_between_steps: bool = False,
         checkpoint_after_n_steps: int | None = None,
+        corrector_state: CorrectorState | None = None,
     ) -> Iterator[StepOutput]:
         """Yield one ``StepOutput`` per forward step.
 
@@ -197,10 +198,12 @@ class Stepper:
                 memory saver of gradient accumulation).
             checkpoint_after_n_steps: recompute activations in backward for
                 steps with index ``>= n`` (non-reentrant activation checkpointing).
+            corrector_state: the corrector state of the rollout this one
+                continues (e.g. the next chunk of a long inference); None
+                seeds it from this rollout's first input, its initial condition.
         """
         state: TensorDict = {n: initial_condition[n] for n in self.prognostic_names}
         next_step_forcing = set(self.step.next_step_forcing_names)
-        corrector_state = None
         for i in range(n_forward_steps):
             input_data = {
                 **state,
@@ -247,6 +250,25 @@ class Stepper:
             detach_uncorrected=detach_uncorrected,
             corrector_state=corrector_state,
         )
+
+    def initial_corrector_state(
+        self, initial_condition: TensorMapping, forcing: TensorMapping
+    ) -> CorrectorState:
+        """The corrector state ``rollout`` seeds from its first input.
+
+        Args:
+            initial_condition: ``{name: [batch, lat, lon]}`` prognostic state.
+            forcing: ``{name: [batch, time, lat, lon]}`` as given to ``rollout``.
+        """
+        next_step_forcing = set(self.step.next_step_forcing_names)
+        input_data = {
+            **{n: initial_condition[n] for n in self.prognostic_names},
+            **{
+                n: forcing[n][:, 1 if n in next_step_forcing else 0]
+                for n in self.step.forcing_names
+            },
+        }
+        return self.step.initial_corrector_state(input_data)
 
     @property
     def base_module(self) -> torch.nn.Module:

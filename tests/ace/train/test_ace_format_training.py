@@ -50,7 +50,7 @@ def test_ace2_config_trains_evaluates_and_keeps_the_budgets(tmp_path: Path):
             f"experiment_dir={tmp_path / 'evaluate'}",
             f"checkpoint_path={tmp_path / 'run' / 'training_checkpoints' / 'ckpt.tar'}",
             f"loader.dataset.data_path={paths.data_dir}",
-            "loader.dataset.subset={start: 16}",
+            "loader.start_indices.first=16",
             "logging.log_to_screen=false",
         ],
     )

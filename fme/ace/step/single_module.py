@@ -261,6 +261,7 @@ class SingleModuleStep(StepABC):
                 input_data=input_data,
                 next_forcing=next_forcing,
                 detach_uncorrected=detach_uncorrected,
+                corrector_state=corrector_state,
             )
 
     def _finish(
@@ -271,6 +272,7 @@ class SingleModuleStep(StepABC):
         input_data: TensorMapping,
         next_forcing: TensorMapping,
         detach_uncorrected: bool,
+        corrector_state: CorrectorState | None,
     ) -> StepOutput:
         """Residual, denormalisation and corrector of the network's output."""
         normalized_out: TensorDict = {

@@ -62,8 +62,26 @@ from typing import Any  # noqa: E402
 
 REFERENCE_VERSION = "2026.10.0"
 STATS_FILES = ("centering.nc", "scaling-full-field.nc", "scaling-residual.nc")
-DEFAULT_FORCING_NAMES = ("DSWRFtoa", "surface_temperature")
-DEFAULT_DIAGNOSTIC_NAMES = ("PRATEsfc",)
+DEFAULT_FORCING_NAMES = (
+    "DSWRFtoa",
+    "HGTsfc",
+    "land_fraction",
+    "ocean_fraction",
+    "sea_ice_fraction",
+)
+DEFAULT_DIAGNOSTIC_NAMES = (
+    "DLWRFsfc",
+    "DSWRFsfc",
+    "LHTFLsfc",
+    "PRATEsfc",
+    "SHTFLsfc",
+    "ULWRFsfc",
+    "ULWRFtoa",
+    "USWRFsfc",
+    "USWRFtoa",
+    "tendency_of_total_water_path_due_to_advection",
+    "total_frozen_precipitation_rate",
+)
 
 
 class _StopBenchmark(Exception):

@@ -1,8 +1,28 @@
 """The corrector interface: physical constraints applied after the network."""
 
 import abc
+import dataclasses
+
+import torch
 
 from fme.core.tensors import TensorDict, TensorMapping
+
+
+@dataclasses.dataclass
+class CorrectorState:
+    """What a corrector carries from one step of a rollout to the next.
+
+    Seeded from the rollout's initial condition (:meth:`CorrectorABC.initial_state`)
+    and passed unchanged to every later step, as ACE does.
+
+    Attributes:
+        global_dry_air_pressure: ``[batch, 1, 1]`` float64 area-weighted mean
+            dry-air pressure (Pa) of the initial condition, which
+            ``conserve_dry_air`` pins every step's prediction to; None when no
+            operation needs it.
+    """
+
+    global_dry_air_pressure: torch.Tensor | None = None
 
 
 class CorrectorABC(abc.ABC):
@@ -13,19 +33,28 @@ class CorrectorABC(abc.ABC):
     in ``StepOutput.uncorrected``.
     """
 
+    def initial_state(self, input_data: TensorMapping) -> CorrectorState:
+        """The state for a rollout starting from ``input_data`` (default: empty)."""
+        return CorrectorState()
+
     @abc.abstractmethod
     def __call__(
         self,
         input_data: TensorMapping,
         gen_data: TensorMapping,
         forcing_data: TensorMapping,
+        state: CorrectorState | None = None,
     ) -> TensorDict:
         """Corrected values of the variables this corrector changes.
 
         Args:
-            input_data: the state at the start of the step, ``{name: [batch, lat, lon]}``.
+            input_data: the state at the start of the step, ``{name: [batch, lat, lon]}``
+                (prognostic variables and the network's forcing inputs).
             gen_data: the network's denormalised prediction for the next time.
-            forcing_data: forcing variables at the next time.
+            forcing_data: data at the next time (forcing variables and what the
+                step reads from data there, e.g. a prescribed ocean's fields).
+            state: the rollout's state from :meth:`initial_state`; None seeds it
+                from ``input_data`` (a one-step rollout).
 
         Returns:
             ``{name: corrected}`` for the variables changed, differentiable in

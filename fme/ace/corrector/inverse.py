@@ -21,15 +21,32 @@ Pre-image sets used here, for a target ``t`` already satisfying the constraint:
 - clamp then rescale to a global mean: ``x_i = s * t_i`` (``s > 0``) where
   ``t_i > 0``, any ``x_i <= 0`` elsewhere;
 - ACE's dry-air fix (a uniform shift of every column's dry-air pressure): the
-  line ``t + a * v`` with ``v = 1 / (1 - sum_k q_k * dbk_k)``.
+  line ``t + a * v`` with ``v = 1 / (1 - sum_k q_k * dbk_k)``;
+- a rescale to a prescribed global mean (the moisture budget's precipitation
+  or evaporation fix, ``x * m / mean(x)``): the ray ``s * t``, ``s > 0``;
+- recomputing a field from others (the budget's advection residual): every
+  value, so the nearest is the raw value itself;
+- a clip from above at a ceiling ``c`` (frozen precipitation at most total
+  precipitation): ``x_i = t_i`` where ``t_i < c_i``, any ``x_i >= c_i``
+  elsewhere;
+- the energy budget's uniform warming of every level: the line ``t + a * 1``
+  over all levels together.
+
+Operations that change the same variable one after another (a clamp, then a
+budget rescale of precipitation) are pulled back one at a time, last first:
+the result is a pre-image, and each stage is the nearest for its own stage.
 """
 
 import abc
+from typing import TYPE_CHECKING
 
 import torch
 
 from fme.core.gridded_ops import LatLonOperations
 from fme.core.tensors import TensorDict, TensorMapping
+
+if TYPE_CHECKING:
+    from fme.ace.corrector.corrector import CorrectorState
 
 
 class CorrectorInverse(abc.ABC):
@@ -41,6 +58,9 @@ class CorrectorInverse(abc.ABC):
         raw: TensorMapping,
         target: TensorMapping,
         input_data: TensorMapping,
+        *,
+        forcing_data: TensorMapping | None = None,
+        state: "CorrectorState | None" = None,
     ) -> TensorDict:
         """Pre-image of the corrected target nearest to the raw output.
 
@@ -50,6 +70,8 @@ class CorrectorInverse(abc.ABC):
             target: the target ``y*`` in corrected space, same layout.
             input_data: the state at the start of the step, as given to the
                 corrector's forward pass.
+            forcing_data: the data at the next time, as given to it.
+            state: the rollout's corrector state, as given to it.
 
         Returns:
             ``{name: x~}`` for the variables the correction changes, where
@@ -62,9 +84,14 @@ class CorrectorInverse(abc.ABC):
         raw: TensorMapping,
         target: TensorMapping,
         input_data: TensorMapping,
+        *,
+        forcing_data: TensorMapping | None = None,
+        state: "CorrectorState | None" = None,
     ) -> TensorDict:
         """Alias of :meth:`nearest_preimage`."""
-        return self.nearest_preimage(raw, target, input_data)
+        return self.nearest_preimage(
+            raw, target, input_data, forcing_data=forcing_data, state=state
+        )
 
 
 def _weighted_inner(
@@ -140,3 +167,51 @@ def nearest_clamp_and_scale_preimage(
     safe_denominator = torch.where(valid, denominator, torch.ones_like(denominator))
     scale = torch.where(valid, numerator / safe_denominator, torch.ones_like(numerator))
     return torch.where(positive_target > 0, scale * positive_target, raw.clamp(max=0.0))
+
+
+def nearest_scale_preimage(
+    raw: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gridded_operations: LatLonOperations,
+    non_negative_input: bool = False,
+) -> torch.Tensor:
+    """Nearest pre-image under a rescale to a prescribed global mean.
+
+    ``x -> x * m / mean(x)`` maps every ``s * target`` (``s != 0``) to
+    ``target``; the nearest to ``raw`` has ``s = <target, raw> / <target,
+    target>``. With ``non_negative_input`` (the rescale follows a clamp at
+    zero, so its input is non-negative) only the ``s`` with ``s * target >= 0``
+    are pre-images (``target`` has one sign); when the nearest ``s`` has the
+    wrong sign the infimum is at ``s -> 0``, which is not a pre-image, and
+    ``s = +-1`` is used. ``s = 0`` (no pre-image nearer) gives the target.
+    """
+    numerator = _weighted_inner(target, raw, gridded_operations)
+    denominator = _weighted_inner(target, target, gridded_operations)
+    safe_denominator = torch.where(
+        denominator > 0, denominator, torch.ones_like(denominator)
+    )
+    scale = numerator / safe_denominator
+    if non_negative_input:
+        sign = torch.where(
+            gridded_operations.area_weighted_mean(target, keepdim=True) < 0,
+            -torch.ones_like(scale),
+            torch.ones_like(scale),
+        )
+        valid = (scale * sign > 0) & (denominator > 0)
+        scale = torch.where(valid, scale, sign)
+    else:
+        valid = (scale != 0) & (denominator > 0)
+        scale = torch.where(valid, scale, torch.ones_like(scale))
+    return scale * target
+
+
+def nearest_ceiling_preimage(
+    raw: torch.Tensor, target: torch.Tensor, ceiling: torch.Tensor
+) -> torch.Tensor:
+    """Nearest pre-image under ``minimum(x, ceiling)``, point by point.
+
+    ``x~_i = t_i`` where ``t_i < c_i``; where the target sits at the ceiling,
+    any ``x_i >= c_i`` maps there and the nearest is ``max(raw_i, c_i)``.
+    """
+    return torch.where(target < ceiling, target, torch.maximum(raw, ceiling))

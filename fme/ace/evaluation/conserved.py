@@ -15,12 +15,8 @@ from collections.abc import Mapping
 
 import torch
 
-from fme.ace.corrector.atmosphere import (
-    GRAVITY,
-    SURFACE_PRESSURE_NAME,
-    TOTAL_WATER_PREFIX,
-    ConserveDryAir,
-)
+from fme.ace import physics
+from fme.ace.corrector.atmosphere import ConserveDryAir
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
 from fme.ace.evaluation.metrics import DerivedQuantity
 from fme.ace.stepper.stepper import Stepper
@@ -52,22 +48,25 @@ class ConservedQuantities:
 class _ColumnWater:
     """Total water path and dry-air mass of each column (kg/m^2)."""
 
-    def __init__(self, coordinate: HybridSigmaPressureCoordinate):
+    def __init__(
+        self, coordinate: HybridSigmaPressureCoordinate, operation: ConserveDryAir
+    ):
         self._coordinate = coordinate
-        self._water_names = [
-            f"{TOTAL_WATER_PREFIX}{k}" for k in range(coordinate.n_levels)
-        ]
+        self._water_names = operation.water_names
+        self._surface_pressure_name = operation.surface_pressure_name
 
     def water_path(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
         water = torch.stack([data[n].double() for n in self._water_names], dim=-1)
-        surface_pressure = data[SURFACE_PRESSURE_NAME].double()
-        return self._coordinate.vertical_integral(
-            water, surface_pressure, gravity=GRAVITY
+        return physics.total_water_path(
+            water,
+            coordinate=self._coordinate,
+            surface_pressure=data[self._surface_pressure_name].double(),
         )
 
     def dry_air_mass(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        surface_pressure = data[SURFACE_PRESSURE_NAME].double()
-        return (surface_pressure - GRAVITY * self.water_path(data)) / GRAVITY
+        surface_pressure = data[self._surface_pressure_name].double()
+        gravity = physics.GRAVITY_M_PER_S2
+        return (surface_pressure - gravity * self.water_path(data)) / gravity
 
 
 def conserved_quantities(stepper: Stepper) -> ConservedQuantities:
@@ -78,10 +77,9 @@ def conserved_quantities(stepper: Stepper) -> ConservedQuantities:
     derived: dict[str, DerivedQuantity] = {}
     units: dict[str, str] = {}
     coordinate = stepper.dataset_info.vertical_coordinate
-    if coordinate is not None and any(
-        isinstance(op, ConserveDryAir) for op in operations
-    ):
-        column = _ColumnWater(coordinate)
+    dry_air = [op for op in operations if isinstance(op, ConserveDryAir)]
+    if coordinate is not None and dry_air:
+        column = _ColumnWater(coordinate, dry_air[0])
         derived[DRY_AIR_MASS] = column.dry_air_mass
         derived[TOTAL_WATER_PATH] = column.water_path
         units = {DRY_AIR_MASS: "kg/m**2", TOTAL_WATER_PATH: "kg/m**2"}

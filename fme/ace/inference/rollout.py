@@ -121,17 +121,22 @@ def run_rollout(
         state = {n: initial_state[n].to(device) for n in stepper.prognostic_names}
     names = stepper.out_names
     step = first_step
+    corrector_state = None  # seeded once, carried through every chunk (as ACE)
     while step < n_forward_steps:
         n_leads = min(forward_steps_in_memory, n_forward_steps - step)
         window = data.window(step, n_leads + 1)
         assert window is not None
         window = window.to(device)
+        forcing = {n: window.data[n] for n in stepper.forcing_names}
+        if corrector_state is None:
+            corrector_state = stepper.initial_corrector_state(state, forcing)
         outputs = list(
             stepper.rollout(
                 initial_condition=state,
-                forcing={n: window.data[n] for n in stepper.forcing_names},
+                forcing=forcing,
                 n_forward_steps=n_leads,
                 detach_uncorrected=True,
+                corrector_state=corrector_state,
             )
         )
         chunk = RolloutChunk(

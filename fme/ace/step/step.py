@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from fme.ace.corrector.corrector import CorrectorABC
+from fme.ace.corrector.corrector import CorrectorABC, CorrectorState
 from fme.core.normalizer import StandardNormalizer
 from fme.core.tensors import TensorDict, TensorMapping
 
@@ -75,6 +75,24 @@ class StepABC(abc.ABC, nn.Module):
         return [n for n in self.in_names if n not in self.out_names]
 
     @property
+    def next_step_forcing_names(self) -> list[str]:
+        """Forcing variables the network reads at the next time instead of now."""
+        return []
+
+    @property
+    def next_step_input_names(self) -> list[str]:
+        """Variables ``step`` needs from data at the next time (``next_forcing``).
+
+        The forcing variables, plus what a step prescribes from data (e.g. a
+        prescribed ocean's surface temperature and ocean fraction).
+        """
+        return self.forcing_names
+
+    def initial_corrector_state(self, input_data: TensorMapping) -> CorrectorState:
+        """The corrector state of a rollout whose first input is ``input_data``."""
+        return CorrectorState()
+
+    @property
     @abc.abstractmethod
     def corrector_enabled(self) -> bool:
         """Whether a corrector runs in this step."""
@@ -86,12 +104,16 @@ class StepABC(abc.ABC, nn.Module):
         next_forcing: TensorMapping,
         *,
         detach_uncorrected: bool,
+        corrector_state: CorrectorState | None = None,
     ) -> StepOutput:
         """Predict the next state.
 
         Args:
             input_data: ``{name: [batch, lat, lon]}`` for every name in ``in_names``.
-            next_forcing: forcing variables at the next time (for the corrector).
+            next_forcing: ``next_step_input_names`` at the next time (for the
+                corrector and anything prescribed from data).
             detach_uncorrected: detach ``StepOutput.uncorrected`` from the graph.
                 Set False when a loss needs gradients through the correction.
+            corrector_state: the rollout's corrector state from
+                :meth:`initial_corrector_state`; None seeds it from ``input_data``.
         """

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.corrector.corrector import CorrectorABC
+from fme.ace.corrector.corrector import CorrectorABC, CorrectorState
 from fme.ace.data.batch import DatasetInfo
 from fme.ace.data.dataset_info_state import (
     dataset_info_from_state,
@@ -140,13 +140,20 @@ class Stepper:
 
     @property
     def forcing_names(self) -> list[str]:
-        """Variables read from data at every step."""
-        return self.step.forcing_names
+        """Variables read from data at every step (what ``rollout``'s ``forcing`` holds).
+
+        The network's forcing inputs and what the step reads at the next time
+        (e.g. a prescribed ocean's surface temperature and ocean fraction).
+        """
+        return list(
+            dict.fromkeys(self.step.forcing_names + self.step.next_step_input_names)
+        )
 
     @property
     def all_names(self) -> list[str]:
-        """Variables a data window must hold."""
-        return self.in_names + [n for n in self.out_names if n not in self.in_names]
+        """Variables a data window must hold (also what is read at the next time)."""
+        names = self.in_names + [n for n in self.out_names if n not in self.in_names]
+        return list(dict.fromkeys(names + self.forcing_names))
 
     @property
     def module(self) -> torch.nn.Module:
@@ -176,6 +183,7 @@ class Stepper:
         detach_uncorrected: bool,
         detach_between_steps: bool = False,
         checkpoint_after_n_steps: int | None = None,
+        corrector_state: CorrectorState | None = None,
     ) -> Iterator[StepOutput]:
         """Yield one ``StepOutput`` per forward step.
 
@@ -190,24 +198,40 @@ class Stepper:
                 memory saver of gradient accumulation).
             checkpoint_after_n_steps: recompute activations in backward for
                 steps with index ``>= n`` (non-reentrant activation checkpointing).
+            corrector_state: the corrector state of the rollout this one
+                continues (e.g. the next chunk of a long inference); None
+                seeds it from this rollout's first input, its initial condition.
         """
         state: TensorDict = {n: initial_condition[n] for n in self.prognostic_names}
+        next_step_forcing = set(self.step.next_step_forcing_names)
         for i in range(n_forward_steps):
             input_data = {
                 **state,
-                **{n: forcing[n][:, i] for n in self.forcing_names},
+                **{
+                    n: forcing[n][:, i + 1 if n in next_step_forcing else i]
+                    for n in self.step.forcing_names
+                },
             }
-            next_forcing = {n: forcing[n][:, i + 1] for n in self.forcing_names}
+            next_forcing = {
+                n: forcing[n][:, i + 1] for n in self.step.next_step_input_names
+            }
+            if corrector_state is None:
+                # Seeded once from the initial condition and carried through
+                # the rollout (ACE's dry-air reference).
+                corrector_state = self.step.initial_corrector_state(input_data)
             if checkpoint_after_n_steps is not None and i >= checkpoint_after_n_steps:
                 out = checkpoint(
                     self._step,
                     input_data,
                     next_forcing,
                     detach_uncorrected,
+                    corrector_state,
                     use_reentrant=False,
                 )
             else:
-                out = self._step(input_data, next_forcing, detach_uncorrected)
+                out = self._step(
+                    input_data, next_forcing, detach_uncorrected, corrector_state
+                )
             yield out
             state = {n: out.output[n] for n in self.prognostic_names}
             if detach_between_steps:
@@ -218,10 +242,33 @@ class Stepper:
         input_data: TensorMapping,
         next_forcing: TensorMapping,
         detach_uncorrected: bool,
+        corrector_state: CorrectorState,
     ) -> StepOutput:
         return self.step.step(
-            input_data, next_forcing, detach_uncorrected=detach_uncorrected
+            input_data,
+            next_forcing,
+            detach_uncorrected=detach_uncorrected,
+            corrector_state=corrector_state,
         )
+
+    def initial_corrector_state(
+        self, initial_condition: TensorMapping, forcing: TensorMapping
+    ) -> CorrectorState:
+        """The corrector state ``rollout`` seeds from its first input.
+
+        Args:
+            initial_condition: ``{name: [batch, lat, lon]}`` prognostic state.
+            forcing: ``{name: [batch, time, lat, lon]}`` as given to ``rollout``.
+        """
+        next_step_forcing = set(self.step.next_step_forcing_names)
+        input_data = {
+            **{n: initial_condition[n] for n in self.prognostic_names},
+            **{
+                n: forcing[n][:, 1 if n in next_step_forcing else 0]
+                for n in self.step.forcing_names
+            },
+        }
+        return self.step.initial_corrector_state(input_data)
 
     @property
     def base_module(self) -> torch.nn.Module:

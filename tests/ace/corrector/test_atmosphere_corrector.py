@@ -11,6 +11,7 @@ from fme.ace.corrector.atmosphere import (
     RescaleToGlobalMean,
     ShiftToGlobalMean,
 )
+from fme.ace.corrector.operations import seeded_context
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
 from fme.core.gridded_ops import LatLonOperations
 
@@ -155,7 +156,7 @@ def test_rescale_of_an_all_negative_prediction_falls_back_to_uniform_mean():
     operation = RescaleToGlobalMean(["x"], gridded_operations=make_ops())
     input_data = {"x": torch.rand(2, N_LAT, N_LON, dtype=torch.float64)}
     gen = (-torch.rand(2, N_LAT, N_LON, dtype=torch.float64)).requires_grad_()
-    out = operation(input_data, {"x": gen})["x"]
+    out = operation(seeded_context([operation], input_data), {"x": gen})["x"]
     expected = torch.tensor(global_mean(input_data["x"]))[:, None, None]
     torch.testing.assert_close(out, expected.expand_as(out))
     out.sum().backward()
@@ -229,12 +230,19 @@ def test_gradcheck_mean_shift_rescale_and_dry_air():
     shift = ShiftToGlobalMean(["x"], gridded_operations=ops)
     rescale = RescaleToGlobalMean(["x"], gridded_operations=ops)
     assert torch.autograd.gradcheck(
-        lambda x: shift({"x": input_x}, {"x": x})["x"], (gen_x,)
+        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"],
+        (gen_x,),
     )
     assert torch.autograd.gradcheck(
-        lambda x: rescale({"x": input_x}, {"x": x})["x"], (gen_x,)
+        lambda x: rescale(seeded_context([rescale], {"x": input_x}), {"x": x})["x"],
+        (gen_x,),
     )
-    dry = ConserveDryAir(gridded_operations=ops, vertical_coordinate=make_coordinate())
+    dry = ConserveDryAir(
+        gridded_operations=ops,
+        vertical_coordinate=make_coordinate(),
+        surface_pressure_name="PRESsfc",
+        water_names=WATER,
+    )
 
     def state(ps, q):
         return {"PRESsfc": ps, **{n: q * (k + 1) for k, n in enumerate(WATER)}}
@@ -243,7 +251,8 @@ def test_gradcheck_mean_shift_rescale_and_dry_air():
     ps = (1e5 + 100 * torch.randn(2, 3, 4, dtype=torch.float64)).requires_grad_()
     q = (0.01 * gen_x.detach()).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda ps, q: dry(input_state, state(ps, q))["PRESsfc"], (ps, q)
+        lambda ps, q: dry(seeded_context([dry], input_state), state(ps, q))["PRESsfc"],
+        (ps, q),
     )
 
 
@@ -253,7 +262,10 @@ def test_mean_shift_jacobian_is_identity_minus_weights():
     input_x = torch.rand(1, 3, 4, dtype=torch.float64)
     gen_x = torch.rand(1, 3, 4, dtype=torch.float64)
     jacobian = torch.autograd.functional.jacobian(
-        lambda x: shift({"x": input_x}, {"x": x})["x"].reshape(-1), gen_x
+        lambda x: shift(seeded_context([shift], {"x": input_x}), {"x": x})["x"].reshape(
+            -1
+        ),
+        gen_x,
     ).reshape(12, 12)
     weights = ops.area_weights.reshape(-1)
     expected = torch.eye(12, dtype=torch.float64) - weights[None, :]

@@ -15,6 +15,7 @@ from fme.ace.corrector.inverse import (
     nearest_clamp_and_scale_preimage,
     nearest_shift_preimage,
 )
+from fme.ace.corrector.operations import seeded_context
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
 from fme.core.gridded_ops import LatLonOperations
 
@@ -93,13 +94,19 @@ def test_shift_inverse(seed):
     gen = torch.Generator().manual_seed(seed)
     op = ShiftToGlobalMean(["x"], gridded_operations=OPS)
     input_data, raw = {"x": randn(gen)}, {"x": randn(gen, 2.0)}
-    target = op(input_data, {"x": randn(gen, 3.0)})  # satisfies the constraint
-    preimage = op.nearest_preimage(raw, target, input_data)
-    torch.testing.assert_close(op(input_data, preimage)["x"], target["x"])
+    target = op(
+        seeded_context([op], input_data), {"x": randn(gen, 3.0)}
+    )  # satisfies the constraint
+    preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
+    torch.testing.assert_close(
+        op(seeded_context([op], input_data), preimage)["x"], target["x"]
+    )
     others = []
     for _ in range(N_OTHERS):
         other = {"x": target["x"] + randn(gen)[:, :1, :1]}
-        torch.testing.assert_close(op(input_data, other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], input_data), other)["x"], target["x"]
+        )
         others.append(other)
     others += nudged_along_line(preimage, target, ["x"])
     assert_never_closer(others, preimage, raw)
@@ -111,16 +118,20 @@ def test_clamp_inverse(seed):
     op = ForcePositive(["x"])
     raw = {"x": randn(gen)}
     unconstrained = {"x": randn(gen)}
-    preimage = op.nearest_preimage(raw, unconstrained, {})
+    preimage = op.nearest_preimage(raw, unconstrained, seeded_context([op], {}))
     # C(x~) = C(y*) for any target, and = y* for a constrained one
-    torch.testing.assert_close(op({}, preimage)["x"], unconstrained["x"].clamp(min=0))
-    target = op({}, unconstrained)
-    preimage = op.nearest_preimage(raw, target, {})
-    torch.testing.assert_close(op({}, preimage)["x"], target["x"])
+    torch.testing.assert_close(
+        op(seeded_context([op], {}), preimage)["x"], unconstrained["x"].clamp(min=0)
+    )
+    target = op(seeded_context([op], {}), unconstrained)
+    preimage = op.nearest_preimage(raw, target, seeded_context([op], {}))
+    torch.testing.assert_close(op(seeded_context([op], {}), preimage)["x"], target["x"])
     others = []
     for _ in range(N_OTHERS):
         other = {"x": torch.where(target["x"] > 0, target["x"], -randn(gen).abs())}
-        torch.testing.assert_close(op({}, other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], {}), other)["x"], target["x"]
+        )
         others.append(other)
     assert_never_closer(others, preimage, raw)
 
@@ -132,20 +143,25 @@ def test_clamp_and_rescale_inverse(seed):
     input_data = {"x": randn(gen).abs()}
     raw = {"x": randn(gen, 1.0, 0.5)}
     unconstrained = {"x": randn(gen, 1.0, 0.2)}
-    preimage = op.nearest_preimage(raw, unconstrained, input_data)
+    preimage = op.nearest_preimage(raw, unconstrained, seeded_context([op], input_data))
     torch.testing.assert_close(
-        op(input_data, preimage)["x"], op(input_data, unconstrained)["x"]
+        op(seeded_context([op], input_data), preimage)["x"],
+        op(seeded_context([op], input_data), unconstrained)["x"],
     )
-    target = op(input_data, unconstrained)
-    preimage = op.nearest_preimage(raw, target, input_data)
-    torch.testing.assert_close(op(input_data, preimage)["x"], target["x"])
+    target = op(seeded_context([op], input_data), unconstrained)
+    preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
+    torch.testing.assert_close(
+        op(seeded_context([op], input_data), preimage)["x"], target["x"]
+    )
     others = []
     for _ in range(N_OTHERS):
         scale = torch.rand(BATCH, 1, 1, generator=gen, dtype=torch.float64) * 3
         other = {
             "x": torch.where(target["x"] > 0, scale * target["x"], -randn(gen).abs())
         }
-        torch.testing.assert_close(op(input_data, other)["x"], target["x"])
+        torch.testing.assert_close(
+            op(seeded_context([op], input_data), other)["x"], target["x"]
+        )
         others.append(other)
     # the scale is a 1D least-squares optimum: nudging it never gets closer
     for factor in NUDGES:
@@ -162,20 +178,27 @@ def test_clamp_and_rescale_preimage_without_positive_overlap_is_still_a_preimage
     input_data = {"x": torch.full_like(target, 0.5)}
     preimage = nearest_clamp_and_scale_preimage(raw, target, gridded_operations=OPS)
     torch.testing.assert_close(
-        op(input_data, {"x": preimage})["x"], op(input_data, {"x": target})["x"]
+        op(seeded_context([op], input_data), {"x": preimage})["x"],
+        op(seeded_context([op], input_data), {"x": target})["x"],
     )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dry_air_inverse(seed):
     gen = torch.Generator().manual_seed(seed)
-    op = ConserveDryAir(gridded_operations=OPS, vertical_coordinate=COORDINATE)
+    op = ConserveDryAir(
+        gridded_operations=OPS,
+        vertical_coordinate=COORDINATE,
+        surface_pressure_name="PRESsfc",
+        water_names=WATER,
+    )
     input_data, raw = make_state(gen), make_state(gen)
     target = {**make_state(gen)}
-    target.update(op(input_data, target))
-    preimage = op.nearest_preimage(raw, target, input_data)
+    target.update(op(seeded_context([op], input_data), target))
+    preimage = op.nearest_preimage(raw, target, seeded_context([op], input_data))
     torch.testing.assert_close(
-        op(input_data, {**target, **preimage})["PRESsfc"], target["PRESsfc"]
+        op(seeded_context([op], input_data), {**target, **preimage})["PRESsfc"],
+        target["PRESsfc"],
     )
     water = torch.stack([target[n] for n in WATER], dim=-1)
     direction = 1.0 / (1.0 - (water * COORDINATE.bk.diff()).sum(-1))
@@ -183,7 +206,7 @@ def test_dry_air_inverse(seed):
     for _ in range(N_OTHERS):
         step = 500.0 * randn(gen)[:, :1, :1]
         other = {"PRESsfc": target["PRESsfc"] + step * direction}
-        corrected = op(input_data, {**target, **other})["PRESsfc"]
+        corrected = op(seeded_context([op], input_data), {**target, **other})["PRESsfc"]
         torch.testing.assert_close(corrected, target["PRESsfc"])
         others.append(other)
     others += nudged_along_line(preimage, target, ["PRESsfc"])

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def ace_data(root: Path, *, n_times: int = 40, n_files: int = 1) -> AceFormatPaths:
-    """Tiny ACE-layout data (8 x 16 grid, 2 levels, 6-hourly from 2000-01-01)."""
+    """Tiny ACE-layout data (8 x 16 grid, 8 levels as in the config, 6-hourly from 2000)."""
     return write_ace_format_dataset(
-        root, n_lat=8, n_lon=16, n_levels=2, n_times=n_times, n_files=n_files
+        root, n_lat=8, n_lon=16, n_levels=8, n_times=n_times, n_files=n_files
     )
 
 

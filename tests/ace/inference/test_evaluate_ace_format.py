@@ -13,12 +13,12 @@ import torch
 import xarray as xr
 from ace_checkpoint_builders import ace_checkpoint, ace_data
 
-from fme.ace.corrector.atmosphere import GRAVITY
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluate.main import load_stepper, run_evaluation
+from fme.ace.physics import GRAVITY_M_PER_S2 as GRAVITY
 from fme.core.config_loading import from_dict_strict
 
-N_LEVELS = 2
+N_LEVELS = 8  # configs/ace_atmosphere.yaml
 
 
 @pytest.fixture(scope="module")

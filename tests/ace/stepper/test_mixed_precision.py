@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from fme.ace.corrector.atmosphere import GRAVITY
 from fme.ace.data.ace_format_fixture import write_ace_format_dataset
 from fme.ace.data.batch import BatchData
 from fme.ace.evaluate.main import load_stepper
+from fme.ace.physics import GRAVITY_M_PER_S2 as GRAVITY
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.core.config_loading import from_dict_strict
 from fme.core.optimization import OptimizationConfig

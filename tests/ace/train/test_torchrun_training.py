@@ -7,8 +7,10 @@ import sys
 
 import torch
 import yaml
-from train_run_builders import tiny_config, tiny_data
+from train_run_builders import REPO, tiny_config, tiny_data
 
+from fme.ace.data.ace_format_fixture import write_ace_format_dataset
+from fme.ace.train.config import load_train_config
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import to_dict
 
@@ -143,3 +145,55 @@ def test_torchrun_ranks_agree_to_skip_a_batch_only_one_of_them_finds_bad(tmp_pat
     assert steps == one_state["optimization"]["optimizer_steps"]
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5)
+
+
+def test_torchrun_two_processes_ace2_corrector_loss_equals_one_process(tmp_path):
+    """ACE2's full corrector with both corrector-loss features and accumulation.
+
+    SGD, because Adam's first step divides each gradient by its magnitude,
+    turning reduction-order rounding of near-zero gradients into lr-sized
+    differences; the gradients themselves agree to float32 rounding.
+    """
+    paths = write_ace_format_dataset(
+        tmp_path / "ace", n_lat=8, n_lon=16, n_levels=8, n_times=20
+    )
+    step = "stepper.step.config"
+    overrides = [
+        f"train_loader.dataset.data_path={paths.data_dir}",
+        "train_loader.dataset.subset={stop: 12}",
+        "train_loader.num_data_workers=0",
+        f"validation.loader.dataset.data_path={paths.data_dir}",
+        "validation.loader.dataset.subset={start: 14}",
+        f"{step}.normalization.network.global_means_path={paths.means_path}",
+        f"{step}.normalization.network.global_stds_path={paths.stds_path}",
+        f"{step}.normalization.residual.global_means_path={paths.means_path}",
+        f"{step}.normalization.residual.global_stds_path={paths.residual_stds_path}",
+        f"{step}.builder.config.embed_dim=8",
+        "stepper_training.corrector_loss={precorrector_optimization: {}, "
+        "regularization: {weight: 0.5}}",
+        "logging.log_to_screen=false",
+        "max_steps=2",
+        "logging.batch_log_interval=1",
+        "optimization.optimizer_type=SGD",
+    ]
+    configs = {}
+    for name in ("single", "multi"):
+        config = load_train_config(
+            REPO / "configs" / "ace_atmosphere.yaml",
+            [*overrides, f"experiment_dir={tmp_path / name}"],
+        )
+        assert config.optimization.use_gradient_accumulation
+        configs[name] = _write_config(tmp_path / f"{name}.yaml", config)
+    _run([sys.executable, "-m", "fme.ace.train", str(configs["single"])])
+    _torchrun(configs["multi"])
+    one, _ = _weights(tmp_path / "single")
+    two, two_state = _weights(tmp_path / "multi")
+    assert two_state["optimization"]["optimizer_steps"] == 2
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-5)
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
+    ]
+    logged = {k for r in records for k in r}
+    assert any("corrector_regularization" in k for k in logged), sorted(logged)

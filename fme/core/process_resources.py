@@ -1,6 +1,6 @@
 """Threads and memory allocator of a training or evaluation process, set once.
 
-The entry points (``python -m fme.ace.train``, ``python -m fme.ace.evaluate``)
+The entry points (``python -m fme.ace.train | evaluate | inference``)
 call :func:`configure_process` before anything else:
 
 - **Threads** (``FME_NUM_THREADS``): the number of intra-op threads of torch

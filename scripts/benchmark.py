@@ -32,6 +32,15 @@ Cases (``--cases``, comma-separated):
 - ``long_inference``: peak RSS and s/step of ``python -m fme.ace.inference``
   rollouts of 40 and 4000 steps (``forward_steps_in_memory: 40``, SFNO 16x2 on
   32x64 ACE-format data, prediction files off, monthly means on).
+- ``growth``: how the network's training step (SFNO 32x2 dhconv forward,
+  backward and Adam step on random data, no data loading) scales: s/step and
+  step memory (peak RSS of the steps minus the RSS before the first) for batch
+  1/4/16 on 32x64 and for 32x64 / 64x128 / 180x360 at batch 4, each size in
+  its own process, sizes interleaved over ``--repeats`` rounds; prints the
+  fitted exponents (batch 16 vs 4, grid 64x128 vs 32x64).
+
+The training cases run with the entry points' thread policy and allocator
+settings (``fme.core.process_resources``), one thread per process.
 
 Usage::
 
@@ -41,6 +50,7 @@ Usage::
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -59,7 +69,15 @@ ALL_CASES = (
     "data_parallel",
     "zarr_loader",
     "long_inference",
+    "growth",
 )
+GROWTH_SIZES = [
+    (1, 32, 64),
+    (4, 32, 64),
+    (16, 32, 64),
+    (4, 64, 128),
+    (4, 180, 360),
+]
 ZARR_NAMES = [f"var_{i}" for i in range(10)]
 
 
@@ -74,15 +92,15 @@ class _Stop(Exception):
 
 def _worker(spec_path: Path) -> None:
     """Train the spec's config, timing optimiser steps; print one JSON line."""
-    import torch
 
     from fme.ace.stepper.train_stepper import TrainStepper
     from fme.ace.train.config import TrainConfig
     from fme.ace.train.main import run_training
     from fme.core.config_loading import from_dict_strict
+    from fme.core.process_resources import configure_process
 
     spec = json.loads(spec_path.read_text())
-    torch.set_num_threads(spec["threads"])
+    configure_process()
     config = from_dict_strict(TrainConfig, spec["config"])
     n_total = spec["warmup"] + spec["steps"]
     starts: list[float] = []
@@ -492,6 +510,98 @@ def _long_inference_case(work: Path) -> tuple[dict[str, Any], list[str]]:
     return results, rows
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _growth_worker(batch: int, n_lat: int, n_lon: int, steps: int) -> None:
+    """Time the SFNO training step at one size; print one JSON line."""
+    import torch
+
+    from fme.ace.models.sfno import SphericalFourierNeuralOperatorConfig
+    from fme.core.optimization import OptimizationConfig
+    from fme.core.process_resources import configure_process
+
+    configure_process()
+    torch.manual_seed(0)
+    channels = 4
+    net = SphericalFourierNeuralOperatorConfig(
+        embed_dim=32, num_layers=2, operator_type="dhconv"
+    ).build(n_in_channels=channels, n_out_channels=channels, img_shape=(n_lat, n_lon))
+    optimization = OptimizationConfig(optimizer_type="Adam", lr=1e-4).build(
+        net.parameters()
+    )
+    x = torch.randn(batch, channels, n_lat, n_lon)
+    target = torch.randn(batch, channels, n_lat, n_lon)
+
+    def step() -> None:
+        optimization.accumulate_loss(((net(x) - target) ** 2).mean())
+        optimization.step_weights()
+
+    # RSS before the first step: with the tuned allocator freed memory stays
+    # resident, so the first step's peak is the step's memory
+    before = _rss_mb()
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"s_per_step": sorted(times)[len(times) // 2], "step_mb": peak - before}
+    print("BENCHMARK_RESULT " + json.dumps(result), flush=True)
+
+
+def _growth(*, repeats: int) -> None:
+    env = {**os.environ, "FME_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {
+        s: [] for s in GROWTH_SIZES
+    }
+    for _ in range(repeats):
+        for size in GROWTH_SIZES:
+            batch, n_lat, n_lon = size
+            steps = 3 if n_lat * n_lon * batch > 100_000 else 10
+            command = [sys.executable, str(Path(__file__).resolve()), "--growth"]
+            command += [str(v) for v in (batch, n_lat, n_lon, steps)]
+            out = subprocess.run(command, env=env, capture_output=True, text=True)
+            lines = [
+                line
+                for line in out.stdout.splitlines()
+                if line.startswith("BENCHMARK_RESULT ")
+            ]
+            if out.returncode != 0 or not lines:
+                raise RuntimeError(f"growth {size} failed:\n{out.stderr[-4000:]}")
+            runs[size].append(json.loads(lines[-1].split(" ", 1)[1]))
+    best = {
+        size: {
+            "s_per_step": min(r["s_per_step"] for r in rs),
+            "step_mb": max(r["step_mb"] for r in rs),
+        }
+        for size, rs in runs.items()
+    }
+    print("\n| batch | grid | s/step | step memory (MB) |\n|---|---|---|---|")
+    for (batch, n_lat, n_lon), r in best.items():
+        print(
+            f"| {batch} | {n_lat}x{n_lon} | {r['s_per_step']:.4f} | "
+            f"{r['step_mb']:.0f} |"
+        )
+
+    def exponent(a: tuple[int, int, int], b: tuple[int, int, int], key: str) -> float:
+        work = (b[0] * b[1] * b[2]) / (a[0] * a[1] * a[2])
+        return math.log(best[b][key] / best[a][key]) / math.log(work)
+
+    for label, a, b in [
+        ("batch 16 vs 4", (4, 32, 64), (16, 32, 64)),
+        ("grid 64x128 vs 32x64", (4, 32, 64), (4, 64, 128)),
+        ("grid 180x360 vs 64x128", (4, 64, 128), (4, 180, 360)),
+    ]:
+        print(
+            f"growth exponent, {label}: time {exponent(a, b, 's_per_step'):.2f}, "
+            f"step memory {exponent(a, b, 'step_mb'):.2f}"
+        )
+
+
 # ---------------------------------------------------------------------------
 # Driver.
 # ---------------------------------------------------------------------------
@@ -516,6 +626,7 @@ def _run_case(
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
+        "FME_NUM_THREADS": str(threads),
         "WANDB_MODE": "disabled",
         "PYTHONPATH": str(REPO),
     }
@@ -614,6 +725,7 @@ def _row(name: str, r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--growth", nargs=4, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--loader-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--inference-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(ALL_CASES))
@@ -628,6 +740,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker is not None:
         _worker(args.worker)
         return
+    if args.growth is not None:
+        _growth_worker(*args.growth)
+        return
     if args.loader_worker is not None:
         _loader_worker(args.loader_worker)
         return
@@ -638,6 +753,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [c for c in cases if c not in ALL_CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; allowed: {list(ALL_CASES)}")
+    if "growth" in cases:
+        _growth(repeats=args.repeats)
+        cases = [c for c in cases if c != "growth"]
+        if not cases:
+            return
     sys.path.insert(0, str(REPO))
     from fme.ace.data.ace_format_fixture import write_ace_format_dataset
     from fme.ace.data.shallow_water import generate_shallow_water_dataset

@@ -43,6 +43,10 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "LBFGS": torch.optim.LBFGS,
 }
 CLOSURE_OPTIMIZERS = ("LBFGS",)
+# torch's fused (single-kernel) implementations, equal to the loop one up to
+# float rounding; used unless the user's kwargs choose an implementation.
+_FUSED_OPTIMIZERS = ("Adam", "AdamW")
+_FUSED_DEVICES = ("cpu", "cuda")
 # numeric LBFGS kwargs: name -> (minimum, integer); also line_search_fn
 _LBFGS_NUMBERS: dict[str, tuple[float, bool]] = {
     "max_iter": (1, True),
@@ -124,7 +128,9 @@ class OptimizationConfig:
             ``use_gradient_accumulation: false`` and no ``max_grad_norm``.
         lr: the base learning rate (lr0 of every schedule).
         kwargs: extra keyword arguments for the torch optimiser (validated at
-            build; for ``LBFGS`` at load: ``max_iter``, ``max_eval``,
+            build; ``Adam`` and ``AdamW`` use torch's fused implementation
+            unless ``fused``, ``foreach`` or ``differentiable`` is given; for
+            ``LBFGS`` at load: ``max_iter``, ``max_eval``,
             ``tolerance_grad``, ``tolerance_change``, ``history_size``,
             ``line_search_fn`` — ``strong_wolfe`` (default) or null).
         scheduler: the learning-rate schedule; none keeps ``lr`` constant.
@@ -227,10 +233,20 @@ class OptimizationConfig:
                 "allowed: strong_wolfe (default), null (fixed step lr)"
             )
 
-    def _optimizer_kwargs(self) -> dict[str, Any]:
+    def _optimizer_kwargs(self, params: list[torch.nn.Parameter]) -> dict[str, Any]:
         if self.optimizer_type == "LBFGS":
             return {"line_search_fn": "strong_wolfe", **self.kwargs}
-        return dict(self.kwargs)
+        kwargs = dict(self.kwargs)
+        if (
+            self.optimizer_type in _FUSED_OPTIMIZERS
+            and not {"fused", "foreach", "differentiable"} & kwargs.keys()
+            and all(
+                p.is_floating_point() and p.device.type in _FUSED_DEVICES
+                for p in params
+            )
+        ):
+            kwargs["fused"] = True
+        return kwargs
 
     def build(
         self,
@@ -259,7 +275,7 @@ class OptimizationConfig:
             raise ValueError("no trainable parameters: every parameter is frozen")
         try:
             optimizer = _OPTIMIZERS[self.optimizer_type](
-                params, lr=self.lr, **self._optimizer_kwargs()
+                params, lr=self.lr, **self._optimizer_kwargs(params)
             )
         except TypeError as err:
             raise ValueError(

@@ -23,6 +23,7 @@ from fme.core.config_loading import (
 )
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
+from fme.core.process_resources import configure_process
 
 
 def load_stepper(checkpoint_path: str | Path, *, use_ema: bool = False) -> Stepper:
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", nargs="*", default=[])
     args = parser.parse_args(argv)
     try:
+        configure_process()
         data = apply_overrides(load_yaml(args.config), args.override)
         config = from_dict_strict(EvaluatorConfig, data, path="config")
     except (ConfigError, ValueError) as err:

@@ -5,9 +5,20 @@ the Condon-Shortley phase), whose quadrature and Legendre tables are used here.
 What differs is the layout and the autograd: coefficients are kept as a real
 tensor ``[mmax, lmax, batch * channels * 2]`` (last axis: batch, channel,
 real/imaginary part) so that each Legendre transform is one batched matrix
-product over m, and the longitude FFTs have hand-written backward passes that
-are a single inverse FFT each (torch's own backward of ``rfft`` pads the
-gradient to the full spectrum and runs a complex FFT, ~4x slower on CPU).
+product over m.
+
+Both directions are one pair of autograd functions, each the other's adjoint
+(the backward of the analysis is a synthesis with the adjoint tables and the
+backward of the synthesis an analysis), so first and higher derivatives need
+no other code. Between the grid layout ``[b, c, lat, lon]`` (the FFT runs
+along its contiguous last axis) and the m-major layout the data moves by one
+two-dimensional transpose ``[b * c, lat * m] <-> [lat * m, b * c]`` of complex
+numbers and, for the synthesis, one copy of contiguous rows of ``b * c``
+numbers that also applies the Fourier weights and writes into a zero-padded
+spectrum, so ``irfft`` gets its full length without a separate padding copy.
+(A single permutation ``[b, c, lat, m] -> [m, lat, b, c]`` strides through
+memory in every inner step and costs several times more, growing faster than
+the data.)
 """
 
 import math
@@ -24,7 +35,7 @@ def _fourier_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
     ``interior`` for orders 0 < m < nlon / 2; 1 for the real parts and 0 for the
     imaginary parts of m = 0 and of the Nyquist order, which are real.
     """
-    weights = torch.full((mmax, 2), interior)
+    weights = torch.full((mmax, 2), interior, dtype=torch.float64)
     weights[0] = torch.tensor([1.0, 0.0])
     if nlon % 2 == 0 and mmax > nlon // 2:
         weights[nlon // 2] = torch.tensor([1.0, 0.0])
@@ -41,97 +52,113 @@ def _check_modes(*, nlat: int, nlon: int, lmax: int, mmax: int) -> None:
         )
 
 
-def _padded_spectrum(fourier: torch.Tensor, nlon: int) -> torch.Tensor:
-    """``[..., mmax]`` modes as a new contiguous ``[..., nlon // 2 + 1]`` tensor.
+def _analysis(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``[b, c, k, nlon]`` -> ``[mmax, lmax, b * c * 2]``.
 
-    Zero-padding here, in the copy that makes the modes contiguous anyway, saves
-    ``irfft`` a second full copy (and a fill) to pad them itself.
+    ``out[m, l] = sum_k table[m, l, k] * F[k, m]`` with ``F`` the unnormalised
+    one-sided DFT of each latitude row.
     """
-    n_pad = nlon // 2 + 1 - fourier.shape[-1]
-    if n_pad == 0:
-        return fourier.contiguous()
-    zeros = fourier.new_zeros(*fourier.shape[:-1], n_pad)
-    return torch.cat([fourier, zeros], dim=-1)
+    batch, channels, nlat, nlon = x.shape
+    mmax = table.shape[0]
+    rows = batch * channels
+    fourier = torch.fft.rfft(x.reshape(rows, nlat, nlon), dim=-1)
+    n_freq = fourier.shape[-1]
+    lat_major = fourier.new_empty(nlat * n_freq, rows)
+    lat_major.copy_(fourier.view(rows, nlat * n_freq).t())
+    modes = torch.view_as_real(lat_major).view(nlat, n_freq, rows * 2)[:, :mmax]
+    return torch.bmm(table, modes.transpose(0, 1))
 
 
-class _LongitudeFFT(torch.autograd.Function):
-    """``[b, c, k, nlon]`` real -> ``[mmax, k, b * c * 2]`` Fourier modes.
+def _synthesis(
+    coeffs: torch.Tensor,
+    table: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    batch: int,
+    channels: int,
+    nlon: int,
+) -> torch.Tensor:
+    """``[mmax, lmax, b * c * 2]`` -> ``[b, c, k, nlon]``.
 
-    Mode m is ``(1 / nlon) * sum_j x_j exp(-2 pi i m j / nlon)`` for m < mmax.
+    ``F[k, m] = weights[m] * sum_l table[m, l, k] * coeffs[m, l]`` (per real and
+    imaginary part), then an unnormalised inverse real FFT of length ``nlon``.
     """
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, mmax: int, grad_weights: torch.Tensor
-    ) -> torch.Tensor:
-        batch, channels, nlat, nlon = x.shape
-        ctx.shape = (batch, channels, nlat, nlon)
-        ctx.save_for_backward(grad_weights)
-        fourier = torch.fft.rfft(x, dim=-1, norm="forward")[..., :mmax]
-        fourier = torch.view_as_real(fourier).permute(3, 2, 0, 1, 4)
-        return fourier.reshape(mmax, nlat, batch * channels * 2)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        batch, channels, nlat, nlon = ctx.shape
-        mmax = grad.shape[0]
-        # The adjoint of the truncated one-sided DFT is an inverse real FFT of
-        # the gradient with the interior orders halved (irfft doubles them)
-        # and no imaginary part at m = 0 and Nyquist (irfft ignores it there).
-        grad = grad.contiguous().view(mmax, nlat, batch * channels, 2)
-        (grad_weights,) = ctx.saved_tensors
-        grad = (grad * grad_weights).view(mmax, nlat, batch, channels, 2)
-        grad = _padded_spectrum(torch.view_as_complex(grad).permute(2, 3, 1, 0), nlon)
-        return torch.fft.irfft(grad, n=nlon, dim=-1, norm="forward"), None, None
+    mmax = coeffs.shape[0]
+    nlat = table.shape[2]
+    rows = batch * channels
+    n_freq = nlon // 2 + 1
+    modes = torch.bmm(table.transpose(1, 2), coeffs)  # [mmax, k, rows * 2]
+    spectrum = coeffs.new_empty(nlat, n_freq, rows, 2)
+    torch.mul(
+        modes.view(mmax, nlat, rows, 2).transpose(0, 1),
+        weights.view(1, mmax, 1, 2),
+        out=spectrum[:, :mmax],
+    )
+    if mmax < n_freq:
+        spectrum[:, mmax:].zero_()
+    complex_spectrum = torch.view_as_complex(spectrum).view(nlat * n_freq, rows)
+    grid_major = complex_spectrum.new_empty(rows, nlat * n_freq)
+    grid_major.copy_(complex_spectrum.t())
+    field = torch.fft.irfft(
+        grid_major.view(rows, nlat, n_freq), n=nlon, dim=-1, norm="forward"
+    )
+    return field.view(batch, channels, nlat, nlon)
 
 
-class _InverseLongitudeFFT(torch.autograd.Function):
-    """``[mmax, k, b * c * 2]`` Fourier modes -> ``[b, c, k, nlon]`` real field.
-
-    ``x_j = sum_m c_m exp(2 pi i m j / nlon)`` over the Hermitian-extended
-    spectrum; the imaginary parts of m = 0 and the Nyquist order are ignored.
-    """
+class _Analysis(torch.autograd.Function):
+    """Grid -> coefficients; its backward is :class:`_Synthesis` (the adjoint)."""
 
     @staticmethod
     def forward(
         ctx: Any,
-        modes: torch.Tensor,
-        nlon: int,
-        batch: int,
-        channels: int,
-        grad_weights: torch.Tensor,
+        x: torch.Tensor,
+        table: torch.Tensor,
+        adjoint_table: torch.Tensor,
+        adjoint_weights: torch.Tensor,
     ) -> torch.Tensor:
-        mmax, nlat = modes.shape[:2]
-        ctx.mmax = mmax
-        ctx.save_for_backward(grad_weights)
-        fourier = modes.reshape(mmax, nlat, batch, channels, 2)
-        fourier = _padded_spectrum(
-            torch.view_as_complex(fourier).permute(2, 3, 1, 0), nlon
-        )
-        parts = torch.view_as_real(fourier)
-        parts[..., 0, 1] = 0.0
-        if nlon % 2 == 0 and mmax > nlon // 2:
-            parts[..., nlon // 2, 1] = 0.0
-        return torch.fft.irfft(fourier, n=nlon, dim=-1, norm="forward")
+        ctx.save_for_backward(table, adjoint_table, adjoint_weights)
+        ctx.grid = (x.shape[0], x.shape[1], x.shape[3])
+        return _analysis(x.contiguous(), table)
 
     @staticmethod
-    def backward(
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None, None, None]:
-        mmax = ctx.mmax
-        (grad_weights,) = ctx.saved_tensors
-        batch, channels, nlat, _ = grad.shape
-        # irfft counts each interior order twice (m and -m): its adjoint is a
-        # forward FFT with those orders doubled; m = 0 and Nyquist are real.
-        fourier = torch.view_as_real(torch.fft.rfft(grad, dim=-1)[..., :mmax])
-        fourier = (fourier * grad_weights).permute(3, 2, 0, 1, 4)
-        return (
-            fourier.reshape(mmax, nlat, batch * channels * 2),
-            None,
-            None,
-            None,
-            None,
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        table, adjoint_table, adjoint_weights = ctx.saved_tensors
+        batch, channels, nlon = ctx.grid
+        grad_x = _Synthesis.apply(
+            grad, adjoint_table, adjoint_weights, table, batch, channels, nlon
         )
+        return grad_x, None, None, None
+
+
+class _Synthesis(torch.autograd.Function):
+    """Coefficients -> grid; its backward is :class:`_Analysis` (the adjoint)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        coeffs: torch.Tensor,
+        table: torch.Tensor,
+        weights: torch.Tensor,
+        adjoint_table: torch.Tensor,
+        batch: int,
+        channels: int,
+        nlon: int,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(table, weights, adjoint_table)
+        return _synthesis(
+            coeffs.contiguous(),
+            table,
+            weights,
+            batch=batch,
+            channels=channels,
+            nlon=nlon,
+        )
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        table, weights, adjoint_table = ctx.saved_tensors
+        grad_coeffs = _Analysis.apply(grad, adjoint_table, table, weights)
+        return grad_coeffs, None, None, None, None, None, None
 
 
 class SphericalHarmonicTransform(nn.Module):
@@ -148,7 +175,7 @@ class SphericalHarmonicTransform(nn.Module):
     """
 
     table: torch.Tensor
-    fft_grad_weights: torch.Tensor
+    adjoint_weights: torch.Tensor
 
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
@@ -156,12 +183,17 @@ class SphericalHarmonicTransform(nn.Module):
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
         self.lmax, self.mmax = lmax, mmax
         reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
-        # torch-harmonics scales the forward-normalised rfft by 2 pi; fold it in.
-        table = 2.0 * math.pi * reference.weights  # [mmax, lmax, nlat]
+        # torch-harmonics scales the forward-normalised rfft by 2 pi; the FFT
+        # here is unnormalised, so the table carries 2 pi / nlon.
+        table = (2.0 * math.pi / nlon) * reference.weights.double()
         self.register_buffer("table", table.float().contiguous(), persistent=False)
-        grad_weights = _fourier_weights(mmax, nlon, 0.5) / nlon
+        # The adjoint of the truncated one-sided DFT is an unnormalised inverse
+        # real FFT with the interior orders halved (irfft counts m and -m) and
+        # no imaginary part at m = 0 and Nyquist.
         self.register_buffer(
-            "fft_grad_weights", grad_weights.view(mmax, 1, 1, 2), persistent=False
+            "adjoint_weights",
+            _fourier_weights(mmax, nlon, 0.5).float(),
+            persistent=False,
         )
 
     def extra_repr(self) -> str:
@@ -172,8 +204,7 @@ class SphericalHarmonicTransform(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Coefficients ``[mmax, lmax, batch * channels * 2]`` of ``x``."""
-        modes = _LongitudeFFT.apply(x, self.mmax, self.fft_grad_weights)
-        return torch.bmm(self.table, modes)
+        return _Analysis.apply(x, self.table, self.table, self.adjoint_weights)
 
 
 class InverseSphericalHarmonicTransform(nn.Module):
@@ -188,7 +219,8 @@ class InverseSphericalHarmonicTransform(nn.Module):
     """
 
     table: torch.Tensor
-    fft_grad_weights: torch.Tensor
+    adjoint_table: torch.Tensor
+    weights: torch.Tensor
 
     def __init__(self, *, nlat: int, nlon: int, lmax: int, mmax: int, grid: str):
         super().__init__()
@@ -196,10 +228,20 @@ class InverseSphericalHarmonicTransform(nn.Module):
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
         self.lmax, self.mmax = lmax, mmax
         reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
-        table = reference.pct.transpose(1, 2)  # [mmax, nlat, lmax]
+        table = reference.pct.double()  # [mmax, lmax, nlat]
         self.register_buffer("table", table.float().contiguous(), persistent=False)
+        # The imaginary parts of m = 0 and the Nyquist order are ignored.
         self.register_buffer(
-            "fft_grad_weights", _fourier_weights(mmax, nlon, 2.0), persistent=False
+            "weights", _fourier_weights(mmax, nlon, 1.0).float(), persistent=False
+        )
+        # The adjoint of irfft is a forward FFT with the interior orders doubled
+        # (irfft counts m and -m); the imaginary parts it yields at m = 0 and
+        # Nyquist are zero for a real field, so a factor per order suffices.
+        order_factor = _fourier_weights(mmax, nlon, 2.0)[:, :1, None]
+        self.register_buffer(
+            "adjoint_table",
+            (table * order_factor).float().contiguous(),
+            persistent=False,
         )
 
     def extra_repr(self) -> str:
@@ -218,7 +260,12 @@ class InverseSphericalHarmonicTransform(nn.Module):
             batch: the batch size packed in the last axis of ``coeffs``.
             channels: the number of channels packed in the last axis.
         """
-        modes = torch.bmm(self.table, coeffs)  # [mmax, nlat, (b c 2)]
-        return _InverseLongitudeFFT.apply(
-            modes, self.nlon, batch, channels, self.fft_grad_weights
+        return _Synthesis.apply(
+            coeffs,
+            self.table,
+            self.weights,
+            self.adjoint_table,
+            batch,
+            channels,
+            self.nlon,
         )

@@ -31,6 +31,7 @@ from fme.core.distributed import DistributedContext
 from fme.core.ema import EMATracker
 from fme.core.metrics_logger import MetricsLogger
 from fme.core.parallelize import no_sync_context
+from fme.core.process_resources import configure_process
 from fme.core.rng_state import seed_everything
 from fme.core.trainer import LATEST_CHECKPOINT, Trainer
 
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        configure_process()
         config = load_train_config(args.config, args.override)
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)

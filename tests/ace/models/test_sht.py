@@ -116,3 +116,29 @@ def test_second_derivatives_match_finite_differences():
         return isht(sht(t) * t.sum(), batch=1, channels=2)
 
     assert torch.autograd.gradgradcheck(nonlinear_round_trip, (x,))
+
+
+@pytest.mark.parametrize(
+    "grid, nlat, nlon, lmax",
+    [
+        ("equiangular", 64, 128, 32),
+        ("legendre-gauss", 180, 360, 180),
+    ],
+)
+def test_round_trip_and_torch_harmonics_at_model_sizes(grid, nlat, nlon, lmax):
+    # The sizes the networks run at (ACE2's 1-degree grid last): the layout
+    # changes between grid and spectral space must not lose precision there.
+    mmax = lmax
+    sht, isht = transforms(nlat, nlon, lmax, mmax, grid)
+    generator = torch.Generator().manual_seed(0)
+    coeffs = torch.randn(1, 2, lmax, mmax, dtype=torch.complex64, generator=generator)
+    coeffs[..., 0] = coeffs[..., 0].real
+    coeffs = coeffs * torch.ones(lmax, mmax).tril()
+    field = isht(to_m_major(coeffs), batch=1, channels=2)
+    reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
+    torch.testing.assert_close(
+        field, reference.float()(coeffs.clone()), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        from_m_major(sht(field), 1, 2), coeffs, atol=1e-4, rtol=0
+    )

@@ -282,18 +282,24 @@ class ConserveDryAir(CorrectionOperation):
     def _water(self, data: TensorMapping, where: str) -> torch.Tensor:
         for name in self.water_names:
             require(data, name, where=where, why="conserve_dry_air")
-        return stack_levels(data, self.water_names).double()
+        return stack_levels(data, self.water_names)
 
     def dry_air_pressure(
         self, data: TensorMapping, *, where: str = "data"
     ) -> torch.Tensor:
-        """Column dry-air pressure ``PRESsfc - g * TWP`` (Pa) in float64."""
+        """Column dry-air pressure ``PRESsfc - g * TWP`` (Pa), as float64.
+
+        Computed in the data's precision and then widened, as ACE does, so the
+        corrected fields match the released corrector's to rounding.
+        """
         surface_pressure = require(
             data, self.surface_pressure_name, where=where, why="conserve_dry_air"
-        ).double()
-        return physics.dry_air_pressure(
-            surface_pressure, self._water(data, where), coordinate=self._coordinate
         )
+        return physics.dry_air_pressure(
+            surface_pressure,
+            self._water(data, where).to(surface_pressure.dtype),
+            coordinate=self._coordinate,
+        ).double()
 
     def seed_state(self, state: CorrectorState, input_data: TensorMapping) -> None:
         """Set the reference dry air from the initial condition, if not yet set."""
@@ -316,7 +322,7 @@ class ConserveDryAir(CorrectionOperation):
         )
         corrected = physics.surface_pressure_from_dry_air(
             dry_air - error,
-            self._water(gen_data, "gen_data"),
+            self._water(gen_data, "gen_data").double(),
             coordinate=self._coordinate,
         )
         return {self.surface_pressure_name: corrected.to(surface_pressure.dtype)}
@@ -332,7 +338,7 @@ class ConserveDryAir(CorrectionOperation):
         """
         target_pressure = target[self.surface_pressure_name]
         direction = physics.surface_pressure_per_dry_air(
-            self._water(target, "target"), coordinate=self._coordinate
+            self._water(target, "target").double(), coordinate=self._coordinate
         )
         preimage = nearest_point_on_line(
             raw[self.surface_pressure_name].double(),

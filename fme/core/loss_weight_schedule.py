@@ -57,7 +57,8 @@ class AdaptiveWeight:
         if ema_decay >= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self._target, self._decay, self._start = float(target), float(ema_decay), start
-        self._clip, self._ema = (min_value, max_value), None
+        self._clip = (min_value, max_value)
+        self._ema: float | None = None
 
     def value(self, t: int) -> float:
         """``start`` before any loss, else the clipped inverse magnitude."""
@@ -92,7 +93,6 @@ _TYPES: dict[str, Any] = {
     "adaptive": AdaptiveWeight,
 }
 _MEMBER_TYPES = {k: v for k, v in _TYPES.items() if k not in ("sequential", "adaptive")}
-LOSS_WEIGHT_SCHEDULE_TYPES = tuple(_TYPES)
 
 
 @dataclasses.dataclass
@@ -163,14 +163,8 @@ def build_loss_weight_schedules(
     base_weights: Mapping[str, float],
     clock: "OptimizerClock",
 ) -> "LossWeightSchedules":
-    """The schedules of all loss terms, starting now on ``clock``.
-
-    Args:
-        schedules: ``stepper_training.loss_weight_schedules``.
-        term_names: every term that enters the total loss.
-        base_weights: the weight configured on each term (default 1).
-        clock: the optimiser clock.
-    """
+    """The schedules of the loss terms ``term_names`` (configured weights
+    ``base_weights``, default 1), starting now on ``clock``."""
     check_loss_weight_schedule_terms(schedules, term_names=term_names)
     return LossWeightSchedules(
         {name: config.build() for name, config in schedules.items()},
@@ -180,13 +174,8 @@ def build_loss_weight_schedules(
 
 
 class LossWeightSchedules:
-    """The effective weights of the named loss terms.
-
-    Args:
-        schedules: the schedule of each scheduled term.
-        base_weights: the configured weight of every term of the loss.
-        clock: the optimiser clock; ``t`` counts its steps from now.
-    """
+    """The effective weights of the named loss terms, ``t`` counting the steps
+    of ``clock`` from now; ``base_weights`` has every term of the loss."""
 
     def __init__(
         self,
@@ -233,15 +222,11 @@ class LossWeightSchedules:
         return {METRIC_PREFIX + name: w for name, w in self.weights().items()}
 
     def observe(self, term_losses: Mapping[str, float | torch.Tensor]) -> None:
-        """Take the terms' losses of the optimiser step being taken (``t + 1``).
-
-        Args:
-            term_losses: each term's reduced loss before any weight (needed for
-                adaptive terms; tensors are detached). Under data parallelism
-                pass the mean over ranks.
+        """Take each term's reduced loss (before any weight; under data
+        parallelism the mean over ranks) of the optimiser step being taken.
 
         Raises:
-            ValueError: for an unknown name, or an adaptive term's loss that is
+            ValueError: for an unknown term, or an adaptive term's loss that is
                 missing, not a scalar or not finite.
         """
         unknown = sorted(set(term_losses) - set(self._base))
@@ -268,16 +253,13 @@ class LossWeightSchedules:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: ``t`` (the position on the clock) and each term's state."""
-        terms = {name: {} for name in self._schedules}
+        terms: dict[str, Any] = {name: {} for name in self._schedules}
         terms.update({name: s.get_state() for name, s in self._adaptive.items()})
         return {"t": self.t, "terms": terms}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output; load the clock first.
-
-        A term scheduled now but absent from ``state`` keeps its fresh state;
-        state of terms no longer scheduled is ignored.
-        """
+        """Restore ``state_dict()`` output (after the clock); a term absent
+        from ``state`` keeps its fresh state, other terms' state is ignored."""
         self._origin = self._clock.step - int(state["t"])
         terms = state.get("terms", {})
         for name, schedule in self._adaptive.items():

@@ -61,14 +61,10 @@ _ALLOWED = (
     f"a shorthand {list(SHORTHAND_TYPES)}, 'sequential', or the name of any "
     "class in torch.optim.lr_scheduler (e.g. 'CosineAnnealingLR', 'StepLR')"
 )
-_NOT_FROM_YAML = {  # torch classes that cannot be configured from YAML
-    "LRScheduler": "it is the abstract base class",
-    "_LRScheduler": "it is the abstract base class",
-    "LambdaLR": "it needs a Python callable; use a shorthand instead",
-    "MultiplicativeLR": "it needs a Python callable; use a shorthand instead",
-    "SequentialLR": "it needs scheduler objects; use type: sequential instead",
-    "ChainedScheduler": "it needs scheduler objects; use type: sequential instead",
-}
+# torch classes that need Python objects (callables, schedulers) or are abstract
+_NOT_FROM_YAML = (
+    "LRScheduler _LRScheduler LambdaLR MultiplicativeLR SequentialLR ChainedScheduler"
+).split()
 
 
 @dataclasses.dataclass
@@ -162,10 +158,8 @@ class SchedulerConfig:
         lr0: float,
         t: Callable[[], int] | None = None,
     ) -> Any:
-        """The block's torch scheduler; without an optimiser it only checks.
-
-        A curve reads ``t()``, or torch's count if None.
-        """
+        """The block's torch scheduler (a curve reads ``t()``, else torch's
+        count); without an optimiser it only checks."""
         clamps = _clamp_keys(self.type)
         kwargs = dict(self.kwargs)
         curves.check_numbers(
@@ -201,14 +195,17 @@ def _member(
                     optimizer, schedulers, milestones, lr0=lr0
                 ),
             },
-            member=lambda *block: _member(*block, optimizer, lr0),
+            member=lambda type_, kwargs, path: _member(
+                type_, kwargs, path, optimizer, lr0
+            ),
             extra=_CLAMPS,
         )
     if type_ == "sequential":
         raise ValueError(f"{path}.type: sequential schedules cannot be nested")
     if type_ in _NOT_FROM_YAML:
         raise ValueError(
-            f"{path}.type {type_!r} is not supported: {_NOT_FROM_YAML[type_]}"
+            f"{path}.type {type_!r} is not supported: it needs Python objects or is "
+            "abstract; use a shorthand or type: sequential instead"
         )
     cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
     if not (inspect.isclass(cls) and issubclass(cls, torch_lr.LRScheduler)):
@@ -250,9 +247,8 @@ def _lambda_lr(
     lr0: float,
     t: Callable[[], int] | None = None,
 ) -> torch_lr.LambdaLR:
-    if t is None:
-        return torch_lr.LambdaLR(optimizer, lambda epoch: curve(epoch) / lr0)
-    return torch_lr.LambdaLR(optimizer, lambda _: curve(t()) / lr0)
+    """``curve`` driving the rates, of ``t()`` if given, else of torch's count."""
+    return torch_lr.LambdaLR(optimizer, lambda e: curve(e if t is None else t()) / lr0)
 
 
 def _clamp_keys(type_: Any) -> list[str]:

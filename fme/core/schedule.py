@@ -132,20 +132,13 @@ def parse_schedule(
     """``types[type_](**kwargs)``: the schedule of a ``{type, kwargs}`` block.
 
     A type's keys are its function's parameters (required if without a
-    default). Numbers are checked by key name; a ``ValueError`` of the
-    function is re-raised naming ``path``.
-
-    Args:
-        type_: the block's ``type``.
-        kwargs: the block's ``kwargs``.
-        path: the block's key path, for messages.
-        types: the surface's types.
-        member: parses a ``sequential`` member from its type, kwargs and path.
-        extra: keys every type also takes, handled by the caller.
+    default) plus ``extra`` (handled by the caller); numbers are checked by
+    key name; ``member(type, kwargs, path)`` builds a ``sequential`` member.
 
     Raises:
-        ValueError: naming the key path for an unknown type, an unknown or
-            missing key, a bad number or inconsistent values.
+        ValueError: naming the key path (``path`` is the block's) for an
+            unknown type, an unknown or missing key, a bad number or
+            inconsistent values.
     """
     if type_ not in types:
         raise ValueError(f"{path}.type {type_!r} is unknown; allowed: {list(types)}")
@@ -196,7 +189,7 @@ def check_keys(
 def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
     """Check the numbers of ``kwargs`` by key name (bounds, ``min <= max``)."""
     for key in set(kwargs) & set(_BOUNDS):
-        low, exclusive, integer = _BOUNDS[key]
+        minimum, exclusive, integer = _BOUNDS[key]
         items = kwargs[key] if key in _LISTS else [kwargs[key]]
         if not isinstance(items, list):
             raise ValueError(f"{path}.{key} must be a list, got {items!r}")
@@ -204,17 +197,15 @@ def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
             check_number(
                 item,
                 path=f"{path}.{key}" + (f"[{i}]" if key in _LISTS else ""),
-                minimum=low,
+                minimum=minimum,
                 exclusive=exclusive,
                 integer=integer,
             )
-    for low, high in _RANGES:
-        if (
-            None not in (kwargs.get(low), kwargs.get(high))
-            and kwargs[low] > kwargs[high]
-        ):
+    for low_key, high_key in _RANGES:
+        low, high = kwargs.get(low_key), kwargs.get(high_key)
+        if low is not None and high is not None and low > high:
             raise ValueError(
-                f"{path}: {low} ({kwargs[low]}) must not exceed {high} ({kwargs[high]})"
+                f"{path}: {low_key} ({low}) must not exceed {high_key} ({high})"
             )
 
 

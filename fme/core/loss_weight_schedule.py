@@ -3,21 +3,10 @@
 ``stepper_training.loss_weight_schedules: {<term>: {type, kwargs}}`` gives
 terms (``main``, ``corrector_regularization``, ``global_mean``) a schedule; a
 term's effective weight is its schedule's value times the weight configured on
-the term (1 for ``main``). ``t`` counts the optimiser steps since the schedules
-started. Types are the curves of ``fme.core.schedule`` with ``kwargs``:
-``constant``: ``value``; ``linear``, ``cosine``: ``start``, ``end``,
-``n_steps``; ``exponential``: ``start``, ``end`` (both > 0), ``n_steps``
-(``start * (end / start) ** (min(t, n_steps) / n_steps)``); ``warmup_cosine``:
-``start``, ``peak``, ``end``, ``warmup_steps``, ``n_steps``;
-``piecewise_constant``: ``boundaries``, ``values``; ``sequential``:
-``schedulers`` (blocks of these types), ``milestones``. And ``adaptive``
-(inverse magnitude): each optimiser step's detached loss ``L`` of the term
-(reduced, before any weight) updates ``m = L`` at first, then
-``m = a * m + (1 - a) * L`` (``a = ema_decay``, default 0); the weight is
-``start`` (default 1) before the first loss, then
-``clip(target / max(m, 1e-12), min_value, max_value)`` (``target`` default
-1). No gradient flows through a weight. The keys of a type written next to
-``type`` instead of under ``kwargs`` (the former spelling) are migrated.
+the term (1 for ``main``), ``t`` the optimiser steps since the schedules
+started. Types (keys in the README) are the curves of ``fme.core.schedule``,
+``exponential`` spelled ``start``, ``end`` (both > 0), ``n_steps``, and
+``adaptive`` (``AdaptiveWeight``). No gradient flows through a weight.
 """
 
 import dataclasses
@@ -28,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fme.core.schedule import CURVES, Schedule, Spelling, exponential, parse_schedule
+from fme.core import schedule as curves
 
 if TYPE_CHECKING:
     from fme.core.optimization import OptimizerClock
@@ -40,47 +29,42 @@ _PATH = "stepper_training.loss_weight_schedules"
 class WeightSchedule:
     """A closed-form weight schedule: a function of ``t`` alone."""
 
-    adaptive = False
-
-    def __init__(self, curve: Schedule):
+    def __init__(self, curve: curves.Schedule):
         self._curve = curve
 
     def value(self, t: int) -> float:
         """The value used by optimiser step ``t + 1``."""
         return float(self._curve(t))
 
-    def observe(self, loss: float) -> None:
-        """Take the term's detached loss of the step being taken."""
 
-    def get_state(self) -> dict[str, Any]:
-        """Plain-data state."""
-        return {}
+class AdaptiveWeight:
+    """Inverse magnitude: ``clip(target / max(m, 1e-12), min_value, max_value)``.
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore ``get_state()`` output."""
+    Each optimiser step's detached loss ``L`` of the term (reduced, before any
+    weight) updates ``m = L`` at first, then ``m = a * m + (1 - a) * L`` with
+    ``a = ema_decay``; the weight is ``start`` before the first loss.
+    """
 
-
-class AdaptiveWeight(WeightSchedule):
-    """Inverse-magnitude weight from a moving average of the term's losses."""
-
-    adaptive = True
-
-    def __init__(self, *, target, ema_decay, start, min_value, max_value):
+    def __init__(
+        self,
+        *,
+        target: float = 1,
+        ema_decay: float = 0,
+        start: float = 1,
+        min_value: float | None = None,
+        max_value: float | None = None,
+    ):
         if ema_decay >= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if min_value is not None and max_value is not None and min_value > max_value:
-            raise ValueError(f"min_value ({min_value}) exceeds max_value ({max_value})")
-        super().__init__(lambda t: start)
-        self._target, self._decay = float(target), float(ema_decay)
-        self._clip, self._ema = (min_value, max_value), None
+        self._target, self._decay, self._start = float(target), float(ema_decay), start
+        self._clip = (min_value, max_value)
+        self._ema: float | None = None
 
     def value(self, t: int) -> float:
-        """``start`` before any loss, else ``clip(target / max(m, 1e-12))``."""
+        """``start`` before any loss, else the clipped inverse magnitude."""
         if self._ema is None:
-            return super().value(t)
-        value, (low, high) = self._target / max(self._ema, 1e-12), self._clip
-        value = value if low is None else max(low, value)
-        return value if high is None else min(high, value)
+            return float(self._start)
+        return float(curves.clip(self._target / max(self._ema, 1e-12), *self._clip))
 
     def observe(self, loss: float) -> None:
         """Update the moving average ``m`` with ``loss``."""
@@ -97,35 +81,18 @@ class AdaptiveWeight(WeightSchedule):
         self._ema = None if m is None else float(m)
 
 
-def _exponential(*, start: float, end: float, n_steps: int) -> Schedule:
+def _exponential(*, start: float, end: float, n_steps: int) -> curves.Schedule:
     if not (start > 0 and end > 0):
         raise ValueError(f"exponential start and end must be > 0, got {start}, {end}")
-    return exponential(start, end / start, n_steps, end)
+    return curves.exponential(start, end / start, n_steps, end)
 
 
-_THREE: Any = (("start", "end", "n_steps"), {})
-_ADAPTIVE = {
-    "target": 1,
-    "ema_decay": 0,
-    "start": 1,
-    "min_value": None,
-    "max_value": None,
+_TYPES: dict[str, Any] = {
+    **curves.CURVES,
+    "exponential": _exponential,
+    "adaptive": AdaptiveWeight,
 }
-_SPELLING = Spelling(
-    keys={
-        "constant": (("value",), {}),
-        "exponential": _THREE,
-        "linear": _THREE,
-        "cosine": _THREE,
-        "warmup_cosine": (("start", "peak", "end", "warmup_steps", "n_steps"), {}),
-        "piecewise_constant": (("boundaries", "values"), {}),
-        "sequential": (("schedulers", "milestones"), {}),
-        "adaptive": ((), _ADAPTIVE),
-    },
-    curves={**CURVES, "exponential": _exponential, "adaptive": AdaptiveWeight},
-    not_in_sequential=("sequential", "adaptive"),
-)
-LOSS_WEIGHT_SCHEDULE_TYPES = tuple(_SPELLING.keys)
+_MEMBER_TYPES = {k: v for k, v in _TYPES.items() if k not in ("sequential", "adaptive")}
 
 
 @dataclasses.dataclass
@@ -159,17 +126,22 @@ class LossWeightScheduleConfig:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __post_init__(self):
-        if self.type not in _SPELLING.keys:
-            raise ValueError(
-                f"{_PATH}: unknown schedule type {self.type!r}; "
-                f"allowed: {list(LOSS_WEIGHT_SCHEDULE_TYPES)}"
-            )
         self.build()  # every check now, before training
 
-    def build(self) -> WeightSchedule:
+    def build(self) -> WeightSchedule | AdaptiveWeight:
         """A fresh schedule of this config."""
-        curve = parse_schedule(self.type, self.kwargs, path=_PATH, spelling=_SPELLING)
-        return curve if isinstance(curve, WeightSchedule) else WeightSchedule(curve)
+        schedule = curves.parse_schedule(
+            self.type,
+            self.kwargs,
+            path=_PATH,
+            types=_TYPES,
+            member=lambda t, k, p: curves.parse_schedule(
+                t, k, path=p, types=_MEMBER_TYPES
+            ),
+        )
+        if isinstance(schedule, AdaptiveWeight):
+            return schedule
+        return WeightSchedule(schedule)
 
 
 def check_loss_weight_schedule_terms(
@@ -191,14 +163,8 @@ def build_loss_weight_schedules(
     base_weights: Mapping[str, float],
     clock: "OptimizerClock",
 ) -> "LossWeightSchedules":
-    """The schedules of all loss terms, starting now on ``clock``.
-
-    Args:
-        schedules: ``stepper_training.loss_weight_schedules``.
-        term_names: every term that enters the total loss.
-        base_weights: the weight configured on each term (default 1).
-        clock: the optimiser clock.
-    """
+    """The schedules of the loss terms ``term_names`` (configured weights
+    ``base_weights``, default 1), starting now on ``clock``."""
     check_loss_weight_schedule_terms(schedules, term_names=term_names)
     return LossWeightSchedules(
         {name: config.build() for name, config in schedules.items()},
@@ -208,22 +174,20 @@ def build_loss_weight_schedules(
 
 
 class LossWeightSchedules:
-    """The effective weights of the named loss terms.
-
-    Args:
-        schedules: the schedule of each scheduled term.
-        base_weights: the configured weight of every term of the loss.
-        clock: the optimiser clock; ``t`` counts its steps from now.
-    """
+    """The effective weights of the named loss terms, ``t`` counting the steps
+    of ``clock`` from now; ``base_weights`` has every term of the loss."""
 
     def __init__(
         self,
-        schedules: Mapping[str, WeightSchedule],
+        schedules: Mapping[str, WeightSchedule | AdaptiveWeight],
         *,
         base_weights: Mapping[str, float],
         clock: "OptimizerClock",
     ):
         self._schedules, self._base = dict(schedules), dict(base_weights)
+        self._adaptive = {
+            name: s for name, s in schedules.items() if isinstance(s, AdaptiveWeight)
+        }
         self._clock, self._origin = clock, clock.step
 
     @property
@@ -258,15 +222,11 @@ class LossWeightSchedules:
         return {METRIC_PREFIX + name: w for name, w in self.weights().items()}
 
     def observe(self, term_losses: Mapping[str, float | torch.Tensor]) -> None:
-        """Take the terms' losses of the optimiser step being taken (``t + 1``).
-
-        Args:
-            term_losses: each term's reduced loss before any weight (needed for
-                adaptive terms; tensors are detached). Under data parallelism
-                pass the mean over ranks.
+        """Take each term's reduced loss (before any weight; under data
+        parallelism the mean over ranks) of the optimiser step being taken.
 
         Raises:
-            ValueError: for an unknown name, or an adaptive term's loss that is
+            ValueError: for an unknown term, or an adaptive term's loss that is
                 missing, not a scalar or not finite.
         """
         unknown = sorted(set(term_losses) - set(self._base))
@@ -275,14 +235,13 @@ class LossWeightSchedules:
                 f"term_losses name unknown loss term(s) {unknown}; "
                 f"valid: {sorted(self._base)}"
             )
-        adaptive = [name for name, s in self._schedules.items() if s.adaptive]
-        missing = [name for name in adaptive if name not in term_losses]
+        missing = [name for name in self._adaptive if name not in term_losses]
         if missing:
             raise ValueError(
                 f"adaptive loss weights need the losses of {missing} at every "
                 "optimiser step: pass them to observe(term_losses)"
             )
-        values = {name: _as_float(term_losses[name]) for name in adaptive}
+        values = {name: _as_float(term_losses[name]) for name in self._adaptive}
         for name, value in values.items():
             if not math.isfinite(value):
                 raise ValueError(
@@ -290,22 +249,20 @@ class LossWeightSchedules:
                     "its adaptive weight cannot be updated"
                 )
         for name, value in values.items():
-            self._schedules[name].observe(value)
+            self._adaptive[name].observe(value)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: ``t`` (the position on the clock) and each term's state."""
-        terms = {name: s.get_state() for name, s in self._schedules.items()}
+        terms: dict[str, Any] = {name: {} for name in self._schedules}
+        terms.update({name: s.get_state() for name, s in self._adaptive.items()})
         return {"t": self.t, "terms": terms}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output; load the clock first.
-
-        A term scheduled now but absent from ``state`` keeps its fresh state;
-        state of terms no longer scheduled is ignored.
-        """
+        """Restore ``state_dict()`` output (after the clock); a term absent
+        from ``state`` keeps its fresh state, other terms' state is ignored."""
         self._origin = self._clock.step - int(state["t"])
         terms = state.get("terms", {})
-        for name, schedule in self._schedules.items():
+        for name, schedule in self._adaptive.items():
             if name in terms:
                 schedule.load_state(terms[name])
 

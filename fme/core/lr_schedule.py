@@ -1,98 +1,70 @@
 """Learning-rate schedules: ACE's ``optimization.scheduler`` block.
 
-``{type, kwargs, step_each_iteration}``: ``type`` is any
-``torch.optim.lr_scheduler`` class (``kwargs`` its arguments, checked at load),
-a curve of ``fme.core.schedule`` driving a ``LambdaLR`` from
-``lr0 = optimization.lr`` (``linear``, ``cosine``: ``total_steps``,
-``lr_end=0``; ``exponential``: ``decay_rate``, ``decay_steps``, ``lr_end=0``,
-a floor; ``warmup_cosine``: ``warmup_steps``, ``total_steps``,
-``lr_start=0``, ``lr_end=0``, peak ``lr0``; ``piecewise_constant``:
-``boundaries``, absolute ``values``; ``constant``), or ``sequential``
-(``schedulers``: ``{type, kwargs}`` blocks, ``milestones``, as
-``SequentialLR``). Every type takes ``min_lr`` / ``max_lr`` clamps of the rate
-the optimiser sees (the schedule evolves unclamped; a torch class's own
-``min_lr`` / ``max_lr`` argument goes to the class). With several parameter
-groups a curve scales each group's initial rate by ``lr(t) / lr0``.
-
-A torch class steps once per epoch unless ``step_each_iteration: true`` (ACE's
-default, ``false``); curves and ``sequential`` step once per optimiser step
-(never per micro-step), reading ``t`` from the optimiser clock.
-``step_each: optimizer_step | epoch`` sets either explicitly.
+``type`` is a ``torch.optim.lr_scheduler`` class (``kwargs`` its arguments,
+checked at load), or a curve of ``fme.core.schedule`` from ``lr0 =
+optimization.lr`` (keys in the README) driving a ``LambdaLR``, which scales
+each parameter group's rate by ``lr(t) / lr0``. Every type takes ``min_lr`` /
+``max_lr`` clamps of the rate the optimiser sees (the schedule evolves
+unclamped; a torch class's own ``min_lr`` / ``max_lr`` goes to the class).
 """
 
 import dataclasses
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import lr_scheduler as torch_lr
 
-from fme.core.number_check import check_number
-from fme.core.schedule import (
-    CURVES,
-    Schedule,
-    Spelling,
-    check_sequential,
-    exponential,
-    parse_schedule,
-    sequential,
-)
+from fme.core import schedule as curves
+from fme.core.schedule import Schedule
 
 if TYPE_CHECKING:
     from fme.core.optimization import OptimizerClock
 
-SHORTHAND_TYPES = (
-    "constant",
-    "linear",
-    "exponential",
-    "cosine",
-    "warmup_cosine",
-    "piecewise_constant",
-)
+
+def _curves(lr0: float) -> dict[str, Callable[..., Schedule]]:
+    """The curves as this block spells them, starting (or peaking) at ``lr0``."""
+    return {
+        "constant": lambda: curves.constant(lr0),
+        "linear": lambda *, total_steps, lr_end=0.0: curves.linear(
+            lr0, lr_end, total_steps
+        ),
+        "exponential": lambda *, decay_rate, decay_steps, lr_end=0.0: _floor(
+            curves.exponential(lr0, decay_rate, decay_steps), lr_end
+        ),
+        "cosine": lambda *, total_steps, lr_end=0.0: curves.cosine(
+            lr0, lr_end, total_steps
+        ),
+        "warmup_cosine": lambda *, warmup_steps, total_steps, lr_start=0, lr_end=0: (
+            curves.warmup_cosine(
+                start=lr_start,
+                peak=lr0,
+                end=lr_end,
+                warmup_steps=warmup_steps,
+                n_steps=total_steps,
+            )
+        ),
+        "piecewise_constant": curves.piecewise_constant,
+    }
+
+
+def _floor(curve: Schedule, floor: float) -> Schedule:
+    return lambda t: max(floor, curve(t))
+
+
+SHORTHAND_TYPES = tuple(_curves(1.0))
 STEP_EACH_OPTIONS = ("optimizer_step", "epoch")
 _CLAMPS = ("min_lr", "max_lr")
 _PATH = "optimization.scheduler"
-_NOT_FROM_YAML = {  # torch classes that cannot be configured from YAML
-    "LRScheduler": "it is the abstract base class",
-    "_LRScheduler": "it is the abstract base class",
-    "LambdaLR": "it needs a Python callable; use a shorthand instead",
-    "MultiplicativeLR": "it needs a Python callable; use a shorthand instead",
-    "SequentialLR": "it needs scheduler objects; use type: sequential instead",
-    "ChainedScheduler": "it needs scheduler objects; use type: sequential instead",
-}
-
-
-def _exponential(*, start: float, decay_rate: float, decay_steps: float, end: float):
-    if decay_rate <= 1:  # lr_end is where the decay stops
-        return exponential(start, decay_rate, decay_steps, end)
-    growth = exponential(start, decay_rate, decay_steps)
-    return lambda t: max(end, growth(t))  # a floor below a growing rate
-
-
-_SPELLING = Spelling(
-    keys={
-        "constant": ((), {}),
-        "linear": (("total_steps",), {"lr_end": 0.0}),
-        "exponential": (("decay_rate", "decay_steps"), {"lr_end": 0.0}),
-        "cosine": (("total_steps",), {"lr_end": 0.0}),
-        "warmup_cosine": (
-            ("warmup_steps", "total_steps"),
-            {"lr_start": 0, "lr_end": 0},
-        ),
-        "piecewise_constant": (("boundaries", "values"), {}),
-    },
-    to_canonical={"lr_start": "start", "lr_end": "end", "total_steps": "n_steps"},
-    from_base={
-        "constant": "value",
-        "linear": "start",
-        "exponential": "start",
-        "cosine": "start",
-        "warmup_cosine": "peak",
-    },
-    extra_keys=_CLAMPS,
-    curves={**CURVES, "exponential": _exponential},
+_ALLOWED = (
+    f"a shorthand {list(SHORTHAND_TYPES)}, 'sequential', or the name of any "
+    "class in torch.optim.lr_scheduler (e.g. 'CosineAnnealingLR', 'StepLR')"
 )
+# torch classes that need Python objects (callables, schedulers) or are abstract
+_NOT_FROM_YAML = (
+    "LRScheduler _LRScheduler LambdaLR MultiplicativeLR SequentialLR ChainedScheduler"
+).split()
 
 
 @dataclasses.dataclass
@@ -101,10 +73,12 @@ class SchedulerConfig:
 
     Attributes:
         type: ``None`` (constant ``optimization.lr``), a curve, ``sequential``
-            or the name of a ``torch.optim.lr_scheduler`` class.
+            (``schedulers``: ``{type, kwargs}`` blocks, ``milestones``, as
+            ``SequentialLR``) or a ``torch.optim.lr_scheduler`` class name.
         kwargs: the schedule's arguments, plus ``min_lr`` / ``max_lr``.
         step_each: ``optimizer_step`` or ``epoch``; default ``epoch`` for a
-            torch class (as in ACE), ``optimizer_step`` otherwise.
+            torch class (as in ACE), ``optimizer_step`` otherwise. Curves
+            then read ``t`` from the optimiser clock.
         step_each_iteration: ACE's spelling: ``true`` is ``optimizer_step``,
             ``false`` is ``epoch``. Give at most one of the two.
     """
@@ -138,7 +112,7 @@ class SchedulerConfig:
         if self.type is None and self.kwargs:
             raise ValueError(
                 f"{_PATH}.kwargs {sorted(self.kwargs)} given without a type; set "
-                f"{_PATH}.type to one of {_allowed_types()}"
+                f"{_PATH}.type to one of {_ALLOWED}"
             )
         if self.type == "ReduceLROnPlateau" and self.resolved_step_each != "epoch":
             raise ValueError(
@@ -146,7 +120,7 @@ class SchedulerConfig:
                 f"{_PATH}.step_each: epoch"
             )
         if self.type is not None:
-            self._parts(None, lr0=1.0)  # every key checked at load
+            self._scheduler(None, lr0=1.0)  # every key checked at load
 
     @property
     def resolved_step_each(self) -> str:
@@ -154,9 +128,9 @@ class SchedulerConfig:
         if self.step_each is not None:
             return self.step_each
         if self.step_each_iteration is not None:
-            return "optimizer_step" if self.step_each_iteration else "epoch"
+            return STEP_EACH_OPTIONS[0 if self.step_each_iteration else 1]
         ours = (None, "sequential", *SHORTHAND_TYPES)
-        return "optimizer_step" if self.type in ours else "epoch"
+        return STEP_EACH_OPTIONS[0 if self.type in ours else 1]
 
     def build(
         self, optimizer: torch.optim.Optimizer, *, lr0: float, clock: "OptimizerClock"
@@ -168,52 +142,33 @@ class SchedulerConfig:
                 ``optimization.scheduler.kwargs``.
         """
         per_epoch = self.resolved_step_each == "epoch"
-        schedule = LRSchedule(optimizer=optimizer, clock=clock, per_epoch=per_epoch)
+        low, high = (
+            self.kwargs.get(k) if k in _clamp_keys(self.type) else None for k in _CLAMPS
+        )
+        schedule = LRSchedule(optimizer, clock=clock, per_epoch=per_epoch)
         if self.type is not None:
-            part, clamps = self._parts(optimizer, lr0=lr0)
-            if not isinstance(part, torch_lr.LRScheduler):  # a curve
-                position = None if per_epoch else schedule.position
-                part = _lambda_lr(optimizer, part, lr0=lr0, position=position)
-            schedule.attach(part, clamps)
+            t = None if per_epoch else lambda: schedule.t
+            schedule.drive(self._scheduler(optimizer, lr0=lr0, t=t), (low, high))
         return schedule
 
-    def _parts(
-        self, optimizer: torch.optim.Optimizer | None, *, lr0: float
-    ) -> tuple[Any, tuple[float | None, float | None]]:
-        """(curve or torch scheduler, clamps); only checks without an optimiser."""
-        assert self.type is not None
+    def _scheduler(
+        self,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        lr0: float,
+        t: Callable[[], int] | None = None,
+    ) -> Any:
+        """The block's torch scheduler (a curve reads ``t()``, else torch's
+        count); without an optimiser it only checks."""
+        clamps = _clamp_keys(self.type)
         kwargs = dict(self.kwargs)
-        clamps = {k: kwargs.pop(k) for k in _clamp_keys(self.type) if k in kwargs}
-        for key, value in clamps.items():
-            check_number(value, path=f"{_PATH}.kwargs.{key}", minimum=0.0)
-        low, high = clamps.get("min_lr"), clamps.get("max_lr")
-        if low is not None and high is not None and low > high:
-            raise ValueError(
-                f"{_PATH}.kwargs: min_lr ({low}) must not exceed max_lr ({high})"
-            )
-        if self.type != "sequential":
-            part = _member(self.type, kwargs, _PATH, optimizer, lr0)
-            return part, (low, high)
-        members = [
-            _member(
-                type_, member_kwargs, f"{_PATH}.kwargs.schedulers[{i}]", optimizer, lr0
-            )
-            for i, (type_, member_kwargs) in enumerate(
-                check_sequential(kwargs, path=f"{_PATH}.kwargs")
-            )
-        ]
-        if optimizer is None:
-            return None, (low, high)
-        milestones = list(kwargs["milestones"])
-        if not any(isinstance(m, torch_lr.LRScheduler) for m in members):
-            return sequential(members, milestones), (low, high)
-        schedulers = [
-            m
-            if isinstance(m, torch_lr.LRScheduler)
-            else _lambda_lr(optimizer, m, lr0=lr0)
-            for m in members
-        ]
-        return torch_lr.SequentialLR(optimizer, schedulers, milestones), (low, high)
+        curves.check_numbers(
+            {k: kwargs.pop(k) for k in clamps if k in kwargs}, path=f"{_PATH}.kwargs"
+        )
+        part = _member(self.type, kwargs, _PATH, optimizer, lr0)
+        if optimizer is None or isinstance(part, torch_lr.LRScheduler):
+            return part
+        return _lambda_lr(optimizer, part, lr0=lr0, t=t)
 
 
 def _member(
@@ -224,83 +179,121 @@ def _member(
     lr0: float,
 ) -> Any:
     """The curve or (given an optimiser) torch scheduler of one block."""
-    kwargs_path = f"{path}.kwargs"
-    if path != _PATH and isinstance(kwargs, Mapping):
-        if any(key in kwargs for key in _clamp_keys(type_)):
-            raise ValueError(
-                f"{kwargs_path}: min_lr and max_lr are only allowed on the "
-                f"top-level schedule; put them in {_PATH}.kwargs"
-            )
-    if type_ in SHORTHAND_TYPES:
-        return parse_schedule(
-            type_, kwargs, path=kwargs_path, spelling=_SPELLING, base=lr0
+    if isinstance(kwargs, Mapping) and set(kwargs) & set(_clamp_keys(type_)):
+        raise ValueError(
+            f"{path}.kwargs: min_lr and max_lr are only allowed on the top-level "
+            f"schedule; put them in {_PATH}.kwargs"
+        )
+    if type_ in SHORTHAND_TYPES or (type_ == "sequential" and path == _PATH):
+        return curves.parse_schedule(
+            type_,
+            kwargs,
+            path=path,
+            types={
+                **_curves(lr0),
+                "sequential": lambda *, schedulers, milestones: _sequential(
+                    optimizer, schedulers, milestones, lr0=lr0
+                ),
+            },
+            member=lambda type_, kwargs, path: _member(
+                type_, kwargs, path, optimizer, lr0
+            ),
+            extra=_CLAMPS,
         )
     if type_ == "sequential":
         raise ValueError(f"{path}.type: sequential schedules cannot be nested")
-    cls = _torch_class(type_, path=path)
+    if type_ in _NOT_FROM_YAML:
+        raise ValueError(
+            f"{path}.type {type_!r} is not supported: it needs Python objects or is "
+            "abstract; use a shorthand or type: sequential instead"
+        )
+    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
+    if not (inspect.isclass(cls) and issubclass(cls, torch_lr.LRScheduler)):
+        raise ValueError(f"{path}.type {type_!r} is unknown; allowed: {_ALLOWED}")
     try:
         inspect.signature(cls).bind(optimizer, **kwargs)
         return None if optimizer is None else cls(optimizer, **kwargs)
     except (TypeError, ValueError) as err:
         params = list(inspect.signature(cls).parameters)[1:]
         raise ValueError(
-            f"{kwargs_path} {dict(kwargs)} are not accepted by "
+            f"{path}.kwargs {dict(kwargs)} are not accepted by "
             f"torch.optim.lr_scheduler.{type_} (arguments: {params}): {err}"
         ) from None
 
 
-def _lambda_lr(optimizer, curve: Schedule, *, lr0: float, position=None):
-    """A curve driving the rate: of ``position()`` if given, else torch's count."""
-    if position is None:
-        return torch_lr.LambdaLR(optimizer, lambda epoch: curve(epoch) / lr0)
-    return torch_lr.LambdaLR(optimizer, lambda _: curve(position()) / lr0)
+def _sequential(
+    optimizer: torch.optim.Optimizer | None,
+    members: list[Any],
+    milestones: list[int],
+    *,
+    lr0: float,
+) -> Any:
+    """One curve of curve members, else torch's ``SequentialLR``."""
+    if optimizer is None:
+        return None
+    if not any(isinstance(m, torch_lr.LRScheduler) for m in members):
+        return curves.sequential(members, milestones)
+    schedulers = [
+        m if isinstance(m, torch_lr.LRScheduler) else _lambda_lr(optimizer, m, lr0=lr0)
+        for m in members
+    ]
+    return torch_lr.SequentialLR(optimizer, schedulers, milestones)
+
+
+def _lambda_lr(
+    optimizer: torch.optim.Optimizer,
+    curve: Schedule,
+    *,
+    lr0: float,
+    t: Callable[[], int] | None = None,
+) -> torch_lr.LambdaLR:
+    """``curve`` driving the rates, of ``t()`` if given, else of torch's count."""
+    return torch_lr.LambdaLR(optimizer, lambda e: curve(e if t is None else t()) / lr0)
+
+
+def _clamp_keys(type_: Any) -> list[str]:
+    """The clamp keys of a type: a torch class's own argument wins over a clamp."""
+    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
+    own = inspect.signature(cls).parameters if inspect.isclass(cls) else {}
+    return [key for key in _CLAMPS if key not in own]
 
 
 class LRSchedule:
     """A learning-rate scheduler on a clock, with optional clamps.
 
-    ``t`` is the number of steps the schedule has taken: optimiser steps since
-    it was built (read from the clock) or epochs (torch's count); the rate is
-    then ``lr(t)``, the rate of step ``t + 1``.
-
-    Args:
-        optimizer: the optimiser whose learning rate is scheduled.
-        clock: the optimiser clock; the schedule starts at its current value.
-        per_epoch: the schedule steps at epoch ends, not optimiser steps.
+    ``t`` counts the steps the schedule has taken: optimiser steps since it
+    was built (read from ``clock``) or epochs (torch's count); the rate is
+    ``lr(t)``, the rate of step ``t + 1``.
     """
 
     def __init__(
         self,
-        *,
         optimizer: torch.optim.Optimizer,
+        *,
         clock: "OptimizerClock",
         per_epoch: bool,
     ):
-        self._optimizer, self._clock = optimizer, clock
-        self._origin, self._per_epoch = clock.step, per_epoch
+        self._optimizer, self._clock, self._origin = optimizer, clock, clock.step
+        self._per_epoch = per_epoch
         self._scheduler: Any = None
         self._clamps: tuple[float | None, float | None] = (None, None)
 
-    def position(self) -> int:
-        """Optimiser steps since the schedule started."""
-        return self._clock.step - self._origin
-
-    def attach(self, scheduler: Any, clamps: tuple[float | None, float | None]) -> None:
-        """Drive the rate by the torch ``scheduler``, clamped to ``(min, max)``."""
+    def drive(self, scheduler: Any, clamps: tuple[float | None, float | None]) -> None:
+        """Set the rates by the torch ``scheduler``, clamped to ``clamps``."""
         self._scheduler, self._clamps = scheduler, clamps
         self._clamp()
 
     @property
     def step_each(self) -> str:
         """The schedule's clock: ``optimizer_step`` or ``epoch``."""
-        return "epoch" if self._per_epoch else "optimizer_step"
+        return STEP_EACH_OPTIONS[1 if self._per_epoch else 0]
 
     @property
     def t(self) -> int:
         """Steps the schedule has taken on its clock."""
         if self._per_epoch and self._scheduler is not None:
             return int(self._scheduler.last_epoch)
-        return self.position()
+        return self._clock.step - self._origin
 
     @property
     def needs_metric(self) -> bool:
@@ -339,54 +332,25 @@ class LRSchedule:
             self._origin = self._clock.step - int(state.get("t", 0))
         if self._scheduler is not None and state.get("scheduler") is not None:
             self._scheduler.load_state_dict(state["scheduler"])
-            self._set_rates(self._scheduler.get_last_lr())
+            self._unclamp()
             self._clamp()
-
-    def _set_rates(self, rates: list[float]) -> None:
-        for group, lr in zip(self._optimizer.param_groups, rates, strict=True):
-            group["lr"] = lr
 
     def _advance(self, metric: float | None) -> None:
         if self._scheduler is None:
             return
         if self._clamps != (None, None):  # continue from the unclamped rates
-            self._set_rates(self._scheduler.get_last_lr())
+            self._unclamp()
         if metric is not None:
             self._scheduler.step(metric)
         else:
             self._scheduler.step()
         self._clamp()
 
+    def _unclamp(self) -> None:
+        rates = self._scheduler.get_last_lr()
+        for group, lr in zip(self._optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
+
     def _clamp(self) -> None:
-        low, high = self._clamps
         for group in self._optimizer.param_groups:
-            group["lr"] = max(low, group["lr"]) if low is not None else group["lr"]
-            group["lr"] = min(high, group["lr"]) if high is not None else group["lr"]
-
-
-def _clamp_keys(type_: Any) -> tuple[str, ...]:
-    """The clamp keys of a type: a torch class's own argument wins over a clamp."""
-    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
-    if not inspect.isclass(cls):
-        return _CLAMPS
-    return tuple(k for k in _CLAMPS if k not in inspect.signature(cls).parameters)
-
-
-def _allowed_types() -> str:
-    return (
-        f"a shorthand {list(SHORTHAND_TYPES)}, 'sequential', or the name of any "
-        "class in torch.optim.lr_scheduler (e.g. 'CosineAnnealingLR', 'StepLR')"
-    )
-
-
-def _torch_class(type_: Any, *, path: str) -> type[torch_lr.LRScheduler]:
-    if type_ in _NOT_FROM_YAML:
-        raise ValueError(
-            f"{path}.type {type_!r} is not supported: {_NOT_FROM_YAML[type_]}"
-        )
-    cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
-    if not (inspect.isclass(cls) and issubclass(cls, torch_lr.LRScheduler)):
-        raise ValueError(
-            f"{path}.type {type_!r} is unknown; allowed: {_allowed_types()}"
-        )
-    return cls
+            group["lr"] = curves.clip(group["lr"], *self._clamps)

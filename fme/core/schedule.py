@@ -1,25 +1,12 @@
 """Schedules: a value as a pure function of ``t``, the steps since it started.
 
-Learning-rate (``fme.core.lr_schedule``) and loss-weight
-(``fme.core.loss_weight_schedule``) schedules are these curves; ``t`` counts
-optimiser steps (or a learning rate's epochs) and ``v(t)`` is the value of step
-``t + 1``. With ``s = min(t, n_steps) / n_steps``:
-
-- ``constant``: ``value``; ``linear``: ``start + (end - start) * s``;
-- ``exponential``: ``start * decay_rate ** (t / decay_steps)``, stopping at
-  ``end`` if given (a floor when decaying, a ceiling when growing);
-- ``cosine``: ``end + (start - end) * (1 + cos(pi * s)) / 2``;
-- ``warmup_cosine``: ``linear`` from ``start`` to ``peak`` in ``warmup_steps``,
-  then ``cosine`` to ``end`` in the other ``n_steps - warmup_steps``;
-- ``piecewise_constant``: ``values[i]``, ``i`` the number of ``boundaries <= t``;
-- ``sequential``: member ``i`` from ``milestones[i - 1]`` on, restarted at 0.
-
-Each config surface spells the ``kwargs`` its own way (``Spelling``);
-``parse_schedule`` checks a ``{type, kwargs}`` block strictly.
+The curves of learning-rate (``fme.core.lr_schedule``) and loss-weight
+(``fme.core.loss_weight_schedule``) schedules, and the one parser of their
+``{type, kwargs}`` blocks. ``v(t)`` is the value of step ``t + 1``.
 """
 
 import bisect
-import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,17 +14,21 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-# (minimum, exclusive, integer) of the numeric keys of every spelling
+# (minimum, exclusive, integer) of the numeric keys of every surface
 _BOUNDS = {
     **dict.fromkeys(
-        "value start end peak lr_start lr_end min_lr max_lr min_value max_value "
-        "ema_decay".split(),
+        "value values start end peak lr_start lr_end min_lr max_lr min_value "
+        "max_value ema_decay".split(),
         (0.0, False, False),
     ),
     **dict.fromkeys(("decay_rate", "decay_steps", "target"), (0.0, True, False)),
-    **dict.fromkeys(("n_steps", "total_steps"), (1, False, True)),
+    **dict.fromkeys(
+        ("n_steps", "total_steps", "boundaries", "milestones"), (1, False, True)
+    ),
     "warmup_steps": (0, False, True),
 }
+_LISTS = ("values", "boundaries", "milestones")  # checked item by item
+_RANGES = (("min_lr", "max_lr"), ("min_value", "max_value"))
 
 
 def constant(value: float) -> Schedule:
@@ -53,15 +44,16 @@ def linear(start: float, end: float, n_steps: int) -> Schedule:
 def exponential(
     start: float, decay_rate: float, decay_steps: float, end: float | None = None
 ) -> Schedule:
-    """``start * decay_rate ** (t / decay_steps)``, stopping at ``end`` if set."""
-    stop = (max if decay_rate <= 1 else min) if end is not None else None
+    """``start * decay_rate ** (t / decay_steps)``, stopping at ``end`` if set
+    (a floor when ``decay_rate <= 1``, else a ceiling)."""
+    stop = max if decay_rate <= 1 else min
 
     def value(t: int) -> float:
         try:
             v = start * decay_rate ** (t / decay_steps)
         except OverflowError:
             v = math.inf
-        return v if stop is None else stop(end, v)
+        return v if end is None else stop(end, v)
 
     return value
 
@@ -73,28 +65,14 @@ def cosine(start: float, end: float, n_steps: int) -> Schedule:
     )
 
 
-def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
-    """``values[i]``, ``i`` the number of ``boundaries <= t``."""
-    return lambda t: values[bisect.bisect_right(boundaries, t)]
-
-
-def sequential(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
-    """``schedules[i]`` from ``milestones[i - 1]`` on, restarted at 0."""
-
-    def value(t: int) -> float:
-        i = bisect.bisect_right(milestones, t)
-        return schedules[i](t - (milestones[i - 1] if i else 0))
-
-    return value
-
-
 def warmup_cosine(
     *, start: float, peak: float, end: float, warmup_steps: int, n_steps: int
 ) -> Schedule:
-    """Linear warm-up from ``start`` to ``peak``, then cosine to ``end``."""
+    """``linear`` from ``start`` to ``peak`` in ``warmup_steps``, then
+    ``cosine`` to ``end`` in the other ``n_steps - warmup_steps``."""
     if n_steps <= warmup_steps:
         raise ValueError(
-            f"n_steps ({n_steps}) must exceed warmup_steps ({warmup_steps}); "
+            f"the step count ({n_steps}) must exceed warmup_steps ({warmup_steps}); "
             "it counts the warm-up too"
         )
     decay = cosine(peak, end, n_steps - warmup_steps)
@@ -103,158 +81,135 @@ def warmup_cosine(
     return sequential([linear(start, peak, warmup_steps), decay], [warmup_steps])
 
 
-@dataclasses.dataclass(frozen=True)
-class Spelling:
-    """How one config surface writes the ``kwargs`` of the curves.
-
-    Attributes:
-        keys: each type's required keys and optional keys with defaults.
-        to_canonical: renames of this surface's keys to the curves' arguments.
-        from_base: per type, the argument set to the surface's base value.
-        extra_keys: keys every type also takes, handled by the caller.
-        curves: each type's curve from its (canonical) arguments.
-        not_in_sequential: types that cannot be ``sequential`` members.
-    """
-
-    keys: Mapping[str, tuple[tuple[str, ...], Mapping[str, Any]]]
-    curves: Mapping[str, Callable[..., Any]]
-    to_canonical: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    from_base: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    extra_keys: tuple[str, ...] = ()
-    not_in_sequential: tuple[str, ...] = ("sequential",)
+def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
+    """``values[i]``, ``i`` the number of ``boundaries <= t``."""
+    check_increasing(boundaries, path="boundaries")
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"values needs len(boundaries) + 1 = {len(boundaries) + 1} entries, "
+            f"got {len(values)}"
+        )
+    floats = [float(v) for v in values]
+    return lambda t: floats[bisect.bisect_right(boundaries, t)]
 
 
-CURVES: dict[str, Callable[..., Any]] = {
+def sequential(schedulers: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
+    """``schedulers[i]`` from ``milestones[i - 1]`` on, restarted at 0."""
+
+    def value(t: int) -> float:
+        i = bisect.bisect_right(milestones, t)
+        return schedulers[i](t - (milestones[i - 1] if i else 0))
+
+    return value
+
+
+def clip(value: float, low: float | None, high: float | None) -> float:
+    """``value`` limited to ``[low, high]``; ``None`` is no limit."""
+    value = value if low is None else max(low, value)
+    return value if high is None else min(high, value)
+
+
+CURVES: dict[str, Callable[..., Schedule]] = {
     "constant": constant,
     "linear": linear,
     "exponential": exponential,
     "cosine": cosine,
     "warmup_cosine": warmup_cosine,
+    "piecewise_constant": piecewise_constant,
+    "sequential": sequential,
 }
 
 
 def parse_schedule(
-    type_: str, kwargs: Any, *, path: str, spelling: Spelling, base: float = 1.0
+    type_: Any,
+    kwargs: Any,
+    *,
+    path: str,
+    types: Mapping[str, Callable[..., Any]],
+    member: Callable[[Any, Any, str], Any] | None = None,
+    extra: Sequence[str] = (),
 ) -> Any:
-    """The curve of a ``{type, kwargs}`` block, checked strictly.
+    """``types[type_](**kwargs)``: the schedule of a ``{type, kwargs}`` block.
 
-    Args:
-        type_: a type of ``spelling``.
-        kwargs: the block's arguments.
-        path: where ``kwargs`` sits in the config, for messages.
-        spelling: the surface's keys.
-        base: the surface's base value (see ``Spelling.from_base``).
+    A type's keys are its function's parameters (required if without a
+    default) plus ``extra`` (handled by the caller); numbers are checked by
+    key name; ``member(type, kwargs, path)`` builds a ``sequential`` member.
 
     Raises:
-        ValueError: naming the key for an unknown or missing key, a bad number
-            or inconsistent values.
+        ValueError: naming the key path (``path`` is the block's) for an
+            unknown type, an unknown or missing key, a bad number or
+            inconsistent values.
     """
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{path} must be a mapping, got {kwargs!r}")
-    required, optional = spelling.keys[type_]
-    extra = spelling.extra_keys
-    check_keys(kwargs, required, (*optional, *extra), path, f"type {type_!r}")
-    for key in set(kwargs) & set(_BOUNDS):
-        low, exclusive, integer = _BOUNDS[key]
-        check_number(
-            kwargs[key],
-            path=f"{path}.{key}",
-            minimum=low,
-            exclusive=exclusive,
-            integer=integer,
-        )
-    if type_ == "piecewise_constant":
-        return piecewise_constant(*check_piecewise(kwargs, path=path))
+    if type_ not in types:
+        raise ValueError(f"{path}.type {type_!r} is unknown; allowed: {list(types)}")
+    params = inspect.signature(types[type_]).parameters.values()
+    required = [p.name for p in params if p.default is p.empty]
+    path = f"{path}.kwargs"
+    check_keys(kwargs, required, [*(p.name for p in params), *extra], path)
+    check_numbers(kwargs, path=path)
+    kwargs = {k: v for k, v in kwargs.items() if k not in extra}
     if type_ == "sequential":
-        allowed = sorted(set(spelling.keys) - set(spelling.not_in_sequential))
-        members = []
-        for i, (member, member_kwargs) in enumerate(check_sequential(kwargs, path)):
-            if member not in allowed:
-                raise ValueError(
-                    f"{path}.schedulers[{i}].type {member!r} is unknown; "
-                    f"allowed: {allowed}"
-                )
-            member_path = f"{path}.schedulers[{i}].kwargs"
-            members.append(
-                parse_schedule(
-                    member, member_kwargs, path=member_path, spelling=spelling
-                )
+        blocks, milestones = kwargs["schedulers"], kwargs["milestones"]
+        if not isinstance(blocks, list) or not blocks:
+            raise ValueError(f"{path}.schedulers must be a non-empty list of blocks")
+        if len(milestones) != len(blocks) - 1:
+            raise ValueError(
+                f"{path}.milestones must be len(schedulers) - 1 = {len(blocks) - 1} "
+                f"step counts, got {milestones!r}"
             )
-        return sequential(members, kwargs["milestones"])
-    values = {
-        spelling.to_canonical.get(k, k): v
-        for k, v in {**optional, **kwargs}.items()
-        if k not in extra
-    }
-    if type_ in spelling.from_base:
-        values[spelling.from_base[type_]] = base
+        check_increasing(milestones, path=f"{path}.milestones")
+        assert member is not None, "a surface with sequential parses its members"
+        kwargs["schedulers"] = []
+        for i, block in enumerate(blocks):
+            block_path = f"{path}.schedulers[{i}]"
+            check_keys(block, ("type",), ("type", "kwargs"), block_path)
+            kwargs["schedulers"].append(
+                member(block["type"], block.get("kwargs", {}), block_path)
+            )
     try:
-        return spelling.curves[type_](**values)
-    except ValueError as err:  # name the keys as this surface spells them
-        names = {v: k for k, v in spelling.to_canonical.items()}
-        message = " ".join(names.get(word, word) for word in str(err).split(" "))
-        raise ValueError(f"{path}: {message}") from None
+        return types[type_](**kwargs)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def check_keys(
-    kwargs: Mapping[str, Any],
-    required: Sequence[str],
-    optional: Sequence[str],
-    path: str,
-    what: str,
+    kwargs: Any, required: Sequence[str], allowed: Sequence[str], path: str
 ) -> None:
-    """Raise naming ``path`` for keys ``what`` does not take or needs."""
-    allowed = sorted({*required, *optional})
+    """Raise naming ``path`` unless ``kwargs`` is a mapping of allowed keys."""
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path} must be a mapping, got {kwargs!r}")
     unknown = sorted(set(kwargs) - set(allowed))
     missing = [key for key in required if key not in kwargs]
     if unknown:
-        raise ValueError(f"{path}: {what} does not take {unknown}; allowed: {allowed}")
+        raise ValueError(f"{path} does not take {unknown}; allowed: {sorted(allowed)}")
     if missing:
-        raise ValueError(f"{path}: {what} needs the missing key(s) {missing}")
+        raise ValueError(f"{path} needs the missing key(s) {missing}")
 
 
-def check_piecewise(
-    kwargs: Mapping[str, Any], *, path: str
-) -> tuple[list[int], list[float]]:
-    """``boundaries`` (increasing ints >= 1) and ``values`` (one more, >= 0)."""
-    boundaries, values = kwargs["boundaries"], kwargs["values"]
-    if not isinstance(boundaries, list) or not isinstance(values, list):
-        raise ValueError(f"{path}.boundaries and {path}.values must be lists")
-    check_milestones(boundaries, path=f"{path}.boundaries")
-    if len(values) != len(boundaries) + 1:
-        raise ValueError(
-            f"{path}.values needs len(boundaries) + 1 = {len(boundaries) + 1} "
-            f"entries, got {len(values)}"
-        )
-    for i, value in enumerate(values):
-        check_number(value, path=f"{path}.values[{i}]", minimum=0.0)
-    return boundaries, [float(v) for v in values]
+def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
+    """Check the numbers of ``kwargs`` by key name (bounds, ``min <= max``)."""
+    for key in set(kwargs) & set(_BOUNDS):
+        minimum, exclusive, integer = _BOUNDS[key]
+        items = kwargs[key] if key in _LISTS else [kwargs[key]]
+        if not isinstance(items, list):
+            raise ValueError(f"{path}.{key} must be a list, got {items!r}")
+        for i, item in enumerate(items):
+            check_number(
+                item,
+                path=f"{path}.{key}" + (f"[{i}]" if key in _LISTS else ""),
+                minimum=minimum,
+                exclusive=exclusive,
+                integer=integer,
+            )
+    for low_key, high_key in _RANGES:
+        low, high = kwargs.get(low_key), kwargs.get(high_key)
+        if low is not None and high is not None and low > high:
+            raise ValueError(
+                f"{path}: {low_key} ({low}) must not exceed {high_key} ({high})"
+            )
 
 
-def check_milestones(milestones: Sequence[Any], *, path: str) -> None:
-    """Step counts at which a schedule changes: strictly increasing ints >= 1."""
-    for i, milestone in enumerate(milestones):
-        check_number(milestone, path=f"{path}[{i}]", minimum=1, integer=True)
-    if any(a >= b for a, b in zip(milestones[:-1], milestones[1:], strict=True)):
-        raise ValueError(f"{path} must be strictly increasing, got {list(milestones)}")
-
-
-def check_sequential(kwargs: Mapping[str, Any], path: str) -> list[tuple[Any, Any]]:
-    """``(type, kwargs)`` of the members of a ``sequential`` block's ``kwargs``."""
-    check_keys(kwargs, ("schedulers", "milestones"), (), path, "type 'sequential'")
-    members, milestones = kwargs["schedulers"], kwargs["milestones"]
-    if not isinstance(members, list) or not members:
-        raise ValueError(f"{path}.schedulers must be a non-empty list of blocks")
-    if not isinstance(milestones, list) or len(milestones) != len(members) - 1:
-        raise ValueError(
-            f"{path}.milestones must be a list of len(schedulers) - 1 = "
-            f"{len(members) - 1} step counts, got {milestones!r}"
-        )
-    check_milestones(milestones, path=f"{path}.milestones")
-    for i, member in enumerate(members):
-        if not isinstance(member, Mapping):
-            raise ValueError(f"{path}.schedulers[{i}] must be a {{type, kwargs}} block")
-        check_keys(
-            member, ("type",), ("kwargs",), f"{path}.schedulers[{i}]", "a member"
-        )
-    return [(member["type"], member.get("kwargs", {})) for member in members]
+def check_increasing(steps: Sequence[Any], *, path: str) -> None:
+    """Raise naming ``path`` unless ``steps`` strictly increase."""
+    if any(a >= b for a, b in zip(steps[:-1], steps[1:], strict=True)):
+        raise ValueError(f"{path} must be strictly increasing, got {list(steps)}")

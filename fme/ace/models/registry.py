@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from fme.core.number_check import check_number
 from fme.core.registry import Registry
 
 
@@ -39,9 +40,7 @@ MODULE_REGISTRY: Registry[ModuleConfig] = Registry("module")
 def check_minimums(config: object, minimums: dict[str, int]) -> None:
     """Raise a ValueError naming the first field of ``config`` below its minimum."""
     for name, minimum in minimums.items():
-        value = getattr(config, name)
-        if value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        check_number(getattr(config, name), path=name, minimum=minimum, integer=True)
 
 
 @dataclass

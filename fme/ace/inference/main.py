@@ -102,7 +102,9 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
     experiment_dir.mkdir(parents=True, exist_ok=True)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    stepper = load_stepper(config.checkpoint_path).to(dist.device)
+    stepper = load_stepper(
+        config.checkpoint_path, use_ema=config.use_ema_if_available
+    ).to(dist.device)
     stepper.module.eval()
     info = stepper.dataset_info
     initial = read_initial_condition(

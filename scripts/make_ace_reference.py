@@ -6,7 +6,8 @@ from *outside* this checkout, so that ``import fme`` finds the released
 package::
 
     cd /tmp && REF_VENV/bin/python REPO/scripts/make_ace_reference.py \\
-        --out REPO/tests/ace/ace_compat/data [--only networks|checkpoint]
+        --out REPO/tests/ace/ace_compat/data [--only networks|checkpoint|restart] \\
+        [--fixture-data DIR]
 
 It writes, all small (kilobytes):
 
@@ -32,6 +33,13 @@ It writes, all small (kilobytes):
   train stepper's loss on its last training batch, the start times of the
   batch's windows and the network weights it had before that step, for the
   fine-tuning test.
+- ``ace_run/restart/``: the released inference (``fme.ace.inference``) with
+  ``ace_run/ckpt.tar`` on the same fixture data, from the data at times 2 and
+  9 for 3 steps: its ``restart.nc`` (which embeds the dry-air reference of the
+  initial condition), then 3 more steps from that restart:
+  ``continuation.pt`` ``{name: [sample, time, lat, lon]}`` read from the
+  second run's ``autoregressive_predictions.nc``. Needs ``ace_run/ckpt.tar``
+  (``--only checkpoint`` first).
 """
 
 import argparse
@@ -199,7 +207,14 @@ def make_noise_networks(out: Path) -> None:
         print(f"wrote noise_sfno_{name}.pt", flush=True)
 
 
+# Set by ``--fixture-data``: the fixture already written by this project.
+FIXTURE_DATA: Path | None = None
+
+
 def _write_fixture(data_root: Path) -> Path:
+    if FIXTURE_DATA is not None:
+        shutil.copytree(FIXTURE_DATA, data_root)
+        return data_root
     spec = importlib.util.spec_from_file_location("_ace_format_fixture", FIXTURE_PATH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -371,13 +386,100 @@ def make_checkpoint(out: Path) -> None:
     print(f"wrote {run_out}", flush=True)
 
 
+RESTART_STEPS = 3
+RESTART_IC_TIMES = [2, 9]
+
+
+def _inference_config(
+    data: Path, checkpoint: Path, initial_condition: Path, out_dir: Path
+) -> dict[str, Any]:
+    return {
+        "experiment_dir": str(out_dir),
+        "n_forward_steps": RESTART_STEPS,
+        "forward_steps_in_memory": RESTART_STEPS,
+        "checkpoint_path": str(checkpoint),
+        "logging": {"log_to_screen": True, "log_to_file": False, "log_to_wandb": False},
+        "initial_condition": {"path": str(initial_condition)},
+        "forcing_loader": {
+            "dataset": {"data_path": str(data / "data")},
+            "num_data_workers": 0,
+        },
+    }
+
+
+def make_restart(out: Path) -> None:
+    """Run the released inference, restart it, keep the restart and what followed."""
+    import torch
+    import xarray as xr
+    import yaml
+    from fme.ace.inference.inference import main as inference_main
+
+    from fme.core.distributed import Distributed
+
+    checkpoint = out / "ace_run" / "ckpt.tar"
+    restart_out = out / "ace_run" / "restart"
+    if restart_out.exists():
+        shutil.rmtree(restart_out)
+    restart_out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data = _write_fixture(tmp_path / "data_root")
+        (first_file,) = sorted((data / "data").glob("*.nc"))
+        prognostic = ["PRESsfc", "air_temperature_0", "air_temperature_1"]
+        prognostic += ["specific_total_water_0", "specific_total_water_1"]
+        with xr.open_dataset(first_file) as ds:
+            picked = ds.isel(time=RESTART_IC_TIMES)
+            ic = xr.Dataset(
+                {n: (("sample", "lat", "lon"), picked[n].values) for n in prognostic},
+                coords={
+                    "time": ("sample", picked["time"].values),
+                    "lat": picked["lat"].values,
+                    "lon": picked["lon"].values,
+                },
+            )
+        ic_path = tmp_path / "ic.nc"
+        ic.to_netcdf(ic_path)
+        runs = [("first", ic_path), ("second", tmp_path / "first" / "restart.nc")]
+        for name, initial_condition in runs:
+            config = _inference_config(
+                data, checkpoint, initial_condition, tmp_path / name
+            )
+            config_path = tmp_path / f"{name}.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            with Distributed.context():
+                inference_main(str(config_path))
+        shutil.copy(tmp_path / "first" / "restart.nc", restart_out / "restart.nc")
+        predictions = tmp_path / "second" / "autoregressive_predictions.nc"
+        with xr.open_dataset(predictions, decode_times=False) as ds:
+            result = {
+                str(n): torch.from_numpy(v.values.copy())
+                for n, v in ds.data_vars.items()
+                if v.ndim == 4
+            }
+    torch.save(result, restart_out / "continuation.pt")
+    print(f"wrote {restart_out}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
-        "--only", choices=("networks", "noise", "checkpoint"), default=None
+        "--only",
+        choices=("networks", "noise", "checkpoint", "restart"),
+        default=None,
+    )
+    parser.add_argument(
+        "--fixture-data",
+        type=Path,
+        default=None,
+        help="the ACE-format fixture written by this project's own venv, for when "
+        "its module imports project code the released package lacks: "
+        "python -m fme.ace.data.ace_format_fixture --out DIR --n-lat 8 "
+        "--n-lon 16 --n-levels 2 --n-times 40 --seed 3",
     )
     args = parser.parse_args()
+    global FIXTURE_DATA
+    FIXTURE_DATA = args.fixture_data
     os.environ.setdefault("WANDB_MODE", "disabled")
     _check_reference_fme()
     import torch
@@ -390,6 +492,8 @@ def main() -> None:
         make_noise_networks(args.out)
     if args.only in (None, "checkpoint"):
         make_checkpoint(args.out)
+    if args.only in (None, "restart"):
+        make_restart(args.out)
 
 
 if __name__ == "__main__":

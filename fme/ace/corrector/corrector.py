@@ -24,6 +24,13 @@ class CorrectorState:
 
     global_dry_air_pressure: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> "CorrectorState":
+        """The same state with its tensors on ``device``."""
+        reference = self.global_dry_air_pressure
+        return CorrectorState(
+            global_dry_air_pressure=None if reference is None else reference.to(device)
+        )
+
 
 class CorrectorABC(abc.ABC):
     """Enforces physical constraints on a denormalised prediction.

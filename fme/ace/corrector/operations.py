@@ -174,6 +174,21 @@ class _GlobalMeanOperation(CorrectionOperation):
         )
         return self._ops.area_weighted_mean(before, keepdim=True)
 
+    @abc.abstractmethod
+    def _variable_preimage(
+        self, raw: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """The nearest pre-image of one variable's corrected ``target``."""
+
+    def nearest_preimage(
+        self, raw: TensorMapping, target: TensorMapping, context: CorrectionContext
+    ) -> TensorDict:
+        """Each variable's nearest pre-image, variable by variable."""
+        return {
+            name: self._variable_preimage(raw[name], target[name])
+            for name in self.changed_names
+        }
+
 
 class ShiftToGlobalMean(_GlobalMeanOperation):
     """Adds a uniform amount so each variable's global mean equals the input's.
@@ -194,16 +209,11 @@ class ShiftToGlobalMean(_GlobalMeanOperation):
             out[name] = gen + shift
         return out
 
-    def nearest_preimage(
-        self, raw: TensorMapping, target: TensorMapping, context: CorrectionContext
-    ) -> TensorDict:
+    def _variable_preimage(
+        self, raw: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         """See :func:`fme.ace.corrector.inverse.nearest_shift_preimage`."""
-        return {
-            name: nearest_shift_preimage(
-                raw[name], target[name], gridded_operations=self._ops
-            )
-            for name in self.changed_names
-        }
+        return nearest_shift_preimage(raw, target, gridded_operations=self._ops)
 
 
 class RescaleToGlobalMean(_GlobalMeanOperation):
@@ -236,16 +246,13 @@ class RescaleToGlobalMean(_GlobalMeanOperation):
             )
         return out
 
-    def nearest_preimage(
-        self, raw: TensorMapping, target: TensorMapping, context: CorrectionContext
-    ) -> TensorDict:
+    def _variable_preimage(
+        self, raw: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         """See :func:`fme.ace.corrector.inverse.nearest_clamp_and_scale_preimage`."""
-        return {
-            name: nearest_clamp_and_scale_preimage(
-                raw[name], target[name], gridded_operations=self._ops
-            )
-            for name in self.changed_names
-        }
+        return nearest_clamp_and_scale_preimage(
+            raw, target, gridded_operations=self._ops
+        )
 
 
 class ConserveDryAir(CorrectionOperation):

@@ -102,7 +102,9 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
     experiment_dir.mkdir(parents=True, exist_ok=True)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    stepper = load_stepper(config.checkpoint_path).to(dist.device)
+    stepper = load_stepper(
+        config.checkpoint_path, use_ema=config.use_ema_if_available
+    ).to(dist.device)
     stepper.module.eval()
     info = stepper.dataset_info
     initial = read_initial_condition(
@@ -164,7 +166,7 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
             config.n_forward_steps,
         )
 
-    final_state = run_rollout(
+    end = run_rollout(
         stepper=stepper,
         data=data,
         n_forward_steps=config.n_forward_steps,
@@ -172,16 +174,18 @@ def run_inference(config: InferenceConfig) -> dict[str, float]:
         on_chunk=on_chunk,
         device=dist.device,
         initial_state=initial.state,
+        corrector_state=initial.corrector_state,
     )
     writers.close()
     write_state_file(
         experiment_dir / RESTART_FILENAME,
-        state=final_state,
+        state=end.state,
         times=last_times[0],
         lat=info.lat,
         lon=info.lon,
         variable_metadata=info.variable_metadata,
         kind="restart",
+        corrector_state=end.corrector_state,
     )
     diagnostics.write(experiment_dir)
     metrics = {**drift.last, **diagnostics.get_metrics()}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from fme.ace.corrector.corrector import CorrectorState
 from fme.ace.inference.data import InferenceData
 from fme.ace.step.step import StepOutput
 from fme.ace.stepper.stepper import Stepper
@@ -75,6 +76,21 @@ def _stack_corrections(outputs: list[StepOutput]) -> TensorDict | None:
     }
 
 
+@dataclasses.dataclass
+class RolloutEnd:
+    """Where a rollout stopped: what a restart needs to continue it.
+
+    Attributes:
+        state: the prognostic state after the last step, ``{name: [batch, lat, lon]}``
+            (empty when this rank has no rollouts).
+        corrector_state: the corrector state the rollout carried (seeded from
+            its initial condition), or None when it has no rollouts.
+    """
+
+    state: TensorDict
+    corrector_state: CorrectorState | None
+
+
 @torch.no_grad()
 def run_rollout(
     *,
@@ -86,7 +102,8 @@ def run_rollout(
     device: torch.device | str = "cpu",
     initial_state: TensorDict | None = None,
     first_step: int = 0,
-) -> TensorDict:
+    corrector_state: CorrectorState | None = None,
+) -> RolloutEnd:
     """Roll this rank's initial conditions forward chunk by chunk.
 
     Args:
@@ -100,10 +117,11 @@ def run_rollout(
             of the data at ``first_step``.
         first_step: steps already taken (a restarted rollout continues after
             them; leads keep counting from the original start).
+        corrector_state: the corrector state to continue with (a restart's
+            dry-air reference); None seeds it from the initial state.
 
     Returns:
-        The prognostic state after the last step, ``{name: [batch, lat, lon]}``
-        (empty when this rank has no rollouts).
+        The last prognostic state and the corrector state, for a restart.
     """
     if forward_steps_in_memory < 1:
         raise ValueError(
@@ -111,7 +129,7 @@ def run_rollout(
         )
     first = data.window(0, 1)
     if first is None:
-        return {}
+        return RolloutEnd(state={}, corrector_state=None)
     initial_all = {n: v[:, 0].to(device) for n, v in first.data.items()}
     if initial_state is None:
         if first_step != 0:
@@ -121,7 +139,9 @@ def run_rollout(
         state = {n: initial_state[n].to(device) for n in stepper.prognostic_names}
     names = stepper.out_names
     step = first_step
-    corrector_state = None  # seeded once, carried through every chunk (as ACE)
+    # seeded once (unless continued), carried through every chunk (as ACE)
+    if corrector_state is not None:
+        corrector_state = corrector_state.to(device)
     while step < n_forward_steps:
         n_leads = min(forward_steps_in_memory, n_forward_steps - step)
         window = data.window(step, n_leads + 1)
@@ -150,4 +170,4 @@ def run_rollout(
         on_chunk(chunk)
         state = {n: outputs[-1].output[n] for n in stepper.prognostic_names}
         step += n_leads
-    return state
+    return RolloutEnd(state=state, corrector_state=corrector_state)

@@ -131,14 +131,6 @@ def test_inference_writes_ace_files_equal_to_a_hand_rollout(setup, tmp_path):
         assert gridded and all(v.filters()["fletcher32"] for v in gridded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "conserve_dry_air pins to the initial condition's dry air, as ACE does; "
-        "restart.nc does not yet carry that reference (ACE's restart does), so a "
-        "restarted run re-seeds it from the restart state: PRESsfc differs by 1 ulp"
-    ),
-)
 def test_restart_continues_the_run(setup, tmp_path):
     root, paths, checkpoint, ic = setup
     whole = tmp_path / "whole"
@@ -158,6 +150,34 @@ def test_restart_continues_the_run(setup, tmp_path):
             np.testing.assert_array_equal(
                 b["valid_time"].values, a["valid_time"].isel(time=slice(3, 6)).values
             )
+
+
+def test_restart_carries_the_initial_conditions_dry_air_as_ace_does(setup, tmp_path):
+    """ACE's restart variable: the initial condition's global-mean dry air (Pa)."""
+    root, paths, checkpoint, ic = setup
+    run_inference(_config(root, paths, checkpoint, ic, out=tmp_path, n_steps=3))
+    name = "_fme_state__stepper__corrector_state.global_dry_air_mass"
+    with xr.open_dataset(tmp_path / "restart.nc") as restart:
+        assert restart.attrs["_fme_schema_version"] == 1
+        assert bool(restart["_fme_state__stepper__corrector_state.present"])
+        assert restart[name].dims[0] == "sample"
+        assert restart[name].dtype == np.float64
+        carried = restart[name].values
+    with xr.open_dataset(ic) as initial:
+        with xr.open_dataset(sorted(paths.data_dir.glob("*.nc"))[0]) as data:
+            ak = [float(data[f"ak_{k}"]) for k in range(9)]
+            bk = [float(data[f"bk_{k}"]) for k in range(9)]
+        ps = initial["PRESsfc"].values.astype(np.float64)
+        water = sum(
+            initial[f"specific_total_water_{k}"].values.astype(np.float64)
+            * ((ak[k + 1] - ak[k]) + (bk[k + 1] - bk[k]) * ps)
+            for k in range(8)
+        )
+        weights = np.cos(np.deg2rad(initial["lat"].values))[:, None] * np.ones(16)
+        expected = ((ps - water) * weights).sum(axis=(1, 2)) / weights.sum()
+    assert carried.shape == (2, 1, 1)
+    # column dry air is computed in the data's float32, as ACE does
+    np.testing.assert_allclose(carried[:, 0, 0], expected, rtol=2e-7)
 
 
 def test_start_times_outside_the_forcing_are_refused(setup, tmp_path):

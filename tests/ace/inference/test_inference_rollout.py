@@ -60,7 +60,7 @@ def test_chunked_rollout_returns_the_last_lead_of_a_plain_rollout():
             )
         )
     for name in stepper.prognostic_names:
-        torch.testing.assert_close(final[name], outputs[-1].output[name])
+        torch.testing.assert_close(final.state[name], outputs[-1].output[name])
     ops = stepper.dataset_info.gridded_operations
     expected = ops.area_weighted_rmse(outputs[-1].output["b"], data.data["b"][:, 5])
     pooled = torch.sqrt((expected**2).mean()).item()

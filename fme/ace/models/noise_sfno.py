@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fme.ace.models.conditional_norm import ConditionalLayerNorm
 from fme.ace.models.pointwise import PointwiseLinear
 from fme.ace.models.sfno import (
     ACTIVATIONS,
@@ -36,76 +37,12 @@ from fme.ace.models.sfno import (
     PointwiseMLP,
     SpectralConvS2,
     coder,
+    decode,
 )
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
 )
-
-
-class ChannelLayerNorm(nn.Module):
-    """Layer norm over the channels of each grid point (ACE's, eps 1e-5)."""
-
-    def __init__(self, channels: int, *, affine: bool, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight: nn.Parameter | None = None
-        self.bias: nn.Parameter | None = None
-        if affine:
-            self.weight = nn.Parameter(torch.ones(channels))
-            self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # mean of squares rather than torch.var: a reduction over the channel
-        # axis that keeps the grid axes innermost is several times faster on CPU
-        centered = x - x.mean(dim=-3, keepdim=True)
-        var = (centered * centered).mean(dim=-3, keepdim=True)
-        y = centered * torch.rsqrt(var + self.eps)
-        if self.weight is not None and self.bias is not None:
-            y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
-        return y
-
-
-class ConditionalLayerNorm(nn.Module):
-    """``layer_norm(x) * (1 + W_scale_2d z) + W_bias_2d z`` for noise ``z``.
-
-    Args:
-        channels: channels of ``x``.
-        noise_channels: channels of ``z``.
-        grid: (lat, lon), for ``global_layer_norm``.
-        global_layer_norm: normalise over channels and grid points together.
-        affine: learned element-wise affine parameters of the layer norm.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        noise_channels: int,
-        grid: tuple[int, int],
-        global_layer_norm: bool,
-        affine: bool,
-    ):
-        super().__init__()
-        self.W_scale_2d = PointwiseLinear(
-            noise_channels, channels, bias=False, conv_shape=True
-        )
-        self.W_bias_2d = PointwiseLinear(
-            noise_channels, channels, bias=False, conv_shape=True
-        )
-        for layer in (self.W_scale_2d, self.W_bias_2d):
-            nn.init.zeros_(layer.weight)
-        self.norm: nn.Module
-        if global_layer_norm:
-            self.norm = nn.LayerNorm(
-                (channels, *grid), eps=1e-5, elementwise_affine=affine
-            )
-        else:
-            self.norm = ChannelLayerNorm(channels, affine=affine)
-
-    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 + self.W_scale_2d(noise)
-        return self.norm(x) * scale + self.W_bias_2d(noise)
 
 
 class ConditionalSFNOBlock(nn.Module):
@@ -299,9 +236,11 @@ class ConditionalSFNO(nn.Module):
                 h = checkpoint(block, h, noise, use_reentrant=False)
             else:
                 h = block(h, noise)
-        if self.big_skip:
-            h = torch.cat([h, residual], dim=1)
-        h = self._run(self.decoder, h, 1)
+        skip = residual if self.big_skip else None
+        if self.checkpointing >= 1:
+            h = checkpoint(decode, self.decoder, h, skip, use_reentrant=False)
+        else:
+            h = decode(self.decoder, h, skip)
         if self.filter_output:
             h = self._round_trip(h)
         return h

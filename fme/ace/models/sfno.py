@@ -396,6 +396,24 @@ def coder(
     return nn.Sequential(*layers)
 
 
+def decode(
+    decoder: nn.Sequential, h: torch.Tensor, skip: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply a :func:`coder` to ``h`` or, with a big skip, to ``cat([h, skip])``.
+
+    The concatenation is not materialised: the first layer multiplies each
+    part by its block of columns (:meth:`PointwiseLinear.forward_concat`).
+    """
+    if skip is None:
+        return decoder(h)
+    first = decoder[0]
+    assert isinstance(first, PointwiseLinear)
+    out = first.forward_concat([h, skip])
+    for i in range(1, len(decoder)):
+        out = decoder[i](out)
+    return out
+
+
 class SphericalFourierNeuralOperatorNet(nn.Module):
     """SFNO mapping ``[batch, n_in, lat, lon]`` to ``[batch, n_out, lat, lon]``.
 
@@ -557,6 +575,7 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
             h = h + self.pos_embed
         for block in self.blocks:
             h = self._run(block, h, 3)
-        if self.big_skip:
-            h = torch.cat([h, x], dim=1)
-        return self._run(self.decoder, h, 1)
+        skip = x if self.big_skip else None
+        if self.checkpointing >= 1:
+            return checkpoint(decode, self.decoder, h, skip, use_reentrant=False)
+        return decode(self.decoder, h, skip)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fme.ace.models.conditional_norm import ConditionalLayerNorm
+from fme.ace.models.conditional_norm import ChannelLayerNorm, ConditionalLayerNorm
 
 
 def _norm(affine: bool, dtype=torch.float32) -> ConditionalLayerNorm:
@@ -19,6 +19,7 @@ def _norm(affine: bool, dtype=torch.float32) -> ConditionalLayerNorm:
 def _plain(norm: ConditionalLayerNorm, x, z):
     """``layer_norm_c(x) * (1 + W_s z) + W_b z`` written out, via F.layer_norm."""
     inner = norm.norm
+    assert isinstance(inner, ChannelLayerNorm)
     weight = inner.weight
     bias = inner.bias
     y = torch.nn.functional.layer_norm(

@@ -6,7 +6,8 @@ from *outside* this checkout, so that ``import fme`` finds the released
 package::
 
     cd /tmp && REF_VENV/bin/python REPO/scripts/make_ace_reference.py \\
-        --out REPO/tests/ace/ace_compat/data [--only networks|checkpoint|restart] \\
+        --out REPO/tests/ace/ace_compat/data \\
+        [--only networks|noise|checkpoint|restart|noise_checkpoint] \\
         [--fixture-data DIR]
 
 It writes, all small (kilobytes):
@@ -40,6 +41,11 @@ It writes, all small (kilobytes):
   ``continuation.pt`` ``{name: [sample, time, lat, lon]}`` read from the
   second run's ``autoregressive_predictions.nc``. Needs ``ace_run/ckpt.tar``
   (``--only checkpoint`` first).
+- ``ace_run_noise/``: the same for ``NoiseConditionedSFNO`` (isotropic noise,
+  affine and big-skip norms) trained with ``EnsembleLoss`` and ``n_ensemble:
+  2``: ``best_ckpt.tar``, the YAMLs, and ``evaluator_predictions.pt`` from the
+  released evaluator run with ``seed`` (its noise stream is then a generator
+  seeded with it, threaded through the rollout).
 """
 
 import argparse
@@ -312,6 +318,92 @@ def _evaluator_config(data: Path, checkpoint: Path, out_dir: Path) -> dict[str, 
     }
 
 
+NOISE_EVAL_SEED = 7
+
+
+def _noise_train_config(data: Path, experiment_dir: Path) -> dict[str, Any]:
+    """ACE2S's form on the same data: NoiseConditionedSFNO, EnsembleLoss."""
+    config = _train_config(data, experiment_dir)
+    del config["ema"], config["inference"]
+    config["validate_using_ema"] = False
+    config["train_loader"]["dataset"]["subset"] = {"stop": 6}
+    step = config["stepper"]["step"]["config"]
+    step["builder"] = {
+        "type": "NoiseConditionedSFNO",
+        "config": {
+            "embed_dim": 8,
+            "noise_embed_dim": 4,
+            "num_layers": 2,
+            "noise_type": "isotropic",
+            "affine_norms": True,
+            "normalize_big_skip": True,
+        },
+    }
+    config["stepper_training"] = {
+        "loss": {
+            "type": "EnsembleLoss",
+            "kwargs": {"crps_weight": 0.9, "energy_score_weight": 0.1},
+        },
+        "n_ensemble": 2,
+        "n_forward_steps": 2,
+    }
+    return config
+
+
+def make_noise_checkpoint(out: Path) -> None:
+    """Train a NoiseConditionedSFNO briefly, evaluate it with a seed, keep both.
+
+    The evaluator runs with ``seed``: the released package then draws the
+    network's noise from a generator seeded with it and threaded through the
+    rollout, so its predictions are reproducible and can be matched draw for
+    draw. Only ``best_ckpt.tar`` (no optimiser state) is kept, to stay small.
+    """
+    import torch
+    import xarray as xr
+    import yaml
+    from fme.ace.inference.evaluator import main as evaluator_main
+    from fme.ace.train.train import main as train_main
+
+    from fme.core.distributed import Distributed
+
+    run_out = out / "ace_run_noise"
+    if run_out.exists():
+        shutil.rmtree(run_out)
+    run_out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data = _write_fixture(tmp_path / "data_root")
+        experiment = tmp_path / "train"
+        train_yaml = run_out / "train.yaml"
+        config = _noise_train_config(data, experiment)
+        train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+        with Distributed.context():
+            train_main(str(train_yaml))
+        checkpoint = experiment / "training_checkpoints" / "best_ckpt.tar"
+        shutil.copy(checkpoint, run_out / "best_ckpt.tar")
+        eval_dir = tmp_path / "eval"
+        eval_yaml = run_out / "evaluator.yaml"
+        eval_config = _evaluator_config(data, checkpoint, eval_dir)
+        eval_config["seed"] = NOISE_EVAL_SEED
+        eval_yaml.write_text(yaml.safe_dump(eval_config, sort_keys=False))
+        with Distributed.context():
+            evaluator_main(str(eval_yaml))
+        with xr.open_dataset(
+            eval_dir / "autoregressive_predictions.nc", decode_times=False
+        ) as ds:
+            prediction = {
+                str(n): torch.from_numpy(v.values.copy())
+                for n, v in ds.data_vars.items()
+                if v.ndim == 4
+            }
+        torch.save({"prediction": prediction}, run_out / "evaluator_predictions.pt")
+    for yaml_path in (train_yaml, eval_yaml):
+        text = yaml_path.read_text().replace(str(tmp_path), "TMP")
+        yaml_path.write_text(text)
+    (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
+    print(f"wrote {run_out}", flush=True)
+
+
 def make_checkpoint(out: Path) -> None:
     """Train two steps with the released trainer, evaluate, keep the results."""
     import torch
@@ -465,7 +557,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--only",
-        choices=("networks", "noise", "checkpoint", "restart"),
+        choices=("networks", "noise", "checkpoint", "restart", "noise_checkpoint"),
         default=None,
     )
     parser.add_argument(
@@ -494,6 +586,8 @@ def main() -> None:
         make_checkpoint(args.out)
     if args.only in (None, "restart"):
         make_restart(args.out)
+    if args.only in (None, "noise_checkpoint"):
+        make_noise_checkpoint(args.out)
 
 
 if __name__ == "__main__":

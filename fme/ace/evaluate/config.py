@@ -34,7 +34,9 @@ class EvaluatorConfig:
         allow_incompatible_dataset: not supported here (must be false).
         validation: not supported here (must be null).
         n_ensemble_per_ic: only 1.
-        seed: seeds any noise of the model.
+        seed: seeds the model's noise (a stream of its own, carried through
+            the rollout, as in ACE), so a stochastic network's predictions
+            are reproducible.
     """
 
     experiment_dir: str

@@ -75,7 +75,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         writer_config=config.data_writer,
         experiment_dir=experiment_dir,
     )
-    evaluation.run(config.forward_steps_in_memory)
+    evaluation.run(config.forward_steps_in_memory, noise_seed=config.seed)
     metrics = evaluation.write(experiment_dir)
     assert evaluation.last_chunk is not None
     image_paths = _make_plots(

@@ -103,8 +103,13 @@ class RolloutEvaluation:
             self._writers.append(chunk)
         self.last_chunk = chunk
 
-    def run(self, forward_steps_in_memory: int) -> None:
-        """Roll out and record every chunk; close the files."""
+    def run(self, forward_steps_in_memory: int, noise_seed: int | None = None) -> None:
+        """Roll out and record every chunk; close the files.
+
+        Args:
+            forward_steps_in_memory: steps per chunk.
+            noise_seed: seeds the model's noise (see ``run_rollout``).
+        """
         run_rollout(
             stepper=self._stepper,
             data=self._data,
@@ -112,6 +117,7 @@ class RolloutEvaluation:
             forward_steps_in_memory=forward_steps_in_memory,
             on_chunk=self._record,
             device=self._device,
+            noise_seed=noise_seed,
         )
         if self._writers is not None:
             self._writers.close()

@@ -103,6 +103,7 @@ def run_rollout(
     initial_state: TensorDict | None = None,
     first_step: int = 0,
     corrector_state: CorrectorState | None = None,
+    noise_seed: int | None = None,
 ) -> RolloutEnd:
     """Roll this rank's initial conditions forward chunk by chunk.
 
@@ -119,6 +120,13 @@ def run_rollout(
             them; leads keep counting from the original start).
         corrector_state: the corrector state to continue with (a restart's
             dry-air reference); None seeds it from the initial state.
+        noise_seed: if given, the model's random draws (the noise of a
+            stochastic network) come from a stream of their own, started from
+            this seed and carried from chunk to chunk, as ACE's evaluator
+            ``seed`` does: the same seed gives the same noise whatever
+            ``forward_steps_in_memory`` and whatever else draws random
+            numbers between the chunks (the global generator is left as it
+            was).
 
     Returns:
         The last prognostic state and the corrector state, for a restart.
@@ -142,6 +150,9 @@ def run_rollout(
     # seeded once (unless continued), carried through every chunk (as ACE)
     if corrector_state is not None:
         corrector_state = corrector_state.to(device)
+    noise_state: torch.Tensor | None = None
+    if noise_seed is not None:
+        noise_state = torch.Generator().manual_seed(noise_seed).get_state()
     while step < n_forward_steps:
         n_leads = min(forward_steps_in_memory, n_forward_steps - step)
         window = data.window(step, n_leads + 1)
@@ -150,15 +161,20 @@ def run_rollout(
         forcing = {n: window.data[n] for n in stepper.forcing_names}
         if corrector_state is None:
             corrector_state = stepper.initial_corrector_state(state, forcing)
-        outputs = list(
-            stepper.rollout(
-                initial_condition=state,
-                forcing=forcing,
-                n_forward_steps=n_leads,
-                detach_uncorrected=True,
-                corrector_state=corrector_state,
+        with torch.random.fork_rng(devices=[], enabled=noise_state is not None):
+            if noise_state is not None:
+                torch.set_rng_state(noise_state)
+            outputs = list(
+                stepper.rollout(
+                    initial_condition=state,
+                    forcing=forcing,
+                    n_forward_steps=n_leads,
+                    detach_uncorrected=True,
+                    corrector_state=corrector_state,
+                )
             )
-        )
+            if noise_state is not None:
+                noise_state = torch.get_rng_state()
         chunk = RolloutChunk(
             lead_start=step + 1,
             prediction=_stack(outputs, names),

@@ -27,127 +27,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from fme.ace.models.pointwise import PointwiseLinear
-from fme.ace.models.sfno import (
-    ACTIVATIONS,
-    FilterLayer,
-    PointwiseMLP,
-    SpectralConvS2,
-    coder,
-)
+from fme.ace.models.conditional_norm import ConditionalLayerNorm
+from fme.ace.models.sfno import ACTIVATIONS, SFNOBlock, SFNOStack
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
 )
 
 
-class ChannelLayerNorm(nn.Module):
-    """Layer norm over the channels of each grid point (ACE's, eps 1e-5)."""
-
-    def __init__(self, channels: int, *, affine: bool, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight: nn.Parameter | None = None
-        self.bias: nn.Parameter | None = None
-        if affine:
-            self.weight = nn.Parameter(torch.ones(channels))
-            self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # mean of squares rather than torch.var: a reduction over the channel
-        # axis that keeps the grid axes innermost is several times faster on CPU
-        centered = x - x.mean(dim=-3, keepdim=True)
-        var = (centered * centered).mean(dim=-3, keepdim=True)
-        y = centered * torch.rsqrt(var + self.eps)
-        if self.weight is not None and self.bias is not None:
-            y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
-        return y
-
-
-class ConditionalLayerNorm(nn.Module):
-    """``layer_norm(x) * (1 + W_scale_2d z) + W_bias_2d z`` for noise ``z``.
-
-    Args:
-        channels: channels of ``x``.
-        noise_channels: channels of ``z``.
-        grid: (lat, lon), for ``global_layer_norm``.
-        global_layer_norm: normalise over channels and grid points together.
-        affine: learned element-wise affine parameters of the layer norm.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        noise_channels: int,
-        grid: tuple[int, int],
-        global_layer_norm: bool,
-        affine: bool,
-    ):
-        super().__init__()
-        self.W_scale_2d = PointwiseLinear(
-            noise_channels, channels, bias=False, conv_shape=True
-        )
-        self.W_bias_2d = PointwiseLinear(
-            noise_channels, channels, bias=False, conv_shape=True
-        )
-        for layer in (self.W_scale_2d, self.W_bias_2d):
-            nn.init.zeros_(layer.weight)
-        self.norm: nn.Module
-        if global_layer_norm:
-            self.norm = nn.LayerNorm(
-                (channels, *grid), eps=1e-5, elementwise_affine=affine
-            )
-        else:
-            self.norm = ChannelLayerNorm(channels, affine=affine)
-
-    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 + self.W_scale_2d(noise)
-        return self.norm(x) * scale + self.W_bias_2d(noise)
-
-
-class ConditionalSFNOBlock(nn.Module):
-    """One block of ACE's conditional SFNO (norms conditioned on the noise)."""
-
-    def __init__(
-        self,
-        *,
-        conv: SpectralConvS2,
-        embed_dim: int,
-        norm_kwargs: dict,
-        activation: type[nn.Module],
-        use_mlp: bool,
-        mlp_ratio: float,
-        checkpoint_mlp: bool,
-    ):
-        super().__init__()
-        self.norm0 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
-        self.filter = FilterLayer(conv)
-        self.inner_skip = PointwiseLinear(embed_dim, embed_dim, conv_shape=True)
-        self.activation = activation()
-        self.norm1 = ConditionalLayerNorm(embed_dim, **norm_kwargs)
-        self.mlp: PointwiseMLP | None = None
-        if use_mlp:
-            self.mlp = PointwiseMLP(
-                embed_dim=embed_dim,
-                hidden=int(embed_dim * mlp_ratio),
-                activation=activation,
-                branch_gain=1.0,
-                checkpointed=checkpoint_mlp,
-            )
-
-    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        y, residual = self.filter.filter(self.norm0(x, noise))
-        y = self.norm1(self.activation(y + self.inner_skip(residual)), noise)
-        if self.mlp is not None:
-            y = self.mlp(y)
-        return y + residual
-
-
-class ConditionalSFNO(nn.Module):
+class ConditionalSFNO(SFNOStack):
     """ACE's conditional SFNO (``conditional_model``), given the noise.
+
+    The shared SFNO stack (:class:`SFNOStack`, :class:`SFNOBlock`) with
+    conditional norms in the blocks, dhconv filters in ACE's conditional
+    weight layout and the conditional SFNO's own input and output steps.
 
     Args:
         n_in_channels: input channels.
@@ -196,79 +90,71 @@ class ConditionalSFNO(nn.Module):
         normalize_big_skip: bool,
         filter_preserves_global_mean: bool,
     ):
-        super().__init__()
         n_lat, n_lon = img_shape
-        self.img_shape = (n_lat, n_lon)
         lmax = n_lat
-        self.weight_mmax = n_lon // 2 + 1
-        mmax = min(self.weight_mmax, lmax)
-        self.lmax = lmax
-        self.big_skip = big_skip
-        self.filter_residual = filter_residual
-        self.filter_output = filter_output
-        self.checkpointing = checkpointing
+        weight_mmax = n_lon // 2 + 1
+        mmax = min(weight_mmax, lmax)
         activation = ACTIVATIONS[activation_function]
         data: dict[str, Any] = dict(
             nlat=n_lat, nlon=n_lon, grid=data_grid, lmax=lmax, mmax=mmax
         )
-        inner = dict(data, grid="legendre-gauss")
-        self.trans_down = SphericalHarmonicTransform(**data)
-        self.itrans_up = InverseSphericalHarmonicTransform(**data)
-        trans = SphericalHarmonicTransform(**inner)
-        itrans = InverseSphericalHarmonicTransform(**inner)
-        if data_grid == "legendre-gauss":
-            trans, itrans = self.trans_down, self.itrans_up
+        trans_down = SphericalHarmonicTransform(**data)
+        itrans_up = InverseSphericalHarmonicTransform(**data)
+        trans, itrans = trans_down, itrans_up
+        if data_grid != "legendre-gauss":  # the blocks between work on Gauss
+            inner = dict(data, grid="legendre-gauss")
+            trans = SphericalHarmonicTransform(**inner)
+            itrans = InverseSphericalHarmonicTransform(**inner)
         norm_kwargs: dict[str, Any] = dict(
             noise_channels=noise_channels,
-            grid=self.img_shape,
+            grid=(n_lat, n_lon),
             global_layer_norm=global_layer_norm,
             affine=affine_norms,
         )
-        self.encoder = coder(
-            n_in=n_in_channels,
-            hidden=embed_dim,
-            n_out=embed_dim,
-            n_hidden_layers=encoder_layers,
-            activation=activation,
-        )
-        self.pos_embed: nn.Parameter | None = None
-        if pos_embed:
-            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, n_lat, n_lon))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        blocks = []
-        for i in range(num_layers):
-            conv = SpectralConvS2(
-                forward_transform=self.trans_down if i == 0 else trans,
-                inverse_transform=self.itrans_up if i == num_layers - 1 else itrans,
-                in_channels=embed_dim,
-                out_channels=embed_dim,
-                operator_type="dhconv",
-                weight_layout="group_out_in",
-                round_trip_residual=filter_residual,
-                preserve_global_mean=filter_preserves_global_mean,
-            )
-            blocks.append(
-                ConditionalSFNOBlock(
-                    conv=conv,
+
+        def make_blocks() -> list[SFNOBlock]:
+            return [
+                SFNOBlock(
+                    forward_transform=trans_down if i == 0 else trans,
+                    inverse_transform=itrans_up if i == num_layers - 1 else itrans,
                     embed_dim=embed_dim,
-                    norm_kwargs=norm_kwargs,
+                    operator_type="dhconv",
+                    weight_mmax=None,
                     activation=activation,
+                    norm0=ConditionalLayerNorm(embed_dim, **norm_kwargs),
+                    norm1=ConditionalLayerNorm(embed_dim, **norm_kwargs),
                     use_mlp=use_mlp,
                     mlp_ratio=mlp_ratio,
                     checkpoint_mlp=checkpointing >= 2,
+                    weight_layout="group_out_in",
+                    round_trip_residual=filter_residual,
+                    preserve_global_mean=filter_preserves_global_mean,
                 )
-            )
-        self.blocks = nn.ModuleList(blocks)
-        self.decoder = coder(
-            n_in=embed_dim + (n_in_channels if big_skip else 0),
-            hidden=embed_dim,
+                for i in range(num_layers)
+            ]
+
+        super().__init__(
+            n_in=n_in_channels,
+            n_skip=n_in_channels if big_skip else 0,
             n_out=n_out_channels,
-            n_hidden_layers=encoder_layers,
+            img_shape=(n_lat, n_lon),
+            embed_dim=embed_dim,
+            encoder_layers=encoder_layers,
             activation=activation,
+            pos_embed=pos_embed,
+            checkpointing=checkpointing,
+            make_blocks=make_blocks,
         )
         self.norm_big_skip: ConditionalLayerNorm | None = None
         if normalize_big_skip:
             self.norm_big_skip = ConditionalLayerNorm(n_in_channels, **norm_kwargs)
+        self.trans_down = trans_down
+        self.itrans_up = itrans_up
+        self.lmax = lmax
+        self.weight_mmax = weight_mmax
+        self.big_skip = big_skip
+        self.filter_residual = filter_residual
+        self.filter_output = filter_output
 
     def _round_trip(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]
@@ -278,30 +164,16 @@ class ConditionalSFNO(nn.Module):
             out = self.itrans_up(coeffs, batch=batch, channels=channels)
         return out.to(dtype)
 
-    def _run(self, part: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
-        if self.checkpointing >= level:
-            return checkpoint(part, x, use_reentrant=False)
-        return part(x)
-
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, n_in, lat, lon]`` and noise to ``[batch, n_out, ...]``."""
-        residual = x
+        skip: torch.Tensor | None = None
         if self.big_skip:
+            skip = x
             if self.filter_residual:
-                residual = self._round_trip(residual)
+                skip = self._round_trip(skip)
             if self.norm_big_skip is not None:
-                residual = self.norm_big_skip(residual, noise)
-        h = self._run(self.encoder, x, 1)
-        if self.pos_embed is not None:
-            h = h + self.pos_embed
-        for block in self.blocks:
-            if self.checkpointing >= 3:
-                h = checkpoint(block, h, noise, use_reentrant=False)
-            else:
-                h = block(h, noise)
-        if self.big_skip:
-            h = torch.cat([h, residual], dim=1)
-        h = self._run(self.decoder, h, 1)
+                skip = self.norm_big_skip(skip, noise)
+        h = self.run_stack(x, skip, noise)
         if self.filter_output:
             h = self._round_trip(h)
         return h

@@ -13,15 +13,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from fme.ace.models.noise_sfno import ConditionalSFNO, NoiseConditionedSFNO
-from fme.ace.models.registry import MODULE_REGISTRY, check_minimums
+from fme.ace.models.registry import MODULE_REGISTRY, check_builder_keys
 from fme.ace.models.sfno import ACTIVATIONS, DATA_GRIDS
-
-
-def _not_supported(key: str, value: object, supported: str) -> ValueError:
-    return ValueError(
-        f"NoiseConditionedSFNO: not supported here: {key}={value!r}; "
-        f"supported: {supported}"
-    )
 
 
 @MODULE_REGISTRY.register("NoiseConditionedSFNO")
@@ -111,9 +104,17 @@ class NoiseConditionedSFNOConfig:
     spectral_layers: int = 1
 
     def __post_init__(self):
-        check_minimums(
+        if self.mlp_ratio <= 0.0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.local_blocks:
+            raise ValueError(
+                f"NoiseConditionedSFNO: not supported here: local_blocks="
+                f"{self.local_blocks!r}; supported: null or []"
+            )
+        check_builder_keys(
             self,
-            {
+            builder="NoiseConditionedSFNO",
+            minimums={
                 "embed_dim": 1,
                 "noise_embed_dim": 1,
                 "num_layers": 1,
@@ -121,36 +122,28 @@ class NoiseConditionedSFNOConfig:
                 "checkpointing": 0,
                 "residual_filter_factor": 1,
             },
+            fixed={
+                name: (value, repr(value))
+                for name, value in [
+                    ("filter_type", "linear"),
+                    ("context_pos_embed_dim", 0),
+                    ("label_embed_dim", 0),
+                    ("filter_num_groups", 1),
+                    ("lora_rank", 0),
+                    ("spectral_lora_rank", 0),
+                    ("spectral_ratio", 1.0),
+                    ("clip_latent_global_means", False),
+                    ("operator_type", "dhconv"),
+                    ("factorization", None),
+                    ("separable", False),
+                ]
+            },
+            choices={
+                "noise_type": ("gaussian", "isotropic"),
+                "activation_function": tuple(ACTIVATIONS),
+                "data_grid": DATA_GRIDS,
+            },
         )
-        if self.mlp_ratio <= 0.0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for key, value, supported in [
-            ("filter_type", self.filter_type, "linear"),
-            ("context_pos_embed_dim", self.context_pos_embed_dim, 0),
-            ("label_embed_dim", self.label_embed_dim, 0),
-            ("filter_num_groups", self.filter_num_groups, 1),
-            ("lora_rank", self.lora_rank, 0),
-            ("spectral_lora_rank", self.spectral_lora_rank, 0),
-            ("spectral_ratio", self.spectral_ratio, 1.0),
-            ("clip_latent_global_means", self.clip_latent_global_means, False),
-            ("operator_type", self.operator_type, "dhconv"),
-            ("factorization", self.factorization, None),
-            ("separable", self.separable, False),
-        ]:
-            if value != supported:
-                raise _not_supported(key, value, repr(supported))
-        if self.local_blocks:
-            raise _not_supported("local_blocks", self.local_blocks, "null or []")
-        for name, allowed in [
-            ("noise_type", ("gaussian", "isotropic")),
-            ("activation_function", tuple(ACTIVATIONS)),
-            ("data_grid", DATA_GRIDS),
-        ]:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"{name} must be one of {list(allowed)}, got {value!r}"
-                )
 
     def build(
         self,

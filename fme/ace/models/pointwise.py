@@ -64,6 +64,36 @@ class PointwiseLinear(nn.Module):
             out = torch.baddbmm(bias, weight, flat)
         return out.view(batch, self.out_channels, n_lat, n_lon)
 
+    def forward_concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(torch.cat(parts, dim=1))`` without materialising the concat.
+
+        Each part is multiplied by its block of input columns and the products
+        are accumulated, which saves a copy of all parts (and, in backward, of
+        their gradients).
+        """
+        batch, _, n_lat, n_lon = parts[0].shape
+        sizes = [part.shape[1] for part in parts]
+        if sum(sizes) != self.in_channels:
+            raise ValueError(
+                f"parts have {sum(sizes)} channels in total, expected "
+                f"{self.in_channels}"
+            )
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        out: torch.Tensor | None = None
+        for part, block in zip(parts, weight.split(sizes, dim=1), strict=True):
+            flat = part.reshape(batch, part.shape[1], n_lat * n_lon)
+            block = block.expand(batch, -1, -1)
+            if out is None:
+                if self.bias is None:
+                    out = torch.bmm(block, flat)
+                else:
+                    bias = self.bias.view(1, -1, 1).expand(batch, -1, n_lat * n_lon)
+                    out = torch.baddbmm(bias, block, flat)
+            else:
+                out = torch.baddbmm(out, block, flat)
+        assert out is not None
+        return out.view(batch, self.out_channels, n_lat, n_lon)
+
 
 @MODULE_REGISTRY.register("Linear1x1")
 @dataclass

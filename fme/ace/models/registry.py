@@ -43,6 +43,41 @@ def check_minimums(config: object, minimums: dict[str, int]) -> None:
         check_number(getattr(config, name), path=name, minimum=minimum, integer=True)
 
 
+def check_builder_keys(
+    config: object,
+    *,
+    builder: str,
+    minimums: dict[str, int],
+    fixed: dict[str, tuple[object, str]],
+    choices: dict[str, tuple[object, ...]],
+) -> None:
+    """Check the keys of an ACE network builder config; raise a ValueError.
+
+    Args:
+        config: the config dataclass.
+        builder: its name, for the message (e.g. "NoiseConditionedSFNO").
+        minimums: integer keys and their smallest allowed value.
+        fixed: keys ACE accepts with other values that are not implemented
+            here: the one value supported and how to say it in the message.
+            A value that differs is refused as "not supported here".
+        choices: keys and their allowed values.
+    """
+    check_minimums(config, minimums)
+    for name, (supported, described) in fixed.items():
+        value = getattr(config, name)
+        if value != supported:
+            raise ValueError(
+                f"{builder}: not supported here: {name}={value!r}; "
+                f"supported: {described}"
+            )
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(
+                f"{builder}: {name} must be one of {list(allowed)}, got {value!r}"
+            )
+
+
 @dataclass
 class ModuleSelector:
     """Chooses a registered network module by name and configures it.

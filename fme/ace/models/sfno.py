@@ -29,6 +29,7 @@ the layout but never multiply anything.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -308,6 +309,11 @@ class SFNOBlock(nn.Module):
             of its input; below 1 keeps a deep stack without normalization
             from growing geometrically at initialisation.
         checkpoint_mlp: recompute the MLP's activations in backward.
+        weight_layout, round_trip_residual, preserve_global_mean: see
+            :class:`SpectralConvS2` (ACE's conditional SFNO sets them).
+
+    The norms are called as ``norm(x)``, or ``norm(x, noise)`` when the block
+    is called with noise (the conditional norms of ``NoiseConditionedSFNO``).
     """
 
     def __init__(
@@ -317,7 +323,7 @@ class SFNOBlock(nn.Module):
         inverse_transform: InverseSphericalHarmonicTransform,
         embed_dim: int,
         operator_type: str,
-        weight_mmax: int,
+        weight_mmax: int | None,
         activation: type[nn.Module],
         norm0: nn.Module,
         norm1: nn.Module,
@@ -325,6 +331,9 @@ class SFNOBlock(nn.Module):
         mlp_ratio: float,
         branch_gain: float = 1.0,
         checkpoint_mlp: bool = False,
+        weight_layout: str = "in_out",
+        round_trip_residual: bool = False,
+        preserve_global_mean: bool = False,
     ):
         super().__init__()
         self.norm0 = norm0
@@ -338,6 +347,9 @@ class SFNOBlock(nn.Module):
                 operator_type=operator_type,
                 mmax=weight_mmax,
                 init_gain=1.0 if use_mlp else branch_gain,
+                weight_layout=weight_layout,
+                round_trip_residual=round_trip_residual,
+                preserve_global_mean=preserve_global_mean,
             )
         )
         self.inner_skip = PointwiseLinear(
@@ -358,10 +370,13 @@ class SFNOBlock(nn.Module):
                 checkpointed=checkpoint_mlp,
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""
-        y, residual = self.filter.filter(self.norm0(x))
-        y = self.norm1(self.activation(y + self.inner_skip(residual)))
+        context = () if noise is None else (noise,)
+        y, residual = self.filter.filter(self.norm0(x, *context))
+        y = self.norm1(self.activation(y + self.inner_skip(residual)), *context)
         if self.mlp is not None:
             y = self.mlp(y)
         return y + residual
@@ -396,7 +411,106 @@ def coder(
     return nn.Sequential(*layers)
 
 
-class SphericalFourierNeuralOperatorNet(nn.Module):
+def decode(
+    decoder: nn.Sequential, h: torch.Tensor, skip: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply a :func:`coder` to ``h`` or, with a big skip, to ``cat([h, skip])``.
+
+    The concatenation is not materialised: the first layer multiplies each
+    part by its block of columns (:meth:`PointwiseLinear.forward_concat`).
+    """
+    if skip is None:
+        return decoder(h)
+    first = decoder[0]
+    assert isinstance(first, PointwiseLinear)
+    out = first.forward_concat([h, skip])
+    for i in range(1, len(decoder)):
+        out = decoder[i](out)
+    return out
+
+
+class SFNOStack(nn.Module):
+    """Encoder, position embedding, SFNO blocks and decoder (ACE's names).
+
+    What ``SphericalFourierNeuralOperatorNet`` and the conditional SFNO of
+    ``NoiseConditionedSFNO`` share; each adds its own input and output steps.
+
+    Args:
+        n_in: input channels of the encoder.
+        n_skip: channels of the big skip the decoder also sees (0: none).
+        n_out: output channels.
+        img_shape: (lat, lon) of the data grid.
+        embed_dim: feature channels.
+        encoder_layers: hidden layers of the encoder and of the decoder.
+        activation: the activation module class.
+        pos_embed: learned position embedding after the encoder.
+        checkpointing: activation checkpointing as in ACE: >= 1 encoder and
+            decoder, >= 3 every block (>= 2, the MLPs, is the blocks' own).
+        make_blocks: builds the blocks (called after the encoder and position
+            embedding are made, before the decoder).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_in: int,
+        n_skip: int,
+        n_out: int,
+        img_shape: tuple[int, int],
+        embed_dim: int,
+        encoder_layers: int,
+        activation: type[nn.Module],
+        pos_embed: bool,
+        checkpointing: int,
+        make_blocks: Callable[[], list[SFNOBlock]],
+    ):
+        super().__init__()
+        self.img_shape = img_shape
+        self.checkpointing = checkpointing
+        self.encoder = coder(
+            n_in=n_in,
+            hidden=embed_dim,
+            n_out=embed_dim,
+            n_hidden_layers=encoder_layers,
+            activation=activation,
+        )
+        self.pos_embed: nn.Parameter | None = None
+        if pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *img_shape))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(make_blocks())
+        self.decoder = coder(
+            n_in=embed_dim + n_skip,
+            hidden=embed_dim,
+            n_out=n_out,
+            n_hidden_layers=encoder_layers,
+            activation=activation,
+        )
+
+    def run_stack(
+        self,
+        x: torch.Tensor,
+        skip: torch.Tensor | None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode ``x``, run the blocks (given ``noise``), decode with ``skip``."""
+        if self.checkpointing >= 1:
+            h = checkpoint(self.encoder, x, use_reentrant=False)
+        else:
+            h = self.encoder(x)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed
+        for block in self.blocks:
+            if self.checkpointing >= 3:
+                h = checkpoint(block, h, noise, use_reentrant=False)
+            else:
+                h = block(h, noise)
+        if self.checkpointing >= 1:
+            return checkpoint(decode, self.decoder, h, skip, use_reentrant=False)
+        return decode(self.decoder, h, skip)
+
+
+class SphericalFourierNeuralOperatorNet(SFNOStack):
     """SFNO mapping ``[batch, n_in, lat, lon]`` to ``[batch, n_out, lat, lon]``.
 
     Built by ``SphericalFourierNeuralOperatorConfig`` (``fme.ace.models.
@@ -426,7 +540,6 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
         n_out_channels: int,
         img_shape: tuple[int, int],
     ):
-        super().__init__()
         n_lat, n_lon = img_shape
         inner_lat, inner_lon = n_lat // scale_factor, n_lon // scale_factor
         lmax = int(inner_lat * hard_thresholding_fraction)
@@ -439,25 +552,8 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
                 f"hard_thresholding_fraction={hard_thresholding_fraction} "
                 "keeps no spherical harmonic; use a larger grid or smaller factors"
             )
-        self.img_shape = (n_lat, n_lon)
-        self.noise_channels = noise_channels
-        self.big_skip = big_skip
-        self.checkpointing = checkpointing
         activation = ACTIVATIONS[activation_function]
         n_in_total = n_in_channels + noise_channels
-
-        self.encoder = coder(
-            n_in=n_in_total,
-            hidden=embed_dim,
-            n_out=embed_dim,
-            n_hidden_layers=encoder_layers,
-            activation=activation,
-        )
-        self.pos_embed: nn.Parameter | None = None
-        if pos_embed:
-            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, n_lat, n_lon))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-
         data = dict(nlat=n_lat, nlon=n_lon, grid=data_grid, lmax=lmax, mmax=mmax)
         if internal_grid == "data":
             inner = data
@@ -491,46 +587,55 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
         # in every block; small branches keep it O(1) at initialisation.
         normalized = normalization_layer != "none"
         branch_gain = 1.0 if normalized else 1.0 / num_layers
-        blocks = []
-        for i in range(num_layers):
-            first, last = i == 0, i == num_layers - 1
-            # ACE's layer-norm shapes: (data, inner) for the first block,
-            # (inner, data) for the last, (inner, inner) between.
-            if first:
-                norm_grids = (data_shape, inner_shape)
-            elif last:
-                norm_grids = (inner_shape, data_shape)
-            else:
-                norm_grids = (inner_shape, inner_shape)
-            blocks.append(
-                SFNOBlock(
-                    forward_transform=sht(data if first else inner),
-                    inverse_transform=isht(data if last else inner),
-                    embed_dim=embed_dim,
-                    operator_type=operator_type,
-                    weight_mmax=weight_mmax,
-                    activation=activation,
-                    norm0=_normalization(normalization_layer, embed_dim, norm_grids[0]),
-                    norm1=_normalization(normalization_layer, embed_dim, norm_grids[1]),
-                    use_mlp=use_mlp,
-                    mlp_ratio=mlp_ratio,
-                    branch_gain=branch_gain,
-                    checkpoint_mlp=checkpointing >= 2,
-                )
-            )
-        self.blocks = nn.ModuleList(blocks)
-        self.decoder = coder(
-            n_in=embed_dim + (n_in_total if big_skip else 0),
-            hidden=embed_dim,
-            n_out=n_out_channels,
-            n_hidden_layers=encoder_layers,
-            activation=activation,
-        )
 
-    def _run(self, part: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
-        if self.checkpointing >= level:
-            return checkpoint(part, x, use_reentrant=False)
-        return part(x)
+        def make_blocks() -> list[SFNOBlock]:
+            blocks = []
+            for i in range(num_layers):
+                first, last = i == 0, i == num_layers - 1
+                # ACE's layer-norm shapes: (data, inner) for the first block,
+                # (inner, data) for the last, (inner, inner) between.
+                if first:
+                    norm_grids = (data_shape, inner_shape)
+                elif last:
+                    norm_grids = (inner_shape, data_shape)
+                else:
+                    norm_grids = (inner_shape, inner_shape)
+                norms = [
+                    _normalization(normalization_layer, embed_dim, grid)
+                    for grid in norm_grids
+                ]
+                blocks.append(
+                    SFNOBlock(
+                        forward_transform=sht(data if first else inner),
+                        inverse_transform=isht(data if last else inner),
+                        embed_dim=embed_dim,
+                        operator_type=operator_type,
+                        weight_mmax=weight_mmax,
+                        activation=activation,
+                        norm0=norms[0],
+                        norm1=norms[1],
+                        use_mlp=use_mlp,
+                        mlp_ratio=mlp_ratio,
+                        branch_gain=branch_gain,
+                        checkpoint_mlp=checkpointing >= 2,
+                    )
+                )
+            return blocks
+
+        super().__init__(
+            n_in=n_in_total,
+            n_skip=n_in_total if big_skip else 0,
+            n_out=n_out_channels,
+            img_shape=(n_lat, n_lon),
+            embed_dim=embed_dim,
+            encoder_layers=encoder_layers,
+            activation=activation,
+            pos_embed=pos_embed,
+            checkpointing=checkpointing,
+            make_blocks=make_blocks,
+        )
+        self.noise_channels = noise_channels
+        self.big_skip = big_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, n_in_channels, lat, lon]`` to ``[batch, n_out, lat, lon]``.
@@ -552,11 +657,4 @@ class SphericalFourierNeuralOperatorNet(nn.Module):
                 dtype=x.dtype,
             )
             x = torch.cat([x, noise], dim=1)
-        h = self._run(self.encoder, x, 1)
-        if self.pos_embed is not None:
-            h = h + self.pos_embed
-        for block in self.blocks:
-            h = self._run(block, h, 3)
-        if self.big_skip:
-            h = torch.cat([h, x], dim=1)
-        return self._run(self.decoder, h, 1)
+        return self.run_stack(x, x if self.big_skip else None)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fme.ace.models.registry import MODULE_REGISTRY, check_minimums
+from fme.ace.models.registry import MODULE_REGISTRY, check_builder_keys
 from fme.ace.models.sfno import (
     ACTIVATIONS,
     DATA_GRIDS,
@@ -18,10 +18,6 @@ from fme.ace.models.sfno import (
     OPERATOR_TYPES,
     SphericalFourierNeuralOperatorNet,
 )
-
-
-def _not_supported(key: str, value: object, supported: str) -> ValueError:
-    return ValueError(f"not supported here: {key}={value!r}; supported: {supported}")
 
 
 @MODULE_REGISTRY.register("SphericalFourierNeuralOperatorNet")
@@ -106,9 +102,10 @@ class SphericalFourierNeuralOperatorConfig:
     internal_grid: str = "legendre-gauss"
 
     def __post_init__(self):
-        check_minimums(
+        check_builder_keys(
             self,
-            {
+            builder="SphericalFourierNeuralOperatorNet",
+            minimums={
                 "embed_dim": 1,
                 "num_layers": 1,
                 "scale_factor": 1,
@@ -117,21 +114,23 @@ class SphericalFourierNeuralOperatorConfig:
                 "noise_channels": 0,
                 "checkpointing": 0,
             },
+            fixed={
+                "spectral_transform": ("sht", "sht"),
+                "filter_type": ("linear", "linear"),
+                "factorization": (None, "null (dense weights)"),
+                "separable": (
+                    False,
+                    "false (the released ACE network fails when run with it)",
+                ),
+            },
+            choices={
+                "operator_type": OPERATOR_TYPES,
+                "activation_function": tuple(ACTIVATIONS),
+                "normalization_layer": NORMALIZATIONS,
+                "data_grid": DATA_GRIDS,
+                "internal_grid": INTERNAL_GRIDS,
+            },
         )
-        if self.spectral_transform != "sht":
-            raise _not_supported("spectral_transform", self.spectral_transform, "sht")
-        if self.filter_type != "linear":
-            raise _not_supported("filter_type", self.filter_type, "linear")
-        if self.factorization is not None:
-            raise _not_supported(
-                "factorization", self.factorization, "null (dense weights)"
-            )
-        if self.separable:
-            raise _not_supported(
-                "separable",
-                self.separable,
-                "false (the released ACE network fails when run with it)",
-            )
         if not 0.0 < self.hard_thresholding_fraction <= 1.0:
             raise ValueError(
                 "hard_thresholding_fraction must be in (0, 1], got "
@@ -139,18 +138,6 @@ class SphericalFourierNeuralOperatorConfig:
             )
         if self.mlp_ratio <= 0.0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name, allowed in [
-            ("operator_type", OPERATOR_TYPES),
-            ("activation_function", tuple(ACTIVATIONS)),
-            ("normalization_layer", NORMALIZATIONS),
-            ("data_grid", DATA_GRIDS),
-            ("internal_grid", INTERNAL_GRIDS),
-        ]:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"{name} must be one of {list(allowed)}, got {value!r}"
-                )
         if self.internal_grid == "data" and self.scale_factor != 1:
             raise ValueError(
                 "internal_grid: data needs scale_factor: 1, got "

@@ -29,16 +29,21 @@ import torch_harmonics as th
 from torch import nn
 
 
-def _fourier_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
-    """``[mmax, 2]`` factors for the (real, imaginary) parts of Fourier modes.
-
-    ``interior`` for orders 0 < m < nlon / 2; 1 for the real parts and 0 for the
-    imaginary parts of m = 0 and of the Nyquist order, which are real.
-    """
-    weights = torch.full((mmax, 2), interior, dtype=torch.float64)
-    weights[0] = torch.tensor([1.0, 0.0])
+def _real_orders(mmax: int, nlon: int) -> list[int]:
+    """The orders whose Fourier modes are real: m = 0 and Nyquist (if kept)."""
     if nlon % 2 == 0 and mmax > nlon // 2:
-        weights[nlon // 2] = torch.tensor([1.0, 0.0])
+        return [0, nlon // 2]
+    return [0]
+
+
+def _order_weights(mmax: int, nlon: int, interior: float) -> torch.Tensor:
+    """``[mmax]`` factors of the Fourier modes: ``interior`` for 0 < m < nlon / 2.
+
+    1 for m = 0 and the Nyquist order, which are real (their imaginary parts
+    are dropped where the weights are applied).
+    """
+    weights = torch.full((mmax,), interior, dtype=torch.float64)
+    weights[_real_orders(mmax, nlon)] = 1.0
     return weights
 
 
@@ -80,8 +85,9 @@ def _synthesis(
 ) -> torch.Tensor:
     """``[mmax, lmax, b * c * 2]`` -> ``[b, c, k, nlon]``.
 
-    ``F[k, m] = weights[m] * sum_l table[m, l, k] * coeffs[m, l]`` (per real and
-    imaginary part), then an unnormalised inverse real FFT of length ``nlon``.
+    ``F[k, m] = weights[m] * sum_l table[m, l, k] * coeffs[m, l]``, the
+    imaginary parts of the real orders (m = 0, Nyquist) dropped, then an
+    unnormalised inverse real FFT of length ``nlon``.
     """
     mmax = coeffs.shape[0]
     nlat = table.shape[2]
@@ -89,11 +95,14 @@ def _synthesis(
     n_freq = nlon // 2 + 1
     modes = torch.bmm(table.transpose(1, 2), coeffs)  # [mmax, k, rows * 2]
     spectrum = coeffs.new_empty(nlat, n_freq, rows, 2)
+    # one factor per order, so the innermost loop runs over rows * 2 numbers
     torch.mul(
-        modes.view(mmax, nlat, rows, 2).transpose(0, 1),
-        weights.view(1, mmax, 1, 2),
-        out=spectrum[:, :mmax],
+        modes.view(mmax, nlat, rows * 2).transpose(0, 1),
+        weights.view(1, mmax, 1),
+        out=spectrum.view(nlat, n_freq, rows * 2)[:, :mmax],
     )
+    for m in _real_orders(mmax, nlon):
+        spectrum[:, m, :, 1].zero_()
     if mmax < n_freq:
         spectrum[:, mmax:].zero_()
     complex_spectrum = torch.view_as_complex(spectrum).view(nlat * n_freq, rows)
@@ -192,7 +201,7 @@ class SphericalHarmonicTransform(nn.Module):
         # no imaginary part at m = 0 and Nyquist.
         self.register_buffer(
             "adjoint_weights",
-            _fourier_weights(mmax, nlon, 0.5).float(),
+            _order_weights(mmax, nlon, 0.5).float(),
             persistent=False,
         )
 
@@ -232,12 +241,12 @@ class InverseSphericalHarmonicTransform(nn.Module):
         self.register_buffer("table", table.float().contiguous(), persistent=False)
         # The imaginary parts of m = 0 and the Nyquist order are ignored.
         self.register_buffer(
-            "weights", _fourier_weights(mmax, nlon, 1.0).float(), persistent=False
+            "weights", _order_weights(mmax, nlon, 1.0).float(), persistent=False
         )
         # The adjoint of irfft is a forward FFT with the interior orders doubled
         # (irfft counts m and -m); the imaginary parts it yields at m = 0 and
         # Nyquist are zero for a real field, so a factor per order suffices.
-        order_factor = _fourier_weights(mmax, nlon, 2.0)[:, :1, None]
+        order_factor = _order_weights(mmax, nlon, 2.0)[:, None, None]
         self.register_buffer(
             "adjoint_table",
             (table * order_factor).float().contiguous(),

@@ -218,6 +218,31 @@ def _ema(ema: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _as_ace_loads_them(builder_type: str, module: dict[str, torch.Tensor]):
+    """The network weights as the released ACE has them after loading.
+
+    ACE's conditional spectral convolution (``NoiseConditionedSFNO``) rewrites
+    a filter weight of its former layout ``(group, in, out, lmax, 2)`` into
+    ``(group, lmax, out, in, 2)`` when a state dict is loaded, recognising the
+    former layout by its shape alone. When the channels per group equal
+    ``lmax`` the two layouts have the same shape and every load transposes
+    the weight: what ACE's evaluator and fine-tuning then run with. The same
+    is done here, so such a checkpoint predicts here what it predicts in ACE.
+    (ACE's EMA weights are copied without that rewrite, and so are ours.)
+    """
+    if builder_type != "NoiseConditionedSFNO":
+        return module
+    out = dict(module)
+    for name, weight in module.items():
+        if (
+            name.endswith("filter.filter.weight")
+            and weight.dim() == 5
+            and weight.shape[1] == weight.shape[2] == weight.shape[3]
+        ):
+            out[name] = weight.permute(0, 3, 2, 1, 4).contiguous()
+    return out
+
+
 def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     """An ACE training checkpoint as a checkpoint of this project's format.
 
@@ -290,7 +315,9 @@ def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     }
     weights = dict(stepper["step"]["module"])
     _pop_noops(weights, {"label_encoding": None}, "stepper.step.module")
-    module = _strip(weights, _MODULE_PREFIX, "weight")
+    module = _as_ace_loads_them(
+        builder["type"], _strip(weights, _MODULE_PREFIX, "weight")
+    )
     converted: dict[str, Any] = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "config": {},

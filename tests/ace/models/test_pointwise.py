@@ -50,3 +50,26 @@ def test_init_gain_sets_output_variance():
     module = PointwiseLinear(256, 256, init_gain=2.0)
     out = module(torch.randn(8, 256, 4, 4))
     assert abs(out.var().item() - 2.0) < 0.2
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_concat_is_forward_of_the_concatenation(bias):
+    module = PointwiseLinear(5, 3, bias=bias, conv_shape=True)
+    if module.bias is not None:
+        torch.nn.init.normal_(module.bias)
+    a = torch.randn(2, 2, 4, 6, requires_grad=True)
+    b = torch.randn(2, 3, 4, 6, requires_grad=True)
+    g = torch.randn(2, 3, 4, 6)
+    split = module.forward_concat([a, b])
+    grads_split = torch.autograd.grad((split * g).sum(), [a, b, module.weight])
+    joint = module(torch.cat([a, b], dim=1))
+    grads_joint = torch.autograd.grad((joint * g).sum(), [a, b, module.weight])
+    torch.testing.assert_close(split, joint)
+    for ours, expected in zip(grads_split, grads_joint, strict=True):
+        torch.testing.assert_close(ours, expected)
+
+
+def test_forward_concat_checks_the_channel_count():
+    module = PointwiseLinear(5, 3)
+    with pytest.raises(ValueError, match="expected 5"):
+        module.forward_concat([torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)])

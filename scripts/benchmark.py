@@ -70,6 +70,10 @@ ALL_CASES = (
     "zarr_loader",
     "long_inference",
     "growth",
+    "plots",
+    "ace2_size",
+    "compile",
+    "contention",
 )
 GROWTH_SIZES = [
     (1, 32, 64),
@@ -655,6 +659,44 @@ def _run_case(
     return out
 
 
+def _whole_run_seconds(config: dict[str, Any], path: Path) -> float:
+    """Wall seconds of ``python -m fme.ace.train`` on ``config``, start to exit."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "FME_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env["PYTHONPATH"] = str(REPO)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "fme.ace.train", str(path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def _plots_case(tiny: Path, work: Path, repeats: int) -> tuple[dict[str, Any], str]:
+    """Whole short runs with and without the end-of-run training plots."""
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(repeats):  # interleaved
+        for plot in (True, False):
+            config = _shallow_water_config(tiny, work / f"plots_{plot}_{r}", None)
+            config.update(max_epochs=1, max_steps=4, plot_training=plot)
+            config["logging"].update(log_to_file=True, batch_log_interval=1)
+            seconds[plot].append(
+                _whole_run_seconds(config, work / f"plots_{plot}_{r}.yaml")
+            )
+    with_plots, without = min(seconds[True]), min(seconds[False])
+    result = {"with_plots_s": with_plots, "without_plots_s": without}
+    row = (
+        f"| whole 4-step run: {with_plots:.2f} s with training plots, "
+        f"{without:.2f} s with `plot_training: false` (saves "
+        f"{with_plots - without:.2f} s) | | | |"
+    )
+    return result, row
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest of repeated runs, with the largest peak memory of them all."""
     best = dict(min(runs, key=lambda r: r["s_per_step"]))
@@ -768,8 +810,11 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {}
     steps, warmup = args.steps, args.warmup
 
-    if "startup" in cases:
+    if "startup" in cases or "plots" in cases:
         tiny = generate_shallow_water_dataset(work / "sw_tiny", preset="tiny")
+    if "plots" in cases:
+        results["plots"], row = _plots_case(tiny, work, args.repeats)
+        lines.append(row)
     if "startup" in cases:
         floor = min(_import_floor() for _ in range(3))
         config = _shallow_water_config(tiny, work / "startup", None)

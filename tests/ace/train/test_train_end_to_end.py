@@ -215,3 +215,14 @@ def test_compile_failure_trains_eagerly_to_the_eager_numbers(
         if "train/mean/loss" in r
     ]
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-6)
+
+
+def test_training_plots_are_opt_out(data, tmp_path):
+    experiment_dir = tmp_path / "run"
+    run_training(
+        tiny_config(data, experiment_dir, ["max_steps=2", "plot_training=false"])
+    )
+    assert (experiment_dir / "training_checkpoints" / "ckpt.tar").is_file()
+    assert (experiment_dir / "metrics.jsonl").is_file()
+    assert not (experiment_dir / "plots").exists()
+    assert "training plots in" not in (experiment_dir / "out.log").read_text()

@@ -38,6 +38,18 @@ Cases (``--cases``, comma-separated):
   1/4/16 on 32x64 and for 32x64 / 64x128 / 180x360 at batch 4, each size in
   its own process, sizes interleaved over ``--repeats`` rounds; prints the
   fitted exponents (batch 16 vs 4, grid 64x128 vs 32x64).
+- ``plots``: wall time of whole 4-step runs (``python -m fme.ace.train``) with
+  and without the end-of-run training plots (``plot_training``).
+- ``ace2_size``: ACE2's network (SFNO dhconv, 384 channels, ``--ace2-layers``
+  layers, 8 in ACE2) on 180x360, batch 1, one training step (forward,
+  backward, Adam) in ``scripts/ace2_size_step.py``: ours (with the default and
+  the system allocator) and, with ``--reference-python``, the released
+  package's network built from the same builder config, each in its own
+  process, interleaved; prints s/step, peak RSS and the ratios.
+- ``compile``: the ``speed`` case eager and with ``stepper_training.compile``
+  (s/step after warm-up, and the warm-up time that includes compiling).
+- ``contention``: the ``speed`` case alone and beside one core-bound process
+  (``python -c "while True: pass"``), interleaved; prints the ratio.
 
 The training cases run with the entry points' thread policy and allocator
 settings (``fme.core.process_resources``), one thread per process.
@@ -141,6 +153,8 @@ def _worker(spec_path: Path) -> None:
         "samples_per_s": global_batch / s_per_step,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "first_batch_wall": first_batch_wall[0],
+        # the warm-up steps, compiling included with stepper_training.compile
+        "warmup_s": timed_starts[0] - starts[0],
         "world_size": world,
     }
     print("BENCHMARK_RESULT " + json.dumps(result), flush=True)
@@ -697,6 +711,139 @@ def _plots_case(tiny: Path, work: Path, repeats: int) -> tuple[dict[str, Any], s
     return result, row
 
 
+def _ace2_size_run(
+    python: str, impl: str, *, layers: int, steps: int, allocator: str = "tuned"
+) -> dict[str, Any]:
+    """One ``scripts/ace2_size_step.py`` process, run from outside the checkout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FME_NUM_THREADS": "1"}
+    env["FME_ALLOCATOR"] = allocator
+    env.pop("PYTHONPATH", None)
+    if impl == "fme":
+        env["PYTHONPATH"] = str(REPO)
+    command = [python, str(REPO / "scripts" / "ace2_size_step.py"), "--impl", impl]
+    command += ["--num-layers", str(layers), "--steps", str(steps)]
+    out = subprocess.run(
+        command, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir()
+    )
+    lines = [x for x in out.stdout.splitlines() if x.startswith("BENCHMARK_RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"ace2_size {impl} failed:\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1].split(" ", 1)[1])
+
+
+def _ace2_size_case(
+    reference_python: str | None, *, repeats: int, layers: int, steps: int
+) -> tuple[dict[str, Any], list[str]]:
+    """ACE2's SFNO (dhconv 384 channels) on 180x360, batch 1: ours vs released."""
+    variants = {"fme": ("fme", "tuned"), "fme_system_allocator": ("fme", "system")}
+    if reference_python:
+        variants["reference"] = ("reference", "tuned")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for _ in range(repeats):  # interleaved, so drifts in load hit all
+        for name, (impl, allocator) in variants.items():
+            python = reference_python if impl == "reference" else sys.executable
+            assert python is not None
+            runs[name].append(
+                _ace2_size_run(
+                    python, impl, layers=layers, steps=steps, allocator=allocator
+                )
+            )
+    best = {
+        name: {
+            "s_per_step": min(r["s_per_step"] for r in rs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "all_s_per_step": [r["s_per_step"] for r in rs],
+        }
+        for name, rs in runs.items()
+    }
+    labels = {
+        "fme": "ours",
+        "fme_system_allocator": "ours, FME_ALLOCATOR=system",
+        "reference": "released fme==2026.10.0",
+    }
+    rows = [
+        f"| ACE2 size: SFNO dhconv 384x{layers} on 180x360, batch 1, {labels[n]} | "
+        f"{r['s_per_step']:.2f} | {1 / r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} |"
+        for n, r in best.items()
+    ]
+    if "reference" in best:
+        ref = best["reference"]
+        for name in ("fme", "fme_system_allocator"):
+            rows.append(
+                f"| ACE2 size, {labels[name]} vs released: speed-up "
+                f"{ref['s_per_step'] / best[name]['s_per_step']:.2f}x, peak memory "
+                f"ratio {best[name]['peak_rss_mb'] / ref['peak_rss_mb']:.2f} | | | |"
+            )
+    return best, rows
+
+
+def _compile_case(
+    work: Path, *, repeats: int, steps: int, warmup: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The tiny ACE-format case eager and with ``stepper_training.compile``."""
+    from fme.ace.data.ace_format_fixture import write_ace_format_dataset
+
+    data = write_ace_format_dataset(
+        work / "ace_compile", n_lat=32, n_lon=64, n_levels=2, n_times=400, seed=0
+    )
+    configs = {}
+    for compiled in (False, True):
+        config = _ace_format_config(data, work / f"compile_{compiled}", 4)
+        config["stepper_training"]["compile"] = compiled
+        configs[compiled] = config
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for r in range(repeats):  # interleaved
+        for compiled, config in configs.items():
+            runs[compiled].append(
+                _run_case(
+                    config, work, f"compile_{compiled}{r}", steps=steps, warmup=warmup
+                )
+            )
+    eager, compiled_run = _best(runs[False]), _best(runs[True])
+    rows = [
+        _row("ACE-format 32x64 SFNO 16x2, eager", eager),
+        _row("same, stepper_training.compile: true", compiled_run),
+        f"| compile: {eager['s_per_step'] / compiled_run['s_per_step']:.2f}x the "
+        f"eager speed after warm-up; {warmup} warm-up steps took "
+        f"{compiled_run['warmup_s']:.1f} s compiled vs {eager['warmup_s']:.1f} s "
+        "eager | | | |",
+    ]
+    return {"eager": eager, "compiled": compiled_run}, rows
+
+
+def _contention_case(
+    work: Path, *, repeats: int, steps: int, warmup: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The tiny ACE-format case alone and beside one core-bound process."""
+    from fme.ace.data.ace_format_fixture import write_ace_format_dataset
+
+    data = write_ace_format_dataset(
+        work / "ace_busy", n_lat=32, n_lon=64, n_levels=2, n_times=400, seed=0
+    )
+    config = _ace_format_config(data, work / "busy", 4)
+    runs: dict[str, list[dict[str, Any]]] = {"alone": [], "beside_busy": []}
+    for r in range(repeats):  # interleaved
+        runs["alone"].append(
+            _run_case(config, work, f"alone{r}", steps=steps, warmup=warmup)
+        )
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            runs["beside_busy"].append(
+                _run_case(config, work, f"busy{r}", steps=steps, warmup=warmup)
+            )
+        finally:
+            busy.kill()
+            busy.wait()
+    alone, beside = _best(runs["alone"]), _best(runs["beside_busy"])
+    ratio = beside["s_per_step"] / alone["s_per_step"]
+    rows = [
+        _row("ACE-format 32x64 SFNO 16x2, alone", alone),
+        _row("same, beside one core-bound process", beside),
+        f"| beside a core-bound process: {ratio:.2f}x the time alone | | | |",
+    ]
+    return {"alone": alone, "beside_busy": beside, "ratio": ratio}, rows
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest of repeated runs, with the largest peak memory of them all."""
     best = dict(min(runs, key=lambda r: r["s_per_step"]))
@@ -778,6 +925,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per case; the fastest counts"
     )
+    parser.add_argument(
+        "--ace2-layers",
+        type=int,
+        default=8,
+        help="SFNO layers of the ace2_size case (ACE2 has 8; fewer to fit memory)",
+    )
+    parser.add_argument(
+        "--ace2-steps", type=int, default=2, help="timed steps of the ace2_size case"
+    )
     args = parser.parse_args(argv)
     if args.worker is not None:
         _worker(args.worker)
@@ -795,6 +951,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [c for c in cases if c not in ALL_CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; allowed: {list(ALL_CASES)}")
+    if "ace2_size" in cases:
+        _, rows = _ace2_size_case(
+            args.reference_python,
+            repeats=args.repeats,
+            layers=args.ace2_layers,
+            steps=args.ace2_steps,
+        )
+        print("| case | s/step | steps/s | peak RSS (MB) |\n|---|---|---|---|")
+        print("\n".join(rows))
+        cases = [c for c in cases if c != "ace2_size"]
+        if not cases:
+            return
     if "growth" in cases:
         _growth(repeats=args.repeats)
         cases = [c for c in cases if c != "growth"]
@@ -957,6 +1125,16 @@ def main(argv: list[str] | None = None) -> None:
     if "zarr_loader" in cases:
         results["zarr_loader"], rows = _zarr_loader_case(
             work, args.repeats, args.reference_python
+        )
+        lines.extend(rows)
+    if "compile" in cases:
+        results["compile"], rows = _compile_case(
+            work, repeats=args.repeats, steps=steps, warmup=warmup
+        )
+        lines.extend(rows)
+    if "contention" in cases:
+        results["contention"], rows = _contention_case(
+            work, repeats=args.repeats, steps=steps, warmup=warmup
         )
         lines.extend(rows)
     if "long_inference" in cases:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.models.pointwise import PointwiseLinear
+from fme.ace.models.pointwise import PointwiseLinear, activation_then_linear
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -286,8 +286,13 @@ class PointwiseMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointed:
-            return checkpoint(self.fwd, x, use_reentrant=False)
-        return self.fwd(x)
+            return checkpoint(self._lean_forward, x, use_reentrant=False)
+        return self._lean_forward(x)
+
+    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``fwd(x)``, not storing the activation's output for backward."""
+        fc1, activation, fc2 = self.fwd
+        return activation_then_linear(fc1(x), activation, fc2)
 
 
 class SFNOBlock(nn.Module):
@@ -361,10 +366,18 @@ class SFNOBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""
         y, residual = self.filter.filter(self.norm0(x))
-        y = self.norm1(self.activation(y + self.inner_skip(residual)))
+        y = y + self.inner_skip(residual)
+        if torch.is_grad_enabled():
+            # the activation's output is recomputed in backward, not stored
+            y = checkpoint(self._activation_and_norm, y, use_reentrant=False)
+        else:
+            y = self._activation_and_norm(y)
         if self.mlp is not None:
             y = self.mlp(y)
         return y + residual
+
+    def _activation_and_norm(self, y: torch.Tensor) -> torch.Tensor:
+        return self.norm1(self.activation(y))
 
 
 def coder(

@@ -73,6 +73,7 @@ from benchmark_cases.common import (
     best,
     import_floor,
     reference_run,
+    row,
     run_case,
     training_worker,
 )
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     if "startup" in cases or "plots" in cases:
         tiny = generate_shallow_water_dataset(work / "sw_tiny", preset="tiny")
     if "plots" in cases:
-        results["plots"], row = plots_case(tiny, work, args.repeats)
-        lines.append(row)
+        results["plots"], plots_row = plots_case(tiny, work, args.repeats)
+        lines.append(plots_row)
     if "startup" in cases:
         floor = min(import_floor() for _ in range(3))
         config = shallow_water_config(tiny, work / "startup", None)

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,14 +54,20 @@ class PointwiseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[batch, in_channels, lat, lon]`` to ``[batch, out_channels, ...]``."""
+        return self.apply_weights(x, self.weight, self.bias)
+
+    def apply_weights(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The map with the given ``weight`` and ``bias`` (this layer's shapes)."""
         batch, _, n_lat, n_lon = x.shape
         flat = x.reshape(batch, self.in_channels, n_lat * n_lon)
-        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        weight = weight.reshape(self.out_channels, self.in_channels)
         weight = weight.expand(batch, -1, -1)
-        if self.bias is None:
+        if bias is None:
             out = torch.bmm(weight, flat)
         else:
-            bias = self.bias.view(1, -1, 1).expand(batch, -1, n_lat * n_lon)
+            bias = bias.view(1, -1, 1).expand(batch, -1, n_lat * n_lon)
             out = torch.baddbmm(bias, weight, flat)
         return out.view(batch, self.out_channels, n_lat, n_lon)
 
@@ -93,6 +100,71 @@ class PointwiseLinear(nn.Module):
                 out = torch.baddbmm(out, block, flat)
         assert out is not None
         return out.view(batch, self.out_channels, n_lat, n_lon)
+
+
+class _ActivationThenLinear(torch.autograd.Function):
+    """``linear(activation(h))`` keeping only ``h`` for backward.
+
+    The activation's output (as large as ``h``) is recomputed in backward
+    instead of being stored, which removes one hidden-sized tensor per MLP
+    from the training step's memory for an extra elementwise activation.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        activation: nn.Module,
+        linear: "PointwiseLinear",
+    ) -> torch.Tensor:
+        ctx.activation = activation
+        ctx.linear = linear
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(h, weight)
+        return linear.apply_weights(activation(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
+        h, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            h_leaf = h.detach().requires_grad_(h.requires_grad)
+            g = ctx.activation(h_leaf)
+        batch, n_out = grad_out.shape[:2]
+        go = grad_out.reshape(batch, n_out, -1)
+        g_flat = g.detach().reshape(batch, g.shape[1], -1)
+        w = weight.reshape(n_out, g.shape[1])
+        grad_weight = grad_bias = grad_h = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(go, g_flat.transpose(1, 2)).sum(0)
+            grad_weight = grad_weight.view(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = go.sum(dim=(0, 2))
+        if ctx.needs_input_grad[0]:
+            grad_g = torch.matmul(w.t(), go).view(g.shape)
+            (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
+        return grad_h, grad_weight, grad_bias, None, None
+
+
+def activation_then_linear(
+    h: torch.Tensor, activation: nn.Module, linear: nn.Module
+) -> torch.Tensor:
+    """``linear(activation(h))``, recomputing the activation in backward.
+
+    Falls back to the plain composition where the recomputation does not
+    apply: no gradient recorded, under autocast (mixed precision), or when
+    ``linear`` is not a plain :class:`PointwiseLinear`.
+    """
+    if (
+        type(linear) is not PointwiseLinear
+        or not torch.is_grad_enabled()
+        or torch.is_autocast_enabled(h.device.type)
+    ):
+        return linear(activation(h))
+    return _ActivationThenLinear.apply(
+        h, linear.weight, linear.bias, activation, linear
+    )
 
 
 @MODULE_REGISTRY.register("Linear1x1")

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.models.pointwise import PointwiseLinear
+from fme.ace.models.pointwise import PointwiseLinear, activation_then_linear
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -287,8 +287,13 @@ class PointwiseMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointed:
-            return checkpoint(self.fwd, x, use_reentrant=False)
-        return self.fwd(x)
+            return checkpoint(self._lean_forward, x, use_reentrant=False)
+        return self._lean_forward(x)
+
+    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``fwd(x)``, not storing the activation's output for backward."""
+        fc1, activation, fc2 = self.fwd
+        return activation_then_linear(fc1(x), activation, fc2)
 
 
 class SFNOBlock(nn.Module):
@@ -376,10 +381,20 @@ class SFNOBlock(nn.Module):
         """Map ``[batch, embed_dim, *input grid]`` to ``[..., *output grid]``."""
         context = () if noise is None else (noise,)
         y, residual = self.filter.filter(self.norm0(x, *context))
-        y = self.norm1(self.activation(y + self.inner_skip(residual)), *context)
+        y = y + self.inner_skip(residual)
+        if torch.is_grad_enabled():
+            # the activation's output is recomputed in backward, not stored
+            y = checkpoint(self._activation_and_norm, y, *context, use_reentrant=False)
+        else:
+            y = self._activation_and_norm(y, *context)
         if self.mlp is not None:
             y = self.mlp(y)
         return y + residual
+
+    def _activation_and_norm(
+        self, y: torch.Tensor, *context: torch.Tensor
+    ) -> torch.Tensor:
+        return self.norm1(self.activation(y), *context)
 
 
 def coder(

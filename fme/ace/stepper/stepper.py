@@ -22,7 +22,7 @@ from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import from_dict_strict, to_dict
 from fme.core.lora import load_state_with_adapters, plain_state_dict
 from fme.core.normalizer import StandardNormalizer
-from fme.core.parallelize import unwrap_data_parallel
+from fme.core.parallelize import unwrap_network
 from fme.core.tensors import TensorDict, TensorMapping
 
 
@@ -272,8 +272,8 @@ class Stepper:
 
     @property
     def base_module(self) -> torch.nn.Module:
-        """The network without any data-parallel wrapper."""
-        return unwrap_data_parallel(self.step.module)
+        """The network without any data-parallel or compile wrapper."""
+        return unwrap_network(self.step.module)
 
     def load_weights(
         self,

@@ -92,6 +92,13 @@ class TrainStepperConfig:
             ``trainable_parameters``); base weights are frozen and adapters are
             merged into them at the end of training (of each phase). See
             ``fme.core.lora``.
+        compile: run the network (only the network) through
+            ``torch.compile`` during training, validation and inline inference
+            (not an ACE key; default off). Compiling takes seconds to minutes
+            at the first step and again when the mode changes (training,
+            evaluation); if it fails (e.g. no C++ compiler on a CPU machine)
+            the reason is logged as a warning and the network runs eagerly.
+            See ``fme.core.compiled_network``.
     """
 
     loss: StepLossConfig = dataclasses.field(default_factory=StepLossConfig)
@@ -107,6 +114,7 @@ class TrainStepperConfig:
         default_factory=ParameterInitConfig
     )
     lora: LoRAConfig | None = None
+    compile: bool = False
 
     @classmethod
     def migrate_keys(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,11 @@ class TrainConfig:
         validate_using_ema: validate, run inline inference and choose
             ``best_ckpt.tar`` with the averaged weights (which ``best_ckpt.tar``
             then holds); without ``ema`` it uses ACE's default ``ema``.
+        plot_training: at the end of the run, plot the loss-term and
+            loss-weight curves of ``metrics.jsonl`` into
+            ``experiment_dir/plots`` (and to wandb when it logs); false skips
+            it (and the import of matplotlib), which saves about a second
+            of every short run. Not an ACE key.
     """
 
     experiment_dir: str
@@ -94,6 +99,7 @@ class TrainConfig:
     phases: list[PhaseConfig] | None = None
     ema: EMAConfig | None = None
     validate_using_ema: bool = False
+    plot_training: bool = True
 
     def __post_init__(self):
         if self.ema_config is not None:

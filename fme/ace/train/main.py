@@ -349,7 +349,7 @@ def _train_and_report(
     )
     try:
         trainer = train_phases(config, dist, logger, on_start=on_start)
-        if dist.is_root:
+        if dist.is_root and config.plot_training:
             _plot_training(trainer, experiment_dir)
     finally:
         logger.finish()

@@ -276,7 +276,7 @@ def check_phase_network_settings(stepper: Stepper, phase: ResolvedPhase) -> None
 def prepare_network(
     stepper: Stepper, phase: ResolvedPhase, *, dist: DistributedContext
 ) -> None:
-    """Freeze, add LoRA adapters and wrap for data parallelism for ``phase``.
+    """Freeze, add LoRA adapters, compile and wrap for data parallelism for ``phase``.
 
     Starts from a fully trainable, unwrapped network, so each phase's
     freezing is its own. Logs how many parameters train.
@@ -294,7 +294,10 @@ def prepare_network(
             "%s: LoRA rank %d on %s", phase.label, phase.lora.rank, ", ".join(adapted)
         )
     log_trainable_parameters(module, label=phase.label)
-    stepper.wrap_module(lambda network: wrap_data_parallel(network, dist))
+    compile = phase.stepper_training.compile
+    stepper.wrap_module(
+        lambda network: wrap_data_parallel(network, dist, compile=compile)
+    )
 
 
 def finish_network(stepper: Stepper) -> int:

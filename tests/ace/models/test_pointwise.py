@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fme.ace.models import ModuleSelector
-from fme.ace.models.pointwise import PointwiseLinear
+from fme.ace.models.pointwise import PointwiseLinear, activation_then_linear
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -73,3 +73,61 @@ def test_forward_concat_checks_the_channel_count():
     module = PointwiseLinear(5, 3)
     with pytest.raises(ValueError, match="expected 5"):
         module.forward_concat([torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)])
+
+
+def _saved_bytes(fn, h, module) -> tuple[torch.Tensor, int]:
+    """``fn(h)`` and the bytes of the non-parameter storages kept for backward."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(h)
+    return out, sum(storages.values())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", [torch.nn.GELU, torch.nn.SiLU])
+def test_activation_then_linear_equals_the_composition_and_stores_less(
+    bias, activation
+):
+    torch.manual_seed(0)
+    linear = PointwiseLinear(6, 3, bias=bias, conv_shape=True)
+    act = activation()
+    h = torch.randn(2, 6, 5, 7, requires_grad=True)
+    plain, plain_bytes = _saved_bytes(lambda x: linear(act(x)), h, linear)
+    lean, lean_bytes = _saved_bytes(
+        lambda x: activation_then_linear(x, act, linear), h, linear
+    )
+    torch.testing.assert_close(lean, plain, rtol=0, atol=0)
+    grad_out = torch.randn_like(plain)
+    params = [h, *linear.parameters()]
+    plain_grads = torch.autograd.grad(plain, params, grad_out)
+    lean_grads = torch.autograd.grad(lean, params, grad_out)
+    for a, b in zip(lean_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the composition stores h (for the activation) and act(h) (for the
+    # linear); the lean one only h
+    assert plain_bytes == 2 * h.numel() * 4
+    assert lean_bytes == h.numel() * 4
+
+
+def test_activation_then_linear_without_grad_or_input_grad():
+    torch.manual_seed(0)
+    linear = PointwiseLinear(4, 2)
+    h = torch.randn(1, 4, 3, 5)  # no grad: only the weights get one
+    out = activation_then_linear(h, torch.nn.GELU(), linear)
+    expected = linear(torch.nn.functional.gelu(h))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    (grad_w,) = torch.autograd.grad(out.sum(), [linear.weight])
+    (expected_w,) = torch.autograd.grad(expected.sum(), [linear.weight])
+    torch.testing.assert_close(grad_w, expected_w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            activation_then_linear(h, torch.nn.GELU(), linear), expected
+        )

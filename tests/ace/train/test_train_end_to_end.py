@@ -10,6 +10,7 @@ from train_run_builders import tiny_config, tiny_data
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluate.main import run_evaluation
 from fme.ace.train.main import run_training
+from fme.core import compiled_network
 from fme.core.checkpoint import load_checkpoint
 from fme.core.config_loading import from_dict_strict
 
@@ -177,3 +178,51 @@ def test_a_stochastic_network_resumes_to_identical_result(data, tmp_path):
     run_training(tiny_config(data, other_dir, [*noise, "seed=1"]))
     other, _ = _final_weights(other_dir)
     assert any(not torch.equal(other[k], full[k]) for k in full)
+
+
+def test_compile_failure_trains_eagerly_to_the_eager_numbers(
+    data, tmp_path, monkeypatch
+):
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found (forced in the test)")
+
+    monkeypatch.setattr(compiled_network, "_BACKEND", failing_backend)
+    eager_dir, compiled_dir = tmp_path / "eager", tmp_path / "compiled"
+    run_training(tiny_config(data, eager_dir, ["max_steps=3"]))
+    run_training(
+        tiny_config(
+            data, compiled_dir, ["max_steps=3", "stepper_training.compile=true"]
+        )
+    )
+    log = (compiled_dir / "out.log").read_text()
+    assert "compiling the network failed, running it eagerly instead" in log
+    assert "no C++ compiler found (forced in the test)" in log
+    assert log.count("running it eagerly") == 1
+    eager, eager_state = _final_weights(eager_dir)
+    compiled, compiled_state = _final_weights(compiled_dir)
+    assert compiled_state["optimization"]["optimizer_steps"] == 3
+    assert set(compiled) == set(eager)  # no wrapper prefix in the checkpoint
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, rtol=0, atol=1e-6)
+    eager_loss = [
+        r["train/mean/loss"]
+        for r in _records(eager_dir / "metrics.jsonl")
+        if "train/mean/loss" in r
+    ]
+    compiled_loss = [
+        r["train/mean/loss"]
+        for r in _records(compiled_dir / "metrics.jsonl")
+        if "train/mean/loss" in r
+    ]
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-6)
+
+
+def test_training_plots_are_opt_out(data, tmp_path):
+    experiment_dir = tmp_path / "run"
+    run_training(
+        tiny_config(data, experiment_dir, ["max_steps=2", "plot_training=false"])
+    )
+    assert (experiment_dir / "training_checkpoints" / "ckpt.tar").is_file()
+    assert (experiment_dir / "metrics.jsonl").is_file()
+    assert not (experiment_dir / "plots").exists()
+    assert "training plots in" not in (experiment_dir / "out.log").read_text()

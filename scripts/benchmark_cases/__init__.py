@@ -1,0 +1,1 @@
+"""The cases of ``scripts/benchmark.py``, one module per family."""

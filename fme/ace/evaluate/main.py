@@ -65,6 +65,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         start_indices=config.loader.start_indices,
         names=stepper.all_names,
         n_forward_steps=config.n_forward_steps,
+        num_data_workers=config.loader.num_data_workers,
     )
     evaluation = RolloutEvaluation(
         stepper=stepper,

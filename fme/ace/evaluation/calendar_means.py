@@ -117,13 +117,20 @@ class AnnualDiagnostic:
         ops: area-weighted operations.
         names: variables.
         timestep: time between steps.
+        report_rmse: log ``annual/rmse/<var>`` (ACE's ``report_rmse``).
     """
 
     file_stem = "annual"
 
     def __init__(
-        self, *, ops: LatLonOperations, names: list[str], timestep: datetime.timedelta
+        self,
+        *,
+        ops: LatLonOperations,
+        names: list[str],
+        timestep: datetime.timedelta,
+        report_rmse: bool = True,
     ):
+        self._report_rmse = report_rmse
         self._ops = ops
         self._names = list(names)
         self._days_per_step = timestep / datetime.timedelta(days=1)
@@ -176,7 +183,7 @@ class AnnualDiagnostic:
 
     def get_metrics(self) -> dict[str, float]:
         """``annual/rmse/<var>``: RMSE of the annual global means against the target."""
-        if not self.complete_years() or not self._sums["target"]:
+        if not (self._report_rmse and self.complete_years() and self._sums["target"]):
             return {}
         gen, target = self.means("gen"), self.means("target")
         return {

@@ -220,6 +220,7 @@ def _forcing_data(
         start_indices=_InitialTimes(initial.times, description),
         names=forcing_names,
         n_forward_steps=config.n_forward_steps,
+        num_data_workers=config.forcing_loader.num_data_workers,
     )
 
 

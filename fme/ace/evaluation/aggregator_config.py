@@ -19,9 +19,26 @@ metric whose requirements are not met.
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 _TARGETS = ("denorm", "norm")
+
+
+def _check_known_target(target: str, block: str) -> None:
+    if target not in _TARGETS:
+        raise ValueError(
+            f"aggregator {block} target {target!r} is unknown; allowed: "
+            f"{list(_TARGETS)}"
+        )
+
+
+def _check_default_name(name: str | None, default: str, block: str) -> None:
+    """Refuse a ``name`` other than ACE's default (outputs keep their names here)."""
+    if name not in (None, default):
+        raise ValueError(
+            f"not supported here: aggregator.{block}.name {name!r} (the outputs "
+            f"are named {default!r}); remove the key"
+        )
 
 
 def _check_target(value: str, key: str, expected: str) -> None:
@@ -44,7 +61,7 @@ class MeanMetricConfig:
         variables: not supported here for ``mean_norm`` (must be null;
             ``mean_denorm`` covers every predicted variable, as the
             skill metrics need them).
-        name: not supported here (must be null: ``mean`` / ``mean_norm``).
+        name: only ACE's default (``mean`` / ``mean_norm``) is supported.
         target: ``denorm`` (physical units) or ``norm``.
         enabled: compute it (``mean_denorm`` is always computed: the skill and
             drift metrics come from it).
@@ -58,21 +75,14 @@ class MeanMetricConfig:
     strict: bool = False
 
     def __post_init__(self):
-        if self.target not in _TARGETS:
-            raise ValueError(
-                f"aggregator mean target {self.target!r} is unknown; allowed: "
-                f"{list(_TARGETS)}"
-            )
+        _check_known_target(self.target, "mean")
         if self.variables is not None:
             raise ValueError(
                 "not supported here: aggregator.mean_denorm/mean_norm.variables "
                 "(every predicted variable is scored); remove the key"
             )
-        if self.name is not None:
-            raise ValueError(
-                "not supported here: aggregator.mean_denorm/mean_norm.name "
-                "(the names are mean and mean_norm); remove the key"
-            )
+        default = {"denorm": "mean", "norm": "mean_norm"}[self.target]
+        _check_default_name(self.name, default, default)
 
 
 @dataclasses.dataclass
@@ -108,11 +118,7 @@ class StepMeanMetricConfig:
             raise ValueError(
                 f"aggregator.step_means step must be >= 1, got {self.step}"
             )
-        if self.target not in _TARGETS:
-            raise ValueError(
-                f"aggregator.step_means target {self.target!r} is unknown; allowed: "
-                f"{list(_TARGETS)}"
-            )
+        _check_known_target(self.target, "step_means")
         if self.name is None:
             base = f"mean_step_{self.step}"
             self.name = f"{base}_norm" if self.target == "norm" else base
@@ -145,11 +151,7 @@ class EnsembleMetricConfig:
     channel_mean_names: list[str] | None = None
 
     def __post_init__(self):
-        if self.target not in _TARGETS:
-            raise ValueError(
-                f"aggregator.ensembles target {self.target!r} is unknown; allowed: "
-                f"{list(_TARGETS)}"
-            )
+        _check_known_target(self.target, "ensembles")
 
 
 @dataclasses.dataclass
@@ -164,8 +166,8 @@ class TimeMeanMetricConfig:
 
     Attributes:
         variables: restrict to these variables (null: all).
-        name: not supported here (must be null: ``time_mean`` /
-            ``time_mean_norm``).
+        name: only ACE's default (``time_mean`` / ``time_mean_norm``) is
+            supported.
         target: ``denorm`` or ``norm``.
         reference_data: a file of time-mean reference maps (as
             ``time_mean_reference_data``); ``denorm`` only.
@@ -184,16 +186,9 @@ class TimeMeanMetricConfig:
     strict: bool = False
 
     def __post_init__(self):
-        if self.target not in _TARGETS:
-            raise ValueError(
-                f"aggregator time-mean target {self.target!r} is unknown; allowed: "
-                f"{list(_TARGETS)}"
-            )
-        if self.name is not None:
-            raise ValueError(
-                "not supported here: aggregator.time_mean_denorm/time_mean_norm.name "
-                "(the names are time_mean and time_mean_norm); remove the key"
-            )
+        _check_known_target(self.target, "time-mean")
+        default = {"denorm": "time_mean", "norm": "time_mean_norm"}[self.target]
+        _check_default_name(self.name, default, default)
         if self.target == "norm" and self.reference_data is not None:
             raise ValueError(
                 "not supported here: aggregator.time_mean_norm.reference_data "
@@ -203,68 +198,78 @@ class TimeMeanMetricConfig:
 
 
 @dataclasses.dataclass
-class ZonalMeanMetricConfig:
-    """ACE's ``zonal_mean``: zonal means per lead (binned to at most ``zonal_mean_max_size``).
+class MapMetricConfig:
+    """The keys every ACE map-diagnostic block shares.
 
     Attributes:
         variables: restrict to these variables (null: all).
-        name: log prefix.
-        zonal_mean_max_size: most lead bins kept (longer runs average
-            consecutive leads into bins).
+        name: the block's log prefix and file stem; only ACE's default name
+            is supported here (other names are refused).
         enabled: compute it.
-        strict: accepted for ACE configs.
+        strict: accepted for ACE configs (these diagnostics are never skipped
+            for unmet requirements).
     """
 
+    default_name: ClassVar[str] = ""
+
     variables: list[str] | None = None
-    name: str = "zonal_mean"
-    zonal_mean_max_size: int = 4096
+    name: str | None = None
     enabled: bool = True
     strict: bool = False
 
+    def __post_init__(self):
+        _check_default_name(self.name, self.default_name, self.default_name)
+        self.name = self.default_name
+
 
 @dataclasses.dataclass
-class HistogramMetricConfig:
+class ZonalMeanMetricConfig(MapMetricConfig):
+    """ACE's ``zonal_mean``: zonal means per lead (binned to at most ``zonal_mean_max_size``).
+
+    Attributes:
+        zonal_mean_max_size: most lead bins kept (longer runs average
+            consecutive leads into bins).
+    """
+
+    default_name: ClassVar[str] = "zonal_mean"
+
+    zonal_mean_max_size: int = 4096
+
+
+@dataclasses.dataclass
+class HistogramMetricConfig(MapMetricConfig):
     """ACE's ``histogram`` (off by default, as in ACE).
 
     Attributes:
-        variables: restrict to these variables (null: all).
-        name: log prefix.
-        enabled: compute it.
-        strict: accepted for ACE configs.
         percentile_variables: variables whose 99.9999th percentile is logged
             (null: all).
     """
 
-    variables: list[str] | None = None
-    name: str = "histogram"
+    default_name: ClassVar[str] = "histogram"
+
     enabled: bool = False
     strict: bool = True
     percentile_variables: list[str] | None = None
 
 
 @dataclasses.dataclass
-class PowerSpectrumMetricConfig:
+class PowerSpectrumMetricConfig(MapMetricConfig):
     """ACE's ``power_spectrum``: spherical power spectrum per degree.
 
     Attributes:
-        variables: restrict to these variables (null: all).
-        name: log prefix.
-        enabled: compute it.
-        strict: accepted for ACE configs.
         report_directional_bias: also log ``positive_norm_bias`` and
             ``negative_norm_bias``.
         plot_variables: not supported here (must be null: spectra are
             written to ``power_spectrum_diagnostics.nc``, not plotted).
     """
 
-    variables: list[str] | None = None
-    name: str = "power_spectrum"
-    enabled: bool = True
-    strict: bool = False
+    default_name: ClassVar[str] = "power_spectrum"
+
     report_directional_bias: bool = True
     plot_variables: list[str] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.plot_variables is not None:
             raise ValueError(
                 "not supported here: aggregator.power_spectrum.plot_variables "
@@ -274,46 +279,34 @@ class PowerSpectrumMetricConfig:
 
 
 @dataclasses.dataclass
-class SeasonalMetricConfig:
-    """ACE's ``seasonal``: DJF/MAM/JJA/SON means (off by default, as in ACE).
+class SeasonalMetricConfig(MapMetricConfig):
+    """ACE's ``seasonal``: DJF/MAM/JJA/SON means (off by default, as in ACE)."""
 
-    Attributes:
-        variables: restrict to these variables (null: all).
-        name: log prefix.
-        enabled: compute it.
-        strict: accepted for ACE configs.
-    """
+    default_name: ClassVar[str] = "seasonal"
 
-    variables: list[str] | None = None
-    name: str = "seasonal"
     enabled: bool = False
     strict: bool = True
 
 
 @dataclasses.dataclass
-class AnnualMetricConfig:
+class AnnualMetricConfig(MapMetricConfig):
     """ACE's ``annual``: global means of each complete calendar year.
 
     Attributes:
-        variables: restrict to these variables (null: all).
-        name: log prefix.
         reference_data: not supported here (must be null).
-        enabled: compute it (years the run covers completely only).
-        strict: accepted for ACE configs.
         report_crps: as in ACE (one member per initial condition: there is
             no CRPS to report, in ACE either).
         report_rmse: log the RMSE of the annual means.
     """
 
-    variables: list[str] | None = None
-    name: str = "annual"
+    default_name: ClassVar[str] = "annual"
+
     reference_data: str | None = None
-    enabled: bool = True
-    strict: bool = False
     report_crps: bool = True
     report_rmse: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.reference_data is not None:
             raise ValueError("not supported here: aggregator.annual.reference_data")
 

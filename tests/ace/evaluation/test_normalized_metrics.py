@@ -260,3 +260,15 @@ def test_time_mean_norm_summed_over_ranks_equals_one_process(tmp_path):
     expected = whole.get_metrics()
     for metrics in json.loads(out.read_text()):
         assert metrics == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "block", ["zonal_mean", "histogram", "power_spectrum", "seasonal", "annual"]
+)
+def test_map_diagnostics_keep_ace_default_names(block):
+    assert getattr(_config(), block).name == block
+    assert getattr(_config(**{block: {"name": block}}), block).name == block
+    with pytest.raises(
+        ValueError, match=f"not supported here: aggregator.{block}.name"
+    ):
+        _config(**{block: {"name": "other"}})

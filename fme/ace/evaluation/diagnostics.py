@@ -32,6 +32,9 @@ from fme.core.gridded_ops import LatLonOperations
 from fme.core.netcdf_files import checksum_encoding
 from fme.core.tensors import TensorDict, TensorMapping
 
+ACE_CLIMATE_INDEX_MIN_DURATION = datetime.timedelta(days=730)
+"""Runs longer than this get ACE's ENSO / IPO index metrics by default (not here)."""
+
 Normalize = Callable[[TensorMapping], TensorDict]
 """``(x - mean) / std`` with the network's statistics."""
 
@@ -181,6 +184,12 @@ class RolloutDiagnostics:
             if config.annual.enabled
             else None
         )
+        if n_forward_steps * timestep > ACE_CLIMATE_INDEX_MIN_DURATION:
+            # ACE computes these by default on runs this long; say they are missing
+            logging.warning(
+                "aggregator: ACE's enso_index, enso_coefficient and ipo_index are "
+                "not computed here (not supported); the other diagnostics are"
+            )
         if normalize is not None:
             self._build_normalized(config, ops=ops, n_forward_steps=n_forward_steps)
 

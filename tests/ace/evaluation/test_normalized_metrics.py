@@ -272,3 +272,25 @@ def test_map_diagnostics_keep_ace_default_names(block):
         ValueError, match=f"not supported here: aggregator.{block}.name"
     ):
         _config(**{block: {"name": "other"}})
+
+
+def test_a_run_long_enough_for_ace_climate_indices_says_they_are_missing(caplog):
+    def build(n_forward_steps: int) -> None:
+        RolloutDiagnostics(
+            config=_config(),
+            names=list(MEANS),
+            ops=OPS,
+            lat=LAT,
+            n_lon=N_LON,
+            n_forward_steps=n_forward_steps,
+            timestep=datetime.timedelta(hours=6),
+            metadata={},
+        )
+
+    with caplog.at_level("WARNING"):
+        build(4 * 730)  # two years: ACE computes no index either
+        assert "enso_index" not in caplog.text
+        build(4 * 731)
+        assert "enso_index, enso_coefficient and ipo_index are not computed" in (
+            caplog.text
+        )

@@ -356,9 +356,9 @@ class InferenceData:
     def windows(self, ranges: Sequence[tuple[int, int]]) -> Iterator[BatchData]:
         """``window(first_time, n_times)`` of every range, in order.
 
-        With ``num_data_workers > 0`` worker processes read them ahead (each
-        worker up to two ranges ahead, torch's default); nothing is yielded
-        when this rank has no rollouts.
+        With ``num_data_workers > 0`` worker processes (forkserver, as ACE
+        uses for zarr) read them ahead (each worker up to two ranges ahead,
+        torch's default); nothing is yielded when this rank has no rollouts.
         """
         if not self.indices:
             return
@@ -373,6 +373,10 @@ class InferenceData:
             batch_size=None,
             shuffle=False,
             num_workers=min(self.num_data_workers, len(ranges)),
+            # a fresh server process, not a fork of this one: this process
+            # has netCDF (HDF5) files open, which a forked child must not
+            # share; the dataset is pickled without its handles
+            multiprocessing_context="forkserver",
             collate_fn=_as_read,  # type: ignore[arg-type]  # batch_size=None: one item
         )
         yield from loader

@@ -30,6 +30,7 @@ from fme.core.rng_state import get_rng_state, set_rng_state
 
 LATEST_CHECKPOINT = "ckpt.tar"
 BEST_CHECKPOINT = "best_ckpt.tar"
+BEST_INFERENCE_CHECKPOINT = "best_inference_ckpt.tar"
 
 
 class BatchOutput(Protocol):
@@ -98,6 +99,10 @@ class Trainer:
         checkpoint_every_n_steps: also checkpoint mid-epoch this often.
         run_config: the whole config, stored in checkpoints.
         best_metric: the validation metric selecting ``best_ckpt.tar``.
+        best_inference_metric: an ``end_of_epoch`` metric whose lowest value
+            selects ``best_inference_ckpt.tar`` (written with the validated
+            weights, like ``best_ckpt.tar``), or None for no such checkpoint;
+            its best value is logged as ``best_<metric>``.
         batch_log_interval: log ``batch_`` metrics every this many steps.
         end_of_epoch: called after validation with the epoch; returns extra
             metrics (e.g. inline inference) to log with the epoch summary.
@@ -127,6 +132,7 @@ class Trainer:
         checkpoint_every_n_steps: int | None = None,
         run_config: dict[str, Any] | None = None,
         best_metric: str = "val/mean/loss",
+        best_inference_metric: str | None = None,
         batch_log_interval: int = 10,
         end_of_epoch: Callable[[int], dict[str, float]] | None = None,
         start_epoch: int = 0,
@@ -156,6 +162,8 @@ class Trainer:
         self.validate_using_ema = validate_using_ema
         self.epoch = start_epoch
         self.best_value = float("inf")
+        self.best_inference_metric = best_inference_metric
+        self.best_inference_value = float("inf")
         self._epoch_metrics = MeanAggregator()
         self._resume_sampler_state: dict[str, int] | None = None
         self._batches_done = 0
@@ -220,6 +228,7 @@ class Trainer:
             )
             if is_best:
                 self.best_value = record[self.best_metric]
+            is_best_inference = self._update_best_inference(record)
             self.logger.log(
                 record,
                 optimizer_step=self.optimization.optimizer_steps,
@@ -233,8 +242,19 @@ class Trainer:
                 if "val/mean/loss" in record
                 else "",
             )
-            self._save(best=is_best)
+            self._save(best=is_best, best_inference=is_best_inference)
         self._save(best=False)
+
+    def _update_best_inference(self, record: dict[str, float]) -> bool:
+        """Record a new lowest ``best_inference_metric``; log the best so far."""
+        metric = self.best_inference_metric
+        if metric is None or metric not in record:
+            return False
+        is_best = record[metric] < self.best_inference_value
+        if is_best:
+            self.best_inference_value = record[metric]
+        record[f"best_{metric}"] = self.best_inference_value
+        return is_best
 
     def _train_epoch(self) -> bool:
         """Train on the rest of this epoch; False if ``max_steps`` stopped it."""
@@ -336,6 +356,7 @@ class Trainer:
             "trainer": {
                 "epoch": self.epoch,
                 "best_value": self.best_value,
+                "best_inference_value": self.best_inference_value,
                 "sampler": sampler_state,
                 "epoch_metrics": self._epoch_metrics.get_state(),
                 "rng": get_rng_state(),
@@ -382,20 +403,28 @@ class Trainer:
             save_checkpoint(state, self.checkpoint_dir / name)
         self.dist.barrier()
 
-    def _save(self, *, best: bool) -> None:
+    def _save(self, *, best: bool, best_inference: bool = False) -> None:
         if not self.save_checkpoints:
             return
         state = self._finite_state(LATEST_CHECKPOINT)
         if self.dist.is_root:
             # best first: a kill between the writes leaves ckpt.tar older than
             # best_ckpt.tar (the epoch re-runs), never best_ckpt.tar stale
-            if best:
+            bests = [
+                name
+                for name, due in (
+                    (BEST_INFERENCE_CHECKPOINT, best_inference),
+                    (BEST_CHECKPOINT, best),
+                )
+                if due
+            ]
+            if bests:
                 # the weights that were validated (saved inside: the state
                 # holds references to the parameters)
                 with self._validation_weights():
-                    save_checkpoint(
-                        self.get_state(), self.checkpoint_dir / BEST_CHECKPOINT
-                    )
+                    best_state = self.get_state()
+                    for name in bests:
+                        save_checkpoint(best_state, self.checkpoint_dir / name)
             save_checkpoint(state, self.latest_checkpoint_path)
         self._last_checkpoint = (
             self.latest_checkpoint_path,
@@ -470,6 +499,10 @@ class Trainer:
         trainer_state = state["trainer"]
         self.epoch = int(trainer_state["epoch"])
         self.best_value = float(trainer_state["best_value"])
+        # checkpoints written before best_inference_ckpt.tar existed have none
+        self.best_inference_value = float(
+            trainer_state.get("best_inference_value", float("inf"))
+        )
         self._resume_sampler_state = dict(trainer_state["sampler"])
         self._epoch_metrics = MeanAggregator()
         self._epoch_metrics.load_state(trainer_state["epoch_metrics"])

@@ -7,8 +7,11 @@ As in ACE:
   from one dataset to the next. All must share one grid (``strict: false``
   compares the coordinates to 1e-4 degrees instead of exactly) and timestep.
 - ``merge: [dataset, ...]`` combines variables of datasets that share their
-  sample times and grid; each requested variable is read from the first
-  dataset that holds it. A variable found in none is an error.
+  sample times, timestep and grid (to ACE's tolerance, ``torch.allclose``
+  with rtol 1e-5 and atol 1e-8); each requested variable is read from the
+  first dataset that holds it, and a later dataset holding it too is named
+  in a warning (ACE accepts such merges, so they are not refused). A
+  variable found in none is an error.
 """
 
 import dataclasses
@@ -89,23 +92,46 @@ class MergeDatasetConfig:
 DatasetConfig = XarrayDataConfig | ConcatDatasetConfig | MergeDatasetConfig
 
 
+_EXACT = (0.0, 0.0)
+_CONCAT_LOOSE = (0.0, 1e-4)  # concat strict: false, degrees
+_ACE_MERGE = (1e-5, 1e-8)  # ACE's LatLonCoordinates equality (torch.allclose)
+
+
 def _check_same_grid(
-    first: DatasetInfo, other: DatasetInfo, *, where: str, exact: bool
+    first: DatasetInfo,
+    other: DatasetInfo,
+    *,
+    first_where: str,
+    where: str,
+    tolerance: tuple[float, float],
 ) -> None:
+    """Refuse ``other`` unless its grid and timestep are ``first``'s.
+
+    ``tolerance`` is ``(rtol, atol)`` of the coordinate comparison.
+    """
+    rtol, atol = tolerance
     for axis in ("lat", "lon"):
         a, b = getattr(first, axis), getattr(other, axis)
         same = a.shape == b.shape and (
-            torch.equal(a, b) if exact else torch.allclose(a, b, atol=1e-4, rtol=0)
+            torch.equal(a, b)
+            if tolerance == _EXACT
+            else torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
         )
         if not same:
+            largest = (
+                f", up to {float((a - b).abs().max()):.3g} degrees apart"
+                if a.shape == b.shape
+                else ""
+            )
             raise ValueError(
                 f"{where} has a different {axis} grid ({b.numel()} points from "
-                f"{float(b[0]):.4g}) than the first dataset ({a.numel()} points from "
-                f"{float(a[0]):.4g}); all combined datasets need one grid"
+                f"{float(b[0]):.4g}) than {first_where} ({a.numel()} points from "
+                f"{float(a[0]):.4g}{largest}); all combined datasets need one grid: "
+                "regrid one of them or combine only datasets on the same grid"
             )
     if first.timestep != other.timestep:
         raise ValueError(
-            f"{where} has timestep {other.timestep}, the first dataset "
+            f"{where} has timestep {other.timestep}, {first_where} "
             f"{first.timestep}; all combined datasets need one timestep"
         )
 
@@ -124,7 +150,11 @@ class ConcatDataset(torch.utils.data.Dataset):
         first = datasets[0].dataset_info
         for dataset in datasets[1:]:
             _check_same_grid(
-                first, dataset.dataset_info, where=dataset.description, exact=strict
+                first,
+                dataset.dataset_info,
+                first_where=datasets[0].description,
+                where=dataset.description,
+                tolerance=_EXACT if strict else _CONCAT_LOOSE,
             )
         self._offsets = np.cumsum([0] + [len(d) for d in datasets])
 
@@ -169,8 +199,9 @@ class MergedDataset(torch.utils.data.Dataset):
             _check_same_grid(
                 first.dataset_info,
                 dataset.dataset_info,
+                first_where=first.description,
                 where=dataset.description,
-                exact=True,
+                tolerance=_ACE_MERGE,
             )
             if not np.array_equal(dataset.sample_start_times, first.sample_start_times):
                 raise ValueError(
@@ -258,18 +289,21 @@ def _split_names(config: MergeDatasetConfig, names: list[str]) -> list[list[str]
     """Each requested name goes to the first merged dataset holding it."""
     remaining = list(names)
     per_dataset = []
-    seen: set[str] = set()
+    holder: dict[str, str] = {}
     for sub in config.merge:
         available = _available_names(sub)
-        again = sorted(set(names) & available & seen)
+        again = sorted(n for n in set(names) & available if n in holder)
         if again:
+            first_holders = sorted({holder[n] for n in again})
             logging.warning(
-                "merge: %s also holds %s; they are read from the first dataset "
-                "holding them (as in ACE)",
+                "merge: %s also holds %s; they are read from %s, the first "
+                "dataset holding them (as in ACE)",
                 sub.description,
                 again,
+                ", ".join(first_holders),
             )
-        seen |= available
+        for name in available:
+            holder.setdefault(name, sub.description)
         mine = [n for n in remaining if n in available]
         per_dataset.append(mine)
         remaining = [n for n in remaining if n not in available]

@@ -1,12 +1,11 @@
 """Evaluate a checkpoint: rollouts, netCDF output, metrics and plots."""
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
 from fme.ace.evaluate.config import EvaluatorConfig
 from fme.ace.evaluation import plots
+from fme.ace.evaluation.cli import config_from_command_line
 from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.headline import headline_table
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
@@ -15,15 +14,8 @@ from fme.ace.inference.data import InferenceData
 from fme.ace.inference.rollout import RolloutChunk
 from fme.ace.stepper.stepper import Stepper
 from fme.core.checkpoint import load_checkpoint
-from fme.core.config_loading import (
-    ConfigError,
-    apply_overrides,
-    from_dict_strict,
-    load_yaml,
-)
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
-from fme.core.process_resources import configure_process
 
 
 def load_stepper(checkpoint_path: str | Path, *, use_ema: bool = False) -> Stepper:
@@ -65,6 +57,7 @@ def run_evaluation(config: EvaluatorConfig) -> dict[str, float]:
         start_indices=config.loader.start_indices,
         names=stepper.all_names,
         n_forward_steps=config.n_forward_steps,
+        num_data_workers=config.loader.num_data_workers,
     )
     evaluation = RolloutEvaluation(
         stepper=stepper,
@@ -156,15 +149,10 @@ def _make_plots(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m fme.ace.evaluate CONFIG.yaml [--override key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m fme.ace.evaluate")
-    parser.add_argument("config", help="evaluator YAML")
-    parser.add_argument("--override", nargs="*", default=[])
-    args = parser.parse_args(argv)
-    try:
-        configure_process()
-        data = apply_overrides(load_yaml(args.config), args.override)
-        config = from_dict_strict(EvaluatorConfig, data, path="config")
-    except (ConfigError, ValueError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    config = config_from_command_line(
+        argv,
+        prog="python -m fme.ace.evaluate",
+        what="evaluator",
+        config_type=EvaluatorConfig,
+    )
     run_evaluation(config)

@@ -27,7 +27,62 @@ def season_index(times: np.ndarray) -> np.ndarray:
     return _SEASON_OF_MONTH[months]
 
 
-class SeasonalDiagnostic:
+class _CalendarPeriods:
+    """What seasonal and annual means share: recording by period, days per sample.
+
+    A subclass says which period each valid time falls in (``_periods``) and
+    adds a field to the sums of its periods (``_add``).
+
+    Args:
+        ops: area-weighted operations.
+        names: variables.
+        timestep: time between steps.
+    """
+
+    def __init__(
+        self, *, ops: LatLonOperations, names: list[str], timestep: datetime.timedelta
+    ):
+        self._ops = ops
+        self._names = list(names)
+        self._days_per_step = timestep / datetime.timedelta(days=1)
+        self._n_samples = 0
+
+    def record(
+        self,
+        *,
+        prediction: TensorMapping,
+        target: TensorMapping | None,
+        time: np.ndarray,
+    ) -> None:
+        """Add ``[batch, n_leads, lat, lon]`` fields valid at ``[batch, n_leads]`` times."""
+        periods = self._periods(np.asarray(time))
+        self._n_samples = max(self._n_samples, int(periods.shape[0]))
+        for kind, data in (("gen", prediction), ("target", target)):
+            if data is None:
+                continue
+            for name in self._names:
+                field = data[name].detach().to("cpu", torch.float64)
+                self._add(kind, name, field, periods)
+        self._count(periods)
+
+    def _periods(self, time: np.ndarray) -> np.ndarray:
+        """``[batch, n_leads]`` period of each valid time."""
+        raise NotImplementedError
+
+    def _add(self, kind: str, name: str, field: torch.Tensor, periods: np.ndarray):
+        """Add ``[batch, n_leads, lat, lon]`` ``field`` to its periods' sums."""
+        raise NotImplementedError
+
+    def _count(self, periods: np.ndarray) -> None:
+        """Count the recorded steps of each period."""
+        raise NotImplementedError
+
+    def _days_per_sample(self, n_steps: np.ndarray) -> np.ndarray:
+        """Days that ``n_steps`` recorded steps of all samples cover per sample."""
+        return n_steps * self._days_per_step / max(self._n_samples, 1)
+
+
+class SeasonalDiagnostic(_CalendarPeriods):
     """Seasonal-mean maps of prediction and target.
 
     Args:
@@ -41,37 +96,25 @@ class SeasonalDiagnostic:
     def __init__(
         self, *, ops: LatLonOperations, names: list[str], timestep: datetime.timedelta
     ):
-        self._ops = ops
-        self._names = list(names)
-        self._days_per_step = timestep / datetime.timedelta(days=1)
+        super().__init__(ops=ops, names=names, timestep=timestep)
         self._sums: dict[str, dict[str, torch.Tensor]] = {"gen": {}, "target": {}}
         self._counts = np.zeros(4)
-        self._n_samples = 0
 
-    def record(
-        self,
-        *,
-        prediction: TensorMapping,
-        target: TensorMapping | None,
-        time: np.ndarray,
-    ) -> None:
-        """Add ``[batch, n_leads, lat, lon]`` fields valid at ``[batch, n_leads]`` times."""
-        seasons = torch.tensor(season_index(np.asarray(time)))
-        self._n_samples = max(self._n_samples, seasons.shape[0])
-        for kind, data in (("gen", prediction), ("target", target)):
-            if data is None:
-                continue
-            for name in self._names:
-                field = data[name].detach().to("cpu", torch.float64)
-                flat = field.reshape(-1, *field.shape[2:])
-                sums = self._sums[kind].setdefault(
-                    name, torch.zeros(4, *field.shape[2:], dtype=torch.float64)
-                )
-                sums.index_add_(0, seasons.reshape(-1), flat)
-        self._counts += np.bincount(seasons.reshape(-1).numpy(), minlength=4)
+    def _periods(self, time: np.ndarray) -> np.ndarray:
+        return season_index(time)
+
+    def _add(self, kind: str, name: str, field: torch.Tensor, periods: np.ndarray):
+        flat = field.reshape(-1, *field.shape[2:])
+        sums = self._sums[kind].setdefault(
+            name, torch.zeros(4, *field.shape[2:], dtype=torch.float64)
+        )
+        sums.index_add_(0, torch.as_tensor(periods.reshape(-1)), flat)
+
+    def _count(self, periods: np.ndarray) -> None:
+        self._counts += np.bincount(periods.reshape(-1), minlength=4)
 
     def _complete(self) -> list[int]:
-        days = self._counts * self._days_per_step / max(self._n_samples, 1)
+        days = self._days_per_sample(self._counts)
         return [s for s in range(4) if days[s] >= MIN_SEASON_DAYS]
 
     def maps(self, kind: str) -> dict[str, torch.Tensor]:
@@ -110,59 +153,52 @@ class SeasonalDiagnostic:
         return xr.Dataset(data, coords={"season": [SEASONS[s] for s in seasons]})
 
 
-class AnnualDiagnostic:
+class AnnualDiagnostic(_CalendarPeriods):
     """Global means of every complete calendar year.
 
     Args:
         ops: area-weighted operations.
         names: variables.
         timestep: time between steps.
+        report_rmse: log ``annual/rmse/<var>`` (ACE's ``report_rmse``).
     """
 
     file_stem = "annual"
 
     def __init__(
-        self, *, ops: LatLonOperations, names: list[str], timestep: datetime.timedelta
-    ):
-        self._ops = ops
-        self._names = list(names)
-        self._days_per_step = timestep / datetime.timedelta(days=1)
-        self._sums: dict[str, dict[int, dict[str, float]]] = {"gen": {}, "target": {}}
-        self._counts: dict[int, int] = {}
-        self._n_samples = 0
-
-    def record(
         self,
         *,
-        prediction: TensorMapping,
-        target: TensorMapping | None,
-        time: np.ndarray,
-    ) -> None:
-        """Add ``[batch, n_leads, lat, lon]`` fields valid at ``[batch, n_leads]`` times."""
-        years = np.asarray(time).astype("datetime64[Y]").astype(np.int64) + 1970
-        self._n_samples = max(self._n_samples, years.shape[0])
-        for kind, data in (("gen", prediction), ("target", target)):
-            if data is None:
-                continue
-            for name in self._names:
-                gm = self._ops.area_weighted_mean(
-                    data[name].detach().to("cpu", torch.float64)
-                ).numpy()
-                for year in np.unique(years):
-                    total = float(gm[years == year].sum())
-                    per_year = self._sums[kind].setdefault(int(year), {})
-                    per_year[name] = per_year.get(name, 0.0) + total
-        for year in np.unique(years):
-            self._counts[int(year)] = self._counts.get(int(year), 0) + int(
-                (years == year).sum()
-            )
+        ops: LatLonOperations,
+        names: list[str],
+        timestep: datetime.timedelta,
+        report_rmse: bool = True,
+    ):
+        super().__init__(ops=ops, names=names, timestep=timestep)
+        self._report_rmse = report_rmse
+        self._sums: dict[str, dict[int, dict[str, float]]] = {"gen": {}, "target": {}}
+        self._counts: dict[int, int] = {}
+
+    def _periods(self, time: np.ndarray) -> np.ndarray:
+        return time.astype("datetime64[Y]").astype(np.int64) + 1970
+
+    def _add(self, kind: str, name: str, field: torch.Tensor, periods: np.ndarray):
+        gm = self._ops.area_weighted_mean(field).numpy()
+        for year in np.unique(periods):
+            total = float(gm[periods == year].sum())
+            per_year = self._sums[kind].setdefault(int(year), {})
+            per_year[name] = per_year.get(name, 0.0) + total
+
+    def _count(self, periods: np.ndarray) -> None:
+        for year in np.unique(periods):
+            n = int((periods == year).sum())
+            self._counts[int(year)] = self._counts.get(int(year), 0) + n
 
     def complete_years(self) -> list[int]:
         """Years the rollout covers for at least ``MIN_YEAR_DAYS`` per sample."""
         return sorted(
             y
             for y, n in self._counts.items()
-            if n * self._days_per_step / max(self._n_samples, 1) >= MIN_YEAR_DAYS
+            if self._days_per_sample(np.asarray(n)) >= MIN_YEAR_DAYS
         )
 
     def means(self, kind: str) -> dict[str, np.ndarray]:
@@ -176,7 +212,7 @@ class AnnualDiagnostic:
 
     def get_metrics(self) -> dict[str, float]:
         """``annual/rmse/<var>``: RMSE of the annual global means against the target."""
-        if not self.complete_years() or not self._sums["target"]:
+        if not (self._report_rmse and self.complete_years() and self._sums["target"]):
             return {}
         gen, target = self.means("gen"), self.means("target")
         return {

@@ -7,6 +7,8 @@ of ``RolloutMetricsAggregator``.
 """
 
 import datetime
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,11 +24,19 @@ from fme.ace.evaluation.calendar_means import AnnualDiagnostic, SeasonalDiagnost
 from fme.ace.evaluation.histogram import HistogramDiagnostic
 from fme.ace.evaluation.metrics import RolloutMetricsAggregator
 from fme.ace.evaluation.spectrum import PowerSpectrumDiagnostic
+from fme.ace.evaluation.step_means import MeanNormDiagnostic, StepMeanDiagnostic
 from fme.ace.evaluation.time_mean import TimeMeanDiagnostic, read_reference_maps
 from fme.ace.evaluation.zonal_mean import ZonalMeanDiagnostic
 from fme.ace.inference.rollout import RolloutChunk
 from fme.core.gridded_ops import LatLonOperations
 from fme.core.netcdf_files import checksum_encoding
+from fme.core.tensors import TensorDict, TensorMapping
+
+ACE_CLIMATE_INDEX_MIN_DURATION = datetime.timedelta(days=730)
+"""Runs longer than this get ACE's ENSO / IPO index metrics by default (not here)."""
+
+Normalize = Callable[[TensorMapping], TensorDict]
+"""``(x - mean) / std`` with the network's statistics."""
 
 
 class Diagnostic(Protocol):
@@ -62,10 +72,14 @@ class RolloutDiagnostics:
         n_forward_steps: rollout length.
         timestep: time between steps.
         metadata: units and long names of the variables.
+        normalize: the network's normalisation, for the normalised metrics
+            (``mean_norm``, ``time_mean_norm``, normalised ``step_means``);
+            None skips them and the step means (runs without a target).
 
     Raises:
         ValueError: when a block names unknown variables or the reference
-            file lacks one (before any rollout).
+            file lacks one (before any rollout), or a ``strict`` step mean
+            lies beyond the rollout.
     """
 
     def __init__(
@@ -79,9 +93,14 @@ class RolloutDiagnostics:
         n_forward_steps: int,
         timestep: datetime.timedelta,
         metadata: dict[str, dict[str, str]],
+        normalize: Normalize | None = None,
     ):
         img_shape = (lat.numel(), n_lon)
         self._names = list(names)
+        self._normalize = normalize
+        self._mean_norm: MeanNormDiagnostic | None = None
+        self._time_mean_norm: TimeMeanDiagnostic | None = None
+        self._step_means: list[StepMeanDiagnostic] = []
         self._time_mean: TimeMeanDiagnostic | None
         self._zonal: ZonalMeanDiagnostic | None
         self._hist: HistogramDiagnostic | None
@@ -141,6 +160,7 @@ class RolloutDiagnostics:
                 names=_select(config.power_spectrum.variables, names, "power_spectrum"),
                 lat=lat,
                 n_lon=n_lon,
+                report_directional_bias=config.power_spectrum.report_directional_bias,
             )
             if config.power_spectrum.enabled
             else None
@@ -159,15 +179,76 @@ class RolloutDiagnostics:
                 ops=ops,
                 names=_select(config.annual.variables, names, "annual"),
                 timestep=timestep,
+                report_rmse=config.annual.report_rmse,
             )
             if config.annual.enabled
             else None
         )
+        if n_forward_steps * timestep > ACE_CLIMATE_INDEX_MIN_DURATION:
+            # ACE computes these by default on runs this long; say they are missing
+            logging.warning(
+                "aggregator: ACE's enso_index, enso_coefficient and ipo_index are "
+                "not computed here (not supported); the other diagnostics are"
+            )
+        if normalize is not None:
+            self._build_normalized(config, ops=ops, n_forward_steps=n_forward_steps)
+
+    def _build_normalized(
+        self,
+        config: InferenceEvaluatorAggregatorConfig,
+        *,
+        ops: LatLonOperations,
+        n_forward_steps: int,
+    ) -> None:
+        names = self._names
+        if config.mean_norm.enabled:
+            self._mean_norm = MeanNormDiagnostic(
+                ops=ops, names=names, n_forward_steps=n_forward_steps
+            )
+        if config.time_mean_norm.enabled:
+            self._time_mean_norm = TimeMeanDiagnostic(
+                ops=ops,
+                names=_select(config.time_mean_norm.variables, names, "time_mean_norm"),
+                name="time_mean_norm",
+                channel_mean_names=config.time_mean_norm.channel_mean_names
+                or list(names),
+            )
+        for entry in config.step_means:
+            if not entry.enabled:
+                continue
+            if entry.step > n_forward_steps:
+                message = (
+                    f"aggregator.step_means {entry.name}: step {entry.step} is "
+                    f"beyond the rollout of {n_forward_steps} steps"
+                )
+                if entry.strict:
+                    raise ValueError(f"{message}; lower step or set strict: false")
+                logging.info("%s; skipped (as ACE does)", message)
+                continue
+            self._step_means.append(
+                StepMeanDiagnostic(
+                    ops=ops,
+                    names=names,
+                    step=entry.step,
+                    name=str(entry.name),
+                    normalized=entry.target == "norm",
+                    report_names=entry.variables,
+                    channel_mean_names=entry.channel_mean_names,
+                )
+            )
+
+    @property
+    def time_mean_norm(self) -> TimeMeanDiagnostic | None:
+        """The normalised time-mean diagnostic (checkpoint selection), if enabled."""
+        return self._time_mean_norm
 
     @property
     def diagnostics(self) -> list[Diagnostic]:
         """The enabled diagnostics."""
         candidates = (
+            self._mean_norm,
+            self._time_mean_norm,
+            *self._step_means,
             self._time_mean,
             self._zonal,
             self._hist,
@@ -201,6 +282,40 @@ class RolloutDiagnostics:
             self._seasonal.record(prediction=prediction, target=target, time=chunk.time)
         if self._annual is not None:
             self._annual.record(prediction=prediction, target=target, time=chunk.time)
+        if target is None:
+            return
+        for step_mean in self._step_means:
+            if not step_mean.normalized:
+                step_mean.record(
+                    lead_start=chunk.lead_start,
+                    prediction=prediction,
+                    target=target,
+                    initial_condition=chunk.initial_condition,
+                )
+        self._record_normalized(chunk, target)
+
+    def _record_normalized(self, chunk: RolloutChunk, target: TensorMapping) -> None:
+        normalized_steps = [d for d in self._step_means if d.normalized]
+        if self._normalize is None or not (
+            self._mean_norm or self._time_mean_norm or normalized_steps
+        ):
+            return
+        normalize = self._normalize
+        prediction = normalize({n: chunk.prediction[n] for n in self._names})
+        target = normalize(target)
+        initial = normalize({n: chunk.initial_condition[n] for n in self._names})
+        for diagnostic in (self._mean_norm, *normalized_steps):
+            if diagnostic is not None:
+                diagnostic.record(
+                    lead_start=chunk.lead_start,
+                    prediction=prediction,
+                    target=target,
+                    initial_condition=initial,
+                )
+        if self._time_mean_norm is not None:
+            self._time_mean_norm.record(
+                prediction=prediction, target=target, time=chunk.time
+            )
 
     def get_metrics(self) -> dict[str, float]:
         """Scalar metrics of every diagnostic."""

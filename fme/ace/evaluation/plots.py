@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 TRAINING_CURVES_FILENAME = "training_curves.png"
 LOSS_WEIGHTS_FILENAME = "loss_weights.png"
 _STEP_KEY = "optimizer_step"
+MAX_LEGEND_ENTRIES = 12
+"""Panels with more series than this get a count instead of a legend."""
 
 
 def _new_figure(
@@ -90,7 +92,18 @@ def _plot_series(ax: "Axes", records: list[dict], keys: list[str]) -> None:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.grid(True, alpha=0.3)
-    if ax.lines:
+    if len(ax.lines) > MAX_LEGEND_ENTRIES:
+        # a legend of hundreds of names (every variable of an ACE run) hides
+        # the panel and takes seconds to lay out; the names are in the jsonl
+        ax.text(
+            0.02,
+            0.98,
+            f"{len(ax.lines)} series (names in metrics.jsonl)",
+            transform=ax.transAxes,
+            va="top",
+            fontsize="small",
+        )
+    elif ax.lines:
         ax.legend(fontsize="small")
 
 

@@ -71,6 +71,7 @@ class RolloutEvaluation:
             n_forward_steps=n_forward_steps,
             timestep=info.timestep,
             metadata=info.variable_metadata,
+            normalize=stepper.normalizer.normalize,
         )
         self._writers: RolloutWriters | None = None
         if writer_config is not None:

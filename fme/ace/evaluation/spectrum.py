@@ -33,16 +33,31 @@ def power_spectrum(field: torch.Tensor, sht: torch_harmonics.RealSHT) -> torch.T
 class PowerSpectrumDiagnostic:
     """Mean power spectrum of prediction and target per variable.
 
+    Scores, with ``r = gen / target - 1`` per degree ``l`` of ``n``:
+    ``mean_abs_norm_bias = sum(|r|) / n``, ``positive_norm_bias = sum(r[r > 0]) /
+    n``, ``negative_norm_bias = sum(r[r < 0]) / n`` and
+    ``smallest_scale_norm_bias = r[n - 1]`` (ACE's definitions).
+
     Args:
         names: variables.
         lat: ``[lat]`` latitudes in degrees (north to south or south to north).
         n_lon: longitudes.
+        report_directional_bias: also log ``positive_norm_bias`` and
+            ``negative_norm_bias`` (ACE's default).
     """
 
     file_stem = "power_spectrum"
 
-    def __init__(self, *, names: list[str], lat: torch.Tensor, n_lon: int):
+    def __init__(
+        self,
+        *,
+        names: list[str],
+        lat: torch.Tensor,
+        n_lon: int,
+        report_directional_bias: bool = True,
+    ):
         self._names = list(names)
+        self._directional = report_directional_bias
         self._flip = bool(lat[0] < lat[-1])  # torch-harmonics wants north first
         self._sht = torch_harmonics.RealSHT(
             lat.numel(), n_lon, grid=grid_of(lat)
@@ -71,14 +86,24 @@ class PowerSpectrumDiagnostic:
         return {n: s / self._counts[kind] for n, s in self._sums[kind].items()}
 
     def get_metrics(self) -> dict[str, float]:
-        """``power_spectrum/mean_abs_norm_bias/<var>`` (with a target)."""
+        """``power_spectrum/<score>/<var>`` (with a target); see the class."""
         if not self._counts["target"] or not self._counts["gen"]:
             return {}
         gen, target = self.mean("gen"), self.mean("target")
         metrics = {}
         for name in self._names:
-            ratio = (gen[name] - target[name]).abs() / target[name].clamp(min=1e-30)
-            metrics[f"power_spectrum/mean_abs_norm_bias/{name}"] = float(ratio.mean())
+            # (gen - target) / target: exactly 0 where both powers are equal
+            ratio = (gen[name] - target[name]) / target[name].clamp(min=1e-30)
+            n = ratio.numel()
+            scores = {
+                "mean_abs_norm_bias": float(ratio.abs().sum() / n),
+                "smallest_scale_norm_bias": float(ratio[-1]),
+            }
+            if self._directional:
+                scores["positive_norm_bias"] = float(ratio[ratio > 0].sum() / n)
+                scores["negative_norm_bias"] = float(ratio[ratio < 0].sum() / n)
+            for score, value in scores.items():
+                metrics[f"power_spectrum/{score}/{name}"] = value
         return metrics
 
     def get_dataset(self) -> xr.Dataset:

@@ -4,9 +4,14 @@ The time mean is over every recorded lead and sample. Against the target it
 gives ``time_mean/rmse/<var> = sqrt(gm((mean(x̂) - mean(x))²))`` and
 ``time_mean/bias/<var> = gm(mean(x̂) - mean(x))`` (``gm``: area-weighted global
 mean); against reference maps (``time_mean_reference_data``) the same under
-``time_mean_ref/``.
+``time_mean_ref/``. Fed fields normalised with the network's statistics it is
+ACE's ``time_mean_norm``: ``time_mean_norm/rmse/<var>`` and
+``time_mean_norm/rmse/channel_mean``, the plain mean of the RMSEs over the
+channel-mean variables (the number ACE's inline inference selects
+``best_inference_ckpt.tar`` with).
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +63,11 @@ class TimeMeanDiagnostic:
         names: variables.
         reference: ``{name: [lat, lon]}`` reference time means, or None.
         metadata: units and long names.
+        name: metric prefix and file stem (``time_mean``, or ``time_mean_norm``
+            for normalised fields).
+        channel_mean_names: variables averaged into ``rmse/channel_mean``
+            (None: no channel mean).
     """
-
-    file_stem = "time_mean"
 
     def __init__(
         self,
@@ -69,11 +76,21 @@ class TimeMeanDiagnostic:
         names: list[str],
         reference: dict[str, torch.Tensor] | None = None,
         metadata: dict[str, dict[str, str]] | None = None,
+        name: str = "time_mean",
+        channel_mean_names: list[str] | None = None,
     ):
+        unknown = [n for n in channel_mean_names or [] if n not in names]
+        if unknown:
+            raise ValueError(
+                f"aggregator.{name}.channel_mean_names {unknown} are not among the "
+                f"scored variables {names}"
+            )
         self._ops = ops
         self._names = list(names)
         self._reference = reference
         self._metadata = metadata or {}
+        self.file_stem = name
+        self._channel_mean_names = channel_mean_names
         self._gen: dict[str, torch.Tensor] = {}
         self._target: dict[str, torch.Tensor] = {}
         self._count = 0
@@ -94,6 +111,21 @@ class TimeMeanDiagnostic:
                 store[name] = store[name] + total if name in store else total
         self._count += int(np.prod(prediction[self._names[0]].shape[:2]))
 
+    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the accumulated maps and counts over ranks, in place.
+
+        Every rank must call it, also a rank that recorded nothing; the target
+        maps take part when any rank recorded them.
+        """
+        shape = tuple(self._ops.area_weights.shape)
+        has_target = float(reduce_sum(torch.tensor(float(bool(self._target)))))
+        stores = [self._gen] + ([self._target] if has_target > 0 else [])
+        for store in stores:
+            for name in self._names:
+                local = store.get(name, torch.zeros(shape, dtype=torch.float64))
+                store[name] = reduce_sum(local)
+        self._count = int(reduce_sum(torch.tensor(float(self._count))))
+
     def maps(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"gen" | "target": {name: [lat, lon]}}`` time means."""
         out = {"gen": {n: v / self._count for n, v in self._gen.items()}}
@@ -110,20 +142,24 @@ class TimeMeanDiagnostic:
         )
 
     def get_metrics(self) -> dict[str, float]:
-        """``time_mean/{rmse,bias}/<var>`` and ``time_mean_ref/...`` scores."""
+        """``<name>/{rmse,bias}/<var>``, ``<name>_ref/...`` and channel-mean scores."""
         if self._count == 0:
             return {}
         maps = self.maps()
+        prefix = self.file_stem
         metrics = {}
         for name, gen in maps["gen"].items():
             if "target" in maps:
                 rmse, bias = self._scores(gen, maps["target"][name])
-                metrics[f"time_mean/rmse/{name}"] = rmse
-                metrics[f"time_mean/bias/{name}"] = bias
+                metrics[f"{prefix}/rmse/{name}"] = rmse
+                metrics[f"{prefix}/bias/{name}"] = bias
             if self._reference is not None:
                 rmse, bias = self._scores(gen, self._reference[name])
-                metrics[f"time_mean_ref/rmse/{name}"] = rmse
-                metrics[f"time_mean_ref/bias/{name}"] = bias
+                metrics[f"{prefix}_ref/rmse/{name}"] = rmse
+                metrics[f"{prefix}_ref/bias/{name}"] = bias
+        if self._channel_mean_names and "target" in maps:
+            values = [metrics[f"{prefix}/rmse/{n}"] for n in self._channel_mean_names]
+            metrics[f"{prefix}/rmse/channel_mean"] = float(np.mean(values))
         return metrics
 
     def get_dataset(self) -> xr.Dataset:

@@ -5,16 +5,20 @@ A rollout of ``n_forward_steps`` from axis time ``t0`` needs the data at times
 ``forward_steps_in_memory`` steps (each chunk with the time before it, which
 holds the forcing of its first step), so memory does not grow with the
 rollout length. ``start_indices`` index the dataset's time axis, as in ACE.
+With ``num_data_workers > 0`` the chunks are read by that many worker
+processes of a torch ``DataLoader`` (as ACE's inference loader does), ahead of
+the rollout, in order.
 """
 
 import builtins
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from fme.ace.data.batch import BatchData, DatasetInfo
 from fme.ace.data.combined import MergedDataset
@@ -169,8 +173,9 @@ class InferenceDataLoaderConfig:
         start_indices: ``{first, n_initial_conditions, interval}``,
             ``{times: [...]}`` or ``{list: [...]}``: time indices (or times) of
             the initial conditions on the dataset's time axis.
-        num_data_workers: accepted for ACE configs; reads happen in the main
-            process, one chunk of lead times at a time.
+        num_data_workers: worker processes reading the chunks of lead times
+            ahead of the rollout (0: the main process reads each chunk when
+            it is needed).
         perturbations: not supported here (must be null).
         persistence_names: not supported here (must be null).
     """
@@ -199,7 +204,8 @@ class ForcingDataLoaderConfig:
 
     Attributes:
         dataset: one dataset or ``merge: [...]`` (no subset).
-        num_data_workers: accepted for ACE configs (reads are chunked).
+        num_data_workers: worker processes reading the forcing chunks ahead
+            of the rollout (0: the main process reads them).
         perturbations: not supported here (must be null).
         persistence_names: not supported here (must be null).
     """
@@ -211,6 +217,11 @@ class ForcingDataLoaderConfig:
 
     def __post_init__(self):
         _check_not_subset(self.dataset)
+        if self.num_data_workers < 0:
+            raise ValueError(
+                f"forcing_loader.num_data_workers must be >= 0, got "
+                f"{self.num_data_workers}"
+            )
         _refuse("forcing_loader.perturbations", self.perturbations)
         _refuse("forcing_loader.persistence_names", self.persistence_names)
 
@@ -267,6 +278,7 @@ class InferenceData:
         n_forward_steps: rollout length.
         rank: this process's rank; rollouts are split across ranks.
         world_size: number of processes.
+        num_data_workers: worker processes reading chunks ahead (``windows``).
 
     Raises:
         ValueError: when a rollout would start outside the data or run past
@@ -282,7 +294,11 @@ class InferenceData:
         n_forward_steps: int,
         rank: int = 0,
         world_size: int = 1,
+        num_data_workers: int = 0,
     ):
+        if num_data_workers < 0:
+            raise ValueError(f"num_data_workers must be >= 0, got {num_data_workers}")
+        self.num_data_workers = num_data_workers
         self.dataset = build_time_axis_dataset(dataset, names=names)
         times = self.dataset.all_times
         indices = start_indices.as_indices(times)
@@ -337,6 +353,54 @@ class InferenceData:
         time = np.stack([item[1] for item in items])
         return BatchData(data=data, time=time)
 
+    def windows(self, ranges: Sequence[tuple[int, int]]) -> Iterator[BatchData]:
+        """``window(first_time, n_times)`` of every range, in order.
+
+        With ``num_data_workers > 0`` worker processes (forkserver, as ACE
+        uses for zarr) read them ahead (each worker up to two ranges ahead,
+        torch's default); nothing is yielded when this rank has no rollouts.
+        """
+        if not self.indices:
+            return
+        if self.num_data_workers == 0 or len(ranges) == 0:
+            for first_time, n_times in ranges:
+                window = self.window(first_time, n_times)
+                assert window is not None
+                yield window
+            return
+        loader = DataLoader(
+            _Windows(self, list(ranges)),
+            batch_size=None,
+            shuffle=False,
+            num_workers=min(self.num_data_workers, len(ranges)),
+            # a fresh server process, not a fork of this one: this process
+            # has netCDF (HDF5) files open, which a forked child must not
+            # share; the dataset is pickled without its handles
+            multiprocessing_context="forkserver",
+            collate_fn=_as_read,  # type: ignore[arg-type]  # batch_size=None: one item
+        )
+        yield from loader
+
     def batch(self) -> BatchData | None:
         """The whole rollout window (``n_forward_steps + 1`` times) at once."""
         return self.window(0, self.n_forward_steps + 1)
+
+
+class _Windows(Dataset):
+    """The windows of ``ranges`` as a map-style dataset (read in workers)."""
+
+    def __init__(self, data: InferenceData, ranges: list[tuple[int, int]]):
+        self._data = data
+        self._ranges = ranges
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def __getitem__(self, index: int) -> BatchData:
+        window = self._data.window(*self._ranges[index])
+        assert window is not None
+        return window
+
+
+def _as_read(window: BatchData) -> BatchData:
+    return window

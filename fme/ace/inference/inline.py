@@ -15,7 +15,9 @@ from fme.core.distributed import DistributedContext
 # metric families of the map diagnostics (time mean, histogram, spectrum,
 # seasonal and annual means), as their get_metrics name them
 DIAGNOSTIC_FAMILIES = (
+    "mean_norm",
     "time_mean",
+    "time_mean_norm",
     "time_mean_ref",
     "histogram",
     "power_spectrum",
@@ -39,9 +41,11 @@ class InlineInferenceConfig:
         aggregator: the diagnostics to compute (ACE's evaluator aggregator).
         name: metric prefix; by default ``inference`` for a single block and
             ``inference_<i>`` for a list, as in ACE.
-        weight: accepted for ACE configs; checkpoints here are chosen by
-            ``best_checkpoint_metric`` (e.g. ``inference/rmse/<var>``), not by
-            ACE's weighted combination.
+        weight: this block's weight in ACE's inference error, the sum over
+            blocks with ``weight > 0`` of ``weight *
+            time_mean_norm/rmse/channel_mean``, logged as ``inference_error``;
+            its lowest value selects ``best_inference_ckpt.tar`` (as in ACE).
+            ``weight: 0`` leaves the block out.
         every_n_epochs: also require the epoch to be divisible by this.
     """
 
@@ -67,12 +71,23 @@ class InlineInferenceConfig:
             raise ValueError("not supported here: inference.n_ensemble_per_ic != 1")
         if self.weight < 0:
             raise ValueError(f"inference.weight must be >= 0, got {self.weight}")
+        if self.weight > 0 and not self.aggregator.time_mean_norm.enabled:
+            raise ValueError(
+                "inference.aggregator.time_mean_norm must be enabled when "
+                f"inference.weight > 0 (got {self.weight}): best_inference_ckpt.tar "
+                "is selected with time_mean_norm/rmse/channel_mean. Enable it or "
+                "set weight: 0"
+            )
         for key in ("start", "stop"):
             value = getattr(self.epochs, key)
             if value is not None and value < 0:
                 raise ValueError(
                     f"not supported here: negative inference.epochs.{key} ({value})"
                 )
+
+    def epoch_set(self, max_epochs: int) -> set[int]:
+        """The epochs in ``1..max_epochs`` after which this block runs."""
+        return {e for e in range(1, max_epochs + 1) if self.runs_after(e)}
 
     def runs_after(self, epoch: int) -> bool:
         """Whether to run after ``epoch`` (1-based)."""
@@ -85,6 +100,30 @@ class InlineInferenceConfig:
         if (index - start) % (self.epochs.step or 1) != 0:
             return False
         return epoch % self.every_n_epochs == 0
+
+
+INFERENCE_ERROR = "inference_error"
+"""The weighted inference error ACE selects ``best_inference_ckpt.tar`` with."""
+
+
+def check_weighted_epochs(
+    config: InlineInferenceConfig | list[InlineInferenceConfig] | None,
+    max_epochs: int,
+) -> None:
+    """Refuse weighted blocks that run after different epochs (as ACE does).
+
+    Their weighted sum would compare different blocks from one epoch to the
+    next.
+    """
+    blocks = [] if config is None else config if isinstance(config, list) else [config]
+    sets = [b.epoch_set(max_epochs) for b in blocks if b.weight > 0]
+    if any(s != sets[0] for s in sets[1:]):
+        raise ValueError(
+            "inference blocks with weight > 0 must run after the same epochs, so "
+            "that the weighted inference error selecting best_inference_ckpt.tar "
+            "is comparable across epochs; give them the same epochs / "
+            "every_n_epochs or set weight: 0 on supplementary blocks"
+        )
 
 
 def metric_prefixes(
@@ -119,6 +158,7 @@ class _Block:
             n_forward_steps=config.n_forward_steps,
             rank=dist.rank,
             world_size=dist.world_size,
+            num_data_workers=config.loader.num_data_workers,
         )
         reference = config.aggregator.reference_path
         if reference is not None:  # a bad reference file fails before training
@@ -169,9 +209,26 @@ class _Block:
         metrics = evaluation.aggregator.reduced(self.dist.reduce_sum).get_metrics()
         if self.dist.world_size == 1:
             metrics.update(evaluation.diagnostics.get_metrics())
+        else:  # the checkpoint-selection score is summed over every rank's rollouts
+            time_mean_norm = evaluation.diagnostics.time_mean_norm
+            if time_mean_norm is not None:
+                time_mean_norm.reduce(self.dist.reduce_sum)
+                metrics.update(time_mean_norm.get_metrics())
         return {
             f"{self.prefix}/{k}": v for k, v in metrics.items() if "/lead_" not in k
         }
+
+    def weighted_error(self, metrics: dict[str, float]) -> float | None:
+        """``weight * time_mean_norm/rmse/channel_mean`` of a run, or None."""
+        if self.config.weight == 0 or not metrics:
+            return None
+        key = f"{self.prefix}/time_mean_norm/rmse/channel_mean"
+        if key not in metrics:
+            raise RuntimeError(
+                f"inference block {self.prefix!r} with weight {self.config.weight} "
+                f"logged no {key}, which best_inference_ckpt.tar is selected with"
+            )
+        return self.config.weight * metrics[key]
 
 
 class InlineInference:
@@ -205,9 +262,24 @@ class InlineInference:
         """Whether ``metric`` names a map-diagnostic family of some block."""
         return any(block.may_log_diagnostic(metric) for block in self._blocks)
 
+    @property
+    def selects_checkpoint(self) -> bool:
+        """Whether some block has ``weight > 0`` (``best_inference_ckpt.tar``)."""
+        return any(block.config.weight > 0 for block in self._blocks)
+
     def __call__(self, epoch: int) -> dict[str, float]:
-        """Metrics of the rollouts after ``epoch`` (empty on skipped epochs)."""
+        """Metrics of the rollouts after ``epoch`` (empty on skipped epochs).
+
+        With weighted blocks among them, also ``inference_error``.
+        """
         metrics: dict[str, float] = {}
+        errors = []
         for block in self._blocks:
-            metrics.update(block(epoch))
+            block_metrics = block(epoch)
+            metrics.update(block_metrics)
+            error = block.weighted_error(block_metrics)
+            if error is not None:
+                errors.append(error)
+        if errors:
+            metrics[INFERENCE_ERROR] = float(sum(errors))
         return metrics

@@ -8,10 +8,8 @@ into ``experiment_dir``: ``initial_condition.nc``,
 continues the run), ``time_mean_diagnostics.nc`` and ``metrics.json``.
 """
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from fme.ace.evaluate.main import load_stepper
+from fme.ace.evaluation.cli import config_from_command_line
 from fme.ace.evaluation.conserved import conserved_quantities
 from fme.ace.evaluation.diagnostics import RolloutDiagnostics
 from fme.ace.evaluation.metrics import DerivedQuantity
@@ -34,15 +33,8 @@ from fme.ace.inference.initial_condition import (
 )
 from fme.ace.inference.rollout import RolloutChunk, run_rollout
 from fme.ace.stepper.stepper import Stepper
-from fme.core.config_loading import (
-    ConfigError,
-    apply_overrides,
-    from_dict_strict,
-    load_yaml,
-)
 from fme.core.distributed import DistributedContext
 from fme.core.metrics_logger import MetricsLogger
-from fme.core.process_resources import configure_process
 
 
 class _InitialTimes:
@@ -220,20 +212,16 @@ def _forcing_data(
         start_indices=_InitialTimes(initial.times, description),
         names=forcing_names,
         n_forward_steps=config.n_forward_steps,
+        num_data_workers=config.forcing_loader.num_data_workers,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m fme.ace.inference CONFIG.yaml [--override key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m fme.ace.inference")
-    parser.add_argument("config", help="inference YAML")
-    parser.add_argument("--override", nargs="*", default=[])
-    args = parser.parse_args(argv)
-    try:
-        configure_process()
-        data = apply_overrides(load_yaml(args.config), args.override)
-        config = from_dict_strict(InferenceConfig, data, path="config")
-    except (ConfigError, ValueError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    config = config_from_command_line(
+        argv,
+        prog="python -m fme.ace.inference",
+        what="inference",
+        config_type=InferenceConfig,
+    )
     run_inference(config)

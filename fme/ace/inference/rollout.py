@@ -146,6 +146,10 @@ def run_rollout(
     else:
         state = {n: initial_state[n].to(device) for n in stepper.prognostic_names}
     names = stepper.out_names
+    ranges = [
+        (step, min(forward_steps_in_memory, n_forward_steps - step) + 1)
+        for step in range(first_step, n_forward_steps, forward_steps_in_memory)
+    ]
     step = first_step
     # seeded once (unless continued), carried through every chunk (as ACE)
     if corrector_state is not None:
@@ -153,10 +157,8 @@ def run_rollout(
     noise_state: torch.Tensor | None = None
     if noise_seed is not None:
         noise_state = torch.Generator().manual_seed(noise_seed).get_state()
-    while step < n_forward_steps:
-        n_leads = min(forward_steps_in_memory, n_forward_steps - step)
-        window = data.window(step, n_leads + 1)
-        assert window is not None
+    for window in data.windows(ranges):
+        n_leads = window.time.shape[1] - 1
         window = window.to(device)
         forcing = {n: window.data[n] for n in stepper.forcing_names}
         if corrector_state is None:

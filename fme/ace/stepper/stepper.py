@@ -156,6 +156,11 @@ class Stepper:
         return list(dict.fromkeys(names + self.forcing_names))
 
     @property
+    def normalizer(self) -> StandardNormalizer:
+        """The network's normalisation statistics (ACE's ``stepper.normalizer``)."""
+        return self.step.normalizer
+
+    @property
     def module(self) -> torch.nn.Module:
         """The network (possibly wrapped for data parallelism)."""
         return self.step.module

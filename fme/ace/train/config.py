@@ -5,7 +5,11 @@ from pathlib import Path
 from typing import Any
 
 from fme.ace.data.loader import DataLoaderConfig
-from fme.ace.inference.inline import InlineInferenceConfig, metric_prefixes
+from fme.ace.inference.inline import (
+    InlineInferenceConfig,
+    check_weighted_epochs,
+    metric_prefixes,
+)
 from fme.ace.stepper.stepper import StepperConfig
 from fme.ace.stepper.train_stepper import TrainStepperConfig
 from fme.ace.train.phases import PhaseConfig, ResolvedPhase, resolve_phases
@@ -59,7 +63,9 @@ class TrainConfig:
         inference: rollouts scored at the end of epochs, one block or a list
             as in ACE (``inference/...`` metrics for one block,
             ``inference_<i>/...`` or ``<name>/...`` for several; usable as
-            ``best_checkpoint_metric``).
+            ``best_checkpoint_metric``). As in ACE, blocks with ``weight > 0``
+            (the default) select ``best_inference_ckpt.tar`` by their
+            weighted ``time_mean_norm/rmse/channel_mean``.
         phases: train in phases, in order, each with its own length,
             optimisation, rollout length, loss-weight schedules, freezing and
             LoRA (see ``fme.ace.train.phases``); null trains one phase of
@@ -129,6 +135,7 @@ class TrainConfig:
                 f"distributed_backend {self.distributed_backend!r} is unknown; "
                 "allowed: null (automatic), gloo, nccl"
             )
+        check_weighted_epochs(self.inference, self.max_epochs)
         prefixes = metric_prefixes(self.inference)
         if isinstance(self.inference, list) and len(set(prefixes)) != len(prefixes):
             raise ValueError(

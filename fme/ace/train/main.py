@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from fme.ace.data.loader import DataLoaderConfig, GriddedData, build_data_loader
-from fme.ace.inference.inline import InlineInference
+from fme.ace.inference.inline import INFERENCE_ERROR, InlineInference
 from fme.ace.stepper.parameter_init import initialize_stepper
 from fme.ace.stepper.stepper import Stepper
 from fme.ace.stepper.train_stepper import TrainStepper
@@ -157,6 +157,11 @@ def build_phase_trainer(
         checkpoint_every_n_steps=config.checkpoint_every_n_steps,
         run_config=to_dict(config),
         best_metric=config.best_checkpoint_metric,
+        best_inference_metric=(
+            INFERENCE_ERROR
+            if end_of_epoch is not None and end_of_epoch.selects_checkpoint
+            else None
+        ),
         batch_log_interval=config.logging.batch_log_interval,
         end_of_epoch=end_of_epoch,
         start_epoch=progress.start_epoch,

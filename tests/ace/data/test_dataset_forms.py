@@ -243,3 +243,45 @@ def test_unreadable_zarr_store_and_corrupt_chunk_are_named(tmp_path):
     (path / "zarr.json").unlink()
     with pytest.raises(ValueError, match=f"zarr store '{path}' cannot be read"):
         XarrayDataset(config, names=["a", "b"], n_timesteps=3)
+
+
+def test_merge_accepts_grids_equal_within_ace_tolerance(tmp_path):
+    # ACE compares merged grids with torch.allclose (rtol 1e-5, atol 1e-8):
+    # coordinates written in another precision are one grid
+    write_netcdf(tmp_path / "one", 8, names=("a",))
+    write_netcdf(tmp_path / "two", 8, names=("b",), lat=LAT * (1 + 1e-6))
+    config = MergeDatasetConfig(
+        merge=[_xarray(tmp_path / "one"), _xarray(tmp_path / "two")]
+    )
+    sample, _ = build_dataset(config, names=["a", "b"], n_timesteps=2)[2]
+    assert float(sample["b"][0, 0, 0]) == 2.0  # the first (only) name: b = t
+
+
+def test_merge_grid_clash_names_both_datasets_and_the_fix(tmp_path):
+    write_netcdf(tmp_path / "one", 8, names=("a",))
+    write_netcdf(tmp_path / "two", 8, names=("b",), lat=LAT + 1e-3)
+    config = MergeDatasetConfig(
+        merge=[_xarray(tmp_path / "one"), _xarray(tmp_path / "two")]
+    )
+    with pytest.raises(ValueError) as err:
+        build_dataset(config, names=["a", "b"], n_timesteps=2)
+    message = str(err.value)
+    assert "two/*.nc has a different lat grid" in message
+    assert "one/*.nc" in message and "regrid" in message
+
+
+def test_merge_duplicate_variable_is_read_from_the_first_holder_as_in_ace(
+    tmp_path, caplog
+):
+    write_netcdf(tmp_path / "one", 8, names=("a", "b"))
+    write_netcdf(tmp_path / "two", 8, names=("c", "b"))  # b = 100 + t in both
+    config = MergeDatasetConfig(
+        merge=[_xarray(tmp_path / "one"), _xarray(tmp_path / "two")]
+    )
+    with caplog.at_level("WARNING"):
+        sample, _ = build_dataset(config, names=["a", "b", "c"], n_timesteps=2)[1]
+    assert float(sample["b"][0, 0, 0]) == 101.0
+    (record,) = [r for r in caplog.records if "also holds" in r.getMessage()]
+    text = record.getMessage()
+    assert "two/*.nc also holds ['b']" in text and "read from" in text
+    assert "one/*.nc" in text

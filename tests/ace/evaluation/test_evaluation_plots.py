@@ -163,3 +163,28 @@ def test_field_map_with_units_and_time(tmp_path):
         when="lead 24 h, valid 2000-01-02 00:00",
     )
     assert_png(path)
+
+
+def test_a_panel_of_many_series_has_a_count_instead_of_a_legend(tmp_path):
+    from matplotlib.figure import Figure
+
+    from fme.ace.evaluation.plots import MAX_LEGEND_ENTRIES, _plot_series
+
+    n_many = 160  # every per-variable loss of an ACE2 config
+    records = [
+        {"optimizer_step": s, **{f"val/mean/loss/v{i}": s + i for i in range(n_many)}}
+        for s in range(3)
+    ]
+    few = [f"val/mean/loss/v{i}" for i in range(3)]
+    many = [f"val/mean/loss/v{i}" for i in range(n_many)]
+    ax_few, ax_many = Figure().subplots(1, 2)
+    _plot_series(ax_few, records, few)
+    _plot_series(ax_many, records, many)
+    assert [t.get_text() for t in ax_few.get_legend().get_texts()] == few
+    assert ax_many.get_legend() is None and len(ax_many.lines) == n_many
+    assert [t.get_text() for t in ax_many.texts] == [
+        f"{n_many} series (names in metrics.jsonl)"
+    ]
+    assert n_many > MAX_LEGEND_ENTRIES >= len(few)
+    jsonl = write_jsonl(tmp_path / "metrics.jsonl", records)
+    assert_png(plot_training_curves(jsonl, tmp_path / "plots")[0])

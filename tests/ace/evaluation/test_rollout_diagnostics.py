@@ -132,3 +132,56 @@ def test_annual_means_only_for_complete_years():
     gen = diag.means("gen")["x"]
     assert gen.tolist() == pytest.approx([(4 * 366 - 1) / 2])
     assert diag.get_metrics()["annual/rmse/x"] == pytest.approx(1.0)
+
+
+def test_spectrum_bias_scores_of_two_harmonics_by_hand():
+    nlat, nlon = 16, 32
+    nodes, _ = np.polynomial.legendre.leggauss(nlat)
+    lat = torch.tensor(np.rad2deg(np.arcsin(nodes))[::-1].copy())
+    isht = torch_harmonics.InverseRealSHT(nlat, nlon, grid="legendre-gauss").double()
+    n_degrees = isht.lmax
+
+    def field(amplitudes: dict[int, float]) -> torch.Tensor:
+        coefficients = torch.zeros(isht.lmax, isht.mmax, dtype=torch.complex128)
+        for degree, amplitude in amplitudes.items():
+            coefficients[degree, 0] = amplitude
+        return isht(coefficients)[None, None]
+
+    # a tiny background keeps every degree's target power non-zero
+    background = {degree: 1e-3 for degree in range(n_degrees)}
+    target = field({**background, 3: 1.0, n_degrees - 1: 1.0})
+    # power 4x at l = 3 (ratio - 1 = 3), 0.25x at the smallest scale (-0.75)
+    gen = field({**background, 3: 2.0, n_degrees - 1: 0.5})
+    for directional in (True, False):
+        diag = PowerSpectrumDiagnostic(
+            names=["x"], lat=lat, n_lon=nlon, report_directional_bias=directional
+        )
+        diag.record(prediction={"x": gen}, target={"x": target})
+        metrics = diag.get_metrics()
+        p = "power_spectrum"
+        assert metrics[f"{p}/mean_abs_norm_bias/x"] == pytest.approx(
+            3.75 / n_degrees, rel=1e-6
+        )
+        assert metrics[f"{p}/smallest_scale_norm_bias/x"] == pytest.approx(
+            -0.75, rel=1e-6
+        )
+        if directional:
+            assert metrics[f"{p}/positive_norm_bias/x"] == pytest.approx(
+                3.0 / n_degrees, rel=1e-6
+            )
+            assert metrics[f"{p}/negative_norm_bias/x"] == pytest.approx(
+                -0.75 / n_degrees, rel=1e-6
+            )
+        else:
+            assert f"{p}/positive_norm_bias/x" not in metrics
+
+
+def test_annual_rmse_is_not_reported_with_report_rmse_false():
+    n = 4 * 366
+    time = _times("2000-01-01", n)[None]
+    values = torch.ones(1, n, 4, N_LON, dtype=torch.float64)
+    diag = AnnualDiagnostic(ops=OPS, names=["x"], timestep=SIX_HOURS, report_rmse=False)
+    diag.record(prediction={"x": values}, target={"x": values + 1.0}, time=time)
+    assert diag.complete_years() == [2000]
+    assert diag.get_metrics() == {}
+    assert diag.get_dataset()["x"].shape[-1] == 1  # the means are still written

@@ -1,9 +1,10 @@
 """ACE's own configs load strictly here and run with only their paths changed.
 
 The evaluator and inference configs run end to end on tiny data; of the train
-configs, the data and inline-inference sections (what this project's data
-layer owns) load strictly and build their datasets on tiny netCDF and zarr
-stores holding the times the configs ask for.
+configs, the data and inline-inference sections load strictly and build their
+datasets on tiny netCDF and zarr stores holding the times the configs ask for
+(both train configs also train end to end:
+``tests/ace/train/test_ace_reference_train_configs.py``).
 """
 
 from pathlib import Path

@@ -20,6 +20,10 @@ class _Windows:
             self._data.time[:, window],
         )
 
+    def windows(self, ranges):
+        for first_time, n_times in ranges:
+            yield self.window(first_time, n_times)
+
 
 def test_chunked_rollout_returns_the_last_lead_of_a_plain_rollout():
     stepper = build_stepper(corrector={"conserve_global_mean_names": ["a"]})

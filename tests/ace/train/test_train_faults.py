@@ -131,17 +131,22 @@ def test_a_best_metric_never_logged_fails_before_training(
     assert not (experiment_dir / "metrics.jsonl").exists()
 
 
-def test_a_failed_start_leaves_only_out_log_with_the_error(data, tmp_path, capsys):
-    experiment_dir = tmp_path / "run"
-    config = tiny_config(data, experiment_dir, ["best_checkpoint_metric=val/mean/x"])
-    path = tmp_path / "config.yaml"
+def _main_fails(config, tmp_path, capsys) -> list[str]:
+    """Run ``main`` on ``config`` written as YAML; it must exit 1. Its stderr lines."""
     from fme.core.config_loading import to_dict
 
+    path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(to_dict(config)))
     with pytest.raises(SystemExit) as exit_info:
         main([str(path)])
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_failed_start_leaves_only_out_log_with_the_error(data, tmp_path, capsys):
+    experiment_dir = tmp_path / "run"
+    config = tiny_config(data, experiment_dir, ["best_checkpoint_metric=val/mean/x"])
+    err = _main_fails(config, tmp_path, capsys)
     assert len(err) == 1 and err[0].startswith("error: best_checkpoint_metric"), err
     assert str(experiment_dir / "out.log") in err[0]
     # no config.yaml, metrics or checkpoints: a start that never trained
@@ -154,14 +159,7 @@ def test_a_failed_start_leaves_only_out_log_with_the_error(data, tmp_path, capsy
 def test_a_fatal_error_during_training_is_in_out_log(data, tmp_path, capsys):
     experiment_dir = tmp_path / "run"
     config = tiny_config(data, experiment_dir, ["stepper_training.loss.type=NaN"])
-    path = tmp_path / "config.yaml"
-    from fme.core.config_loading import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(config)))
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(path)])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _main_fails(config, tmp_path, capsys)
     assert len(err) == 1 and "is not finite" in err[0], err
     log = (experiment_dir / "out.log").read_text()
     assert "loss term 'main' is not finite at rollout step 0" in log

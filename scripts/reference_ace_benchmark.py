@@ -9,16 +9,21 @@ released package installed, never with this repository's environment::
     printf 'torch==2.13.0\\ntorch-harmonics==0.8.0\\n' > ref-constraints.txt
     REF_VENV/bin/pip install -c ref-constraints.txt fme==2026.10.0
 
+    python -m fme.ace.data.ace_format_fixture --out ACE_DATA \\
+        --n-lat 32 --n-lon 64 --n-levels 2 --n-times 400   # this project's venv
     REF_VENV/bin/python scripts/reference_ace_benchmark.py \\
         --data ACE_DATA --out OUT --steps 30 --batch-size 4 \\
-        --n-forward-steps 2 --threads 1 [--make-data]
+        --n-forward-steps 2 --threads 1
 
 The script writes a released-fme training YAML (``OUT/train.yaml``) for the
 ACE-format data in ``--data`` -- either the layout of
 ``fme.ace.data.ace_format_fixture`` (``DIR/data/*.nc`` and ``DIR/stats/`` with
 ``centering.nc``, ``scaling-full-field.nc`` and optionally
 ``scaling-residual.nc``, used as the loss's residual scaling) or one directory
-holding both -- runs the released trainer in this process
+holding both -- with the variable roles the fixture wrote
+(``ACE_DATA/variable_roles.json``; for other data name the forcing and
+diagnostic variables with ``--forcing-names`` and ``--diagnostic-names``, the
+rest are prognostic), runs the released trainer in this process
 (``fme.ace.train.train.main``), and times it by wrapping the released
 ``TrainStepper.train_on_batch``:
 
@@ -28,18 +33,16 @@ holding both -- runs the released trainer in this process
   optimiser step, EMA update, scheduler, metric bookkeeping).
 - ``peak_rss_mb``: ``ru_maxrss`` of this process when training stops.
 - ``startup_s``: wall time from this script's first line (before torch and fme
-  are imported; data generation excluded) to the start of the first optimised
-  step.
+  are imported) to the start of the first optimised step.
 
 By default the run stops at the start of optimiser step ``warmup + steps + 1``,
 so the end-of-epoch train evaluation and validation never run;
 ``--complete-epoch`` lets the epoch finish instead. One JSON line goes to
 stdout and ``OUT/result.json``.
 
-``--make-data`` first writes data with this repository's
-``write_ace_format_dataset`` (loaded from its file; it needs only numpy and
-xarray) into ``--data`` when that holds no data yet, in a child process so it
-does not count towards peak RSS.
+The data are read as written (``scripts/benchmark.py`` writes them with this
+project's venv); the script does not generate any, since the fixture's module
+imports this project's package, which the released venv does not have.
 """
 
 import time
@@ -49,12 +52,10 @@ _SCRIPT_START = time.perf_counter()
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -62,26 +63,7 @@ from typing import Any  # noqa: E402
 
 REFERENCE_VERSION = "2026.10.0"
 STATS_FILES = ("centering.nc", "scaling-full-field.nc", "scaling-residual.nc")
-DEFAULT_FORCING_NAMES = (
-    "DSWRFtoa",
-    "HGTsfc",
-    "land_fraction",
-    "ocean_fraction",
-    "sea_ice_fraction",
-)
-DEFAULT_DIAGNOSTIC_NAMES = (
-    "DLWRFsfc",
-    "DSWRFsfc",
-    "LHTFLsfc",
-    "PRATEsfc",
-    "SHTFLsfc",
-    "ULWRFsfc",
-    "ULWRFtoa",
-    "USWRFsfc",
-    "USWRFtoa",
-    "tendency_of_total_water_path_due_to_advection",
-    "total_frozen_precipitation_rate",
-)
+ROLES_FILE = "variable_roles.json"  # as fme.ace.data.ace_format_fixture writes
 
 
 class _StopBenchmark(Exception):
@@ -133,26 +115,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-data-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--forcing-names", nargs="*", default=list(DEFAULT_FORCING_NAMES)
+        "--forcing-names",
+        nargs="*",
+        default=None,
+        help=f"input-only variables (default: from DATA/{ROLES_FILE})",
     )
     parser.add_argument(
-        "--diagnostic-names", nargs="*", default=list(DEFAULT_DIAGNOSTIC_NAMES)
+        "--diagnostic-names",
+        nargs="*",
+        default=None,
+        help=f"output-only variables (default: from DATA/{ROLES_FILE})",
     )
     parser.add_argument(
         "--complete-epoch",
         action="store_true",
         help="let the epoch finish (train eval + validation) instead of stopping",
     )
-    parser.add_argument(
-        "--make-data",
-        action="store_true",
-        help="write fme.ace.data.ace_format_fixture data into --data if it has none",
-    )
-    parser.add_argument("--n-lat", type=int, default=32, help="for --make-data")
-    parser.add_argument("--n-lon", type=int, default=64, help="for --make-data")
-    parser.add_argument("--n-levels", type=int, default=2, help="for --make-data")
-    parser.add_argument("--n-times", type=int, default=400, help="for --make-data")
-    parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "n_forward_steps", "threads"):
         if getattr(args, name) < 1:
@@ -173,27 +151,6 @@ def _set_thread_env(threads: int) -> None:
 # ---------------------------------------------------------------------------
 # Data layout.
 # ---------------------------------------------------------------------------
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_PATH = REPO_ROOT / "fme" / "ace" / "data" / "ace_format_fixture.py"
-
-
-def _write_fixture_dataset(
-    out_dir: Path, *, n_lat: int, n_lon: int, n_levels: int, n_times: int, seed: int
-) -> None:
-    """Write data with this repository's ``write_ace_format_dataset``.
-
-    The fixture module needs only numpy and xarray, so it is loaded from its
-    file: importing it as ``fme.ace.data...`` would find the released package.
-    """
-    spec = importlib.util.spec_from_file_location("_ace_format_fixture", FIXTURE_PATH)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot load {FIXTURE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_ace_format_dataset(
-        out_dir, n_lat=n_lat, n_lon=n_lon, n_levels=n_levels, n_times=n_times, seed=seed
-    )
 
 
 def _resolve_layout(data: Path, stats_dir: Path | None) -> tuple[Path, Path]:
@@ -236,6 +193,22 @@ def _stage_data(data_dir: Path, out_dir: Path) -> Path:
     return staged
 
 
+def _role_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The forcing and diagnostic names: from the flags, else the roles file."""
+    names = {"forcing": args.forcing_names, "diagnostic": args.diagnostic_names}
+    if any(value is None for value in names.values()):
+        path = args.data.resolve() / ROLES_FILE
+        if not path.is_file():
+            raise ValueError(
+                f"no {path}: name the variables with --forcing-names and "
+                "--diagnostic-names, or write the data with "
+                "python -m fme.ace.data.ace_format_fixture"
+            )
+        roles = json.loads(path.read_text())
+        names = {k: roles[k] if v is None else v for k, v in names.items()}
+    return list(names["forcing"]), list(names["diagnostic"])
+
+
 def _variable_roles(
     data_dir: Path, forcing: Sequence[str], diagnostic: Sequence[str]
 ) -> tuple[list[str], list[str], list[str]]:
@@ -268,9 +241,7 @@ def build_train_config(
     for name in STATS_FILES[:2]:
         if not (stats_dir / name).exists():
             raise ValueError(f"missing stats file {stats_dir / name}")
-    prognostic, forcing, diagnostic = _variable_roles(
-        data_dir, args.forcing_names, args.diagnostic_names
-    )
+    prognostic, forcing, diagnostic = _variable_roles(data_dir, *_role_names(args))
     in_names = prognostic + forcing
     out_names = prognostic + diagnostic
     network_norm = {
@@ -431,16 +402,8 @@ def _median(values: Sequence[float]) -> float:
     return 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def run_benchmark(
-    args: argparse.Namespace, *, clock_start: float = _SCRIPT_START
-) -> dict[str, Any]:
-    """Write the YAML, train with the released fme in-process, return timings.
-
-    Args:
-        args: parsed command line.
-        clock_start: ``time.perf_counter()`` value that ``startup_s`` counts
-            from (the script start, moved past any data generation).
-    """
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the YAML, train with the released fme in-process, return timings."""
     version = _check_reference_fme()
     import torch
     import yaml
@@ -494,7 +457,7 @@ def run_benchmark(
         "s_per_step": s_per_step,
         "samples_per_s": args.batch_size / s_per_step,
         "peak_rss_mb": peak_rss_mb,
-        "startup_s": timer.starts[0] - clock_start,
+        "startup_s": timer.starts[0] - _SCRIPT_START,
         "import_rss_mb": import_rss_mb,
         "s_per_step_median": _median(intervals),
         # Fastest single step: a lower bound that other load cannot inflate.
@@ -525,28 +488,7 @@ def run_benchmark(
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     _set_thread_env(args.threads)
-    if args.generate_only:
-        _write_fixture_dataset(
-            args.data,
-            n_lat=args.n_lat,
-            n_lon=args.n_lon,
-            n_levels=args.n_levels,
-            n_times=args.n_times,
-            seed=args.seed,
-        )
-        return
-    clock_start = _SCRIPT_START
-    data_dir, _ = _resolve_layout(args.data, args.stats_dir)
-    if args.make_data and not (data_dir.is_dir() and _data_files(data_dir)):
-        # A child process, so writing the data does not count in peak RSS.
-        cmd = [sys.executable, __file__, "--generate-only", "--data", str(args.data)]
-        cmd += ["--out", str(args.out), "--seed", str(args.seed)]
-        for flag in ("n_lat", "n_lon", "n_levels", "n_times"):
-            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        generation_start = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        clock_start += time.perf_counter() - generation_start
-    result = run_benchmark(args, clock_start=clock_start)
+    result = run_benchmark(args)
     line = json.dumps(result)
     (args.out / "result.json").write_text(line + "\n")
     print(line, flush=True)

@@ -103,3 +103,28 @@ def test_rejects_non_positive_steps(tmp_path: Path) -> None:
     module = _load_script()
     with pytest.raises(SystemExit):
         module._parse_args(["--data", "d", "--out", "o", "--steps", "0"])
+
+
+def test_roles_come_from_the_flags_without_a_roles_file(tmp_path: Path) -> None:
+    module = _load_script()
+    paths = write_ace_format_dataset(tmp_path / "ace", n_lat=4, n_lon=8, n_times=4)
+    paths.roles_path.unlink()
+    args = _args(module, tmp_path / "ace", tmp_path / "out")
+    data_dir, stats_dir = module._resolve_layout(args.data, args.stats_dir)
+    staged = module._stage_data(data_dir, tmp_path / "out")
+    kwargs = dict(
+        data_dir=data_dir,
+        stats_dir=stats_dir,
+        staged_data=staged,
+        experiment_dir=tmp_path / "exp",
+    )
+    with pytest.raises(ValueError, match="--forcing-names and --diagnostic-names"):
+        module.build_train_config(args, **kwargs)
+    args.forcing_names = ["DSWRFtoa", "HGTsfc"]
+    args.diagnostic_names = ["PRATEsfc"]
+    step = module.build_train_config(args, **kwargs)["stepper"]["step"]["config"]
+    others = ["land_fraction", "ocean_fraction", "sea_ice_fraction"]
+    prognostic = sorted(paths.prognostic + paths.diagnostic + others)
+    prognostic.remove("PRATEsfc")
+    assert step["in_names"] == prognostic + ["DSWRFtoa", "HGTsfc"]
+    assert step["out_names"] == prognostic + ["PRATEsfc"]

@@ -2,7 +2,9 @@
 
 ``python -m fme.ace.data.ace_format_fixture --out DIR`` writes, in seconds and
 deterministically (``--seed``), ``DIR/data/data_<j>.nc`` and ACE's statistics
-``DIR/stats/{centering,scaling-full-field,scaling-residual}.nc``. Names and
+``DIR/stats/{centering,scaling-full-field,scaling-residual}.nc``, and
+``DIR/variable_roles.json``: the prognostic, forcing and diagnostic names, for
+a tool that writes a training config without importing this package. Names and
 layout are ACE's: ``PRESsfc``, ``surface_temperature``,
 ``air_temperature_<k>``, ``specific_total_water_<k>`` (``k = 0`` at the model
 top), the surface and top-of-atmosphere fluxes (``DSWRFsfc`` ...
@@ -30,10 +32,10 @@ reads them):
 Precipitation is an equatorial band and storm-track waves clipped at zero, so
 it is zero over much of the globe (and frozen precipitation is a poleward
 fraction of it): positivity and budget corrections act on a network's output.
-Only numpy and xarray are needed (scripts load this file on its own).
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,7 @@ _RV = 461.5
 _CV = _CP - _RD
 _STEFAN_BOLTZMANN = 5.67e-8
 
+ROLES_FILE = "variable_roles.json"
 FORCING_NAMES = sorted(
     ["DSWRFtoa", "HGTsfc", "land_fraction", "ocean_fraction", "sea_ice_fraction"]
 )
@@ -85,6 +88,8 @@ class AceFormatPaths:
         means_path: ``centering.nc``, one scalar mean per variable.
         stds_path: ``scaling-full-field.nc``, one scalar std per variable.
         residual_stds_path: ``scaling-residual.nc``, stds of one-step changes.
+        roles_path: ``variable_roles.json``, ``{"prognostic": [...],
+            "forcing": [...], "diagnostic": [...]}`` (the three lists below).
         prognostic: variables that are both inputs and outputs (sorted).
         forcing: input-only variables (sorted).
         diagnostic: output-only variables (sorted).
@@ -94,6 +99,7 @@ class AceFormatPaths:
     means_path: Path
     stds_path: Path
     residual_stds_path: Path
+    roles_path: Path
     prognostic: list[str]
     forcing: list[str]
     diagnostic: list[str]
@@ -429,14 +435,22 @@ def write_ace_format_dataset(
         )
         _write(ds, data_dir / f"data_{j:03d}.nc")
     _write_stats(variables, n_times=n_times, stats_dir=stats_dir)
+    roles = {
+        "prognostic": prognostic_names(n_levels),
+        "forcing": list(FORCING_NAMES),
+        "diagnostic": list(DIAGNOSTIC_NAMES),
+    }
+    roles_path = out_dir / ROLES_FILE
+    roles_path.write_text(json.dumps(roles, indent=1) + "\n")
     return AceFormatPaths(
         data_dir=data_dir,
         means_path=stats_dir / "centering.nc",
         stds_path=stats_dir / "scaling-full-field.nc",
         residual_stds_path=stats_dir / "scaling-residual.nc",
-        prognostic=prognostic_names(n_levels),
-        forcing=list(FORCING_NAMES),
-        diagnostic=list(DIAGNOSTIC_NAMES),
+        roles_path=roles_path,
+        prognostic=roles["prognostic"],
+        forcing=roles["forcing"],
+        diagnostic=roles["diagnostic"],
     )
 
 
@@ -465,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         n_files=args.n_files,
         seed=args.seed,
     )
-    print(f"wrote {paths.data_dir} and {paths.means_path.parent}")
+    print(f"wrote {paths.data_dir}, {paths.means_path.parent} and {paths.roles_path}")
 
 
 if __name__ == "__main__":

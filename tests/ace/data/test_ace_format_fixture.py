@@ -1,4 +1,5 @@
 import datetime
+import json
 
 import numpy as np
 import torch
@@ -126,3 +127,19 @@ def test_precipitation_is_zero_over_much_of_the_globe(tmp_path):
     assert float(ds["PRATEsfc"].min()) == 0.0
     frozen, total = ds["total_frozen_precipitation_rate"], ds["PRATEsfc"]
     assert bool((frozen <= total).all()) and float(frozen.max()) > 0
+
+
+def test_roles_file_partitions_the_written_variables(tmp_path):
+    paths = write_ace_format_dataset(tmp_path, n_levels=2, n_times=3)
+    roles = json.loads(paths.roles_path.read_text())
+    assert paths.roles_path == tmp_path / "variable_roles.json"
+    assert roles == {
+        "prognostic": paths.prognostic,
+        "forcing": paths.forcing,
+        "diagnostic": paths.diagnostic,
+    }
+    with xr.open_dataset(paths.data_dir / "data_000.nc") as ds:
+        in_time = {str(n) for n, v in ds.data_vars.items() if "time" in v.dims}
+    listed = roles["prognostic"] + roles["forcing"] + roles["diagnostic"]
+    assert len(listed) == len(set(listed))  # no variable has two roles
+    assert set(listed) == in_time

@@ -10,6 +10,11 @@ package::
         [--only networks|noise|checkpoint|restart|noise_checkpoint] \\
         [--fixture-data DIR]
 
+``--fixture-data`` (needed by all but ``networks`` and ``noise``) is the
+ACE-format fixture written beforehand with this project's venv, from the
+checkout: ``python -m fme.ace.data.ace_format_fixture --out DIR --n-lat 8
+--n-lon 16 --n-levels 2 --n-times 40 --seed 3``.
+
 It writes, all small (kilobytes):
 
 - ``sfno_<variant>.pt``: for each SFNO variant family, the released
@@ -50,7 +55,6 @@ It writes, all small (kilobytes):
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -59,9 +63,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ace_stats_normalization import ace_normalization
+
 REFERENCE_VERSION = "2026.10.0"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_PATH = REPO_ROOT / "fme" / "ace" / "data" / "ace_format_fixture.py"
 
 # Tiny grids and channel counts: every file stays at a few kilobytes.
 NETWORK_VARIANTS: dict[str, dict[str, Any]] = {
@@ -138,6 +143,45 @@ def _check_reference_fme() -> None:
         raise SystemExit("run from outside the checkout: it imported this repo's fme")
 
 
+def _save_network_case(
+    net: Any,
+    *,
+    builder_config: dict[str, Any],
+    path: Path,
+    noise_seed: int | None = None,
+) -> None:
+    """Give ``net`` random weights, run it on a random input, save all of it.
+
+    With ``noise_seed``, torch's global generator is seeded with it right
+    before the call (the noise a stochastic network draws).
+    """
+    import torch
+
+    with torch.no_grad():
+        for param in net.parameters():
+            # Random values everywhere (the released init leaves biases at
+            # zero and spectral weights tiny, which would hide errors).
+            param.copy_(0.5 * torch.randn_like(param))
+    x = torch.randn(2, N_IN, *IMG_SHAPE)
+    if noise_seed is not None:
+        torch.manual_seed(noise_seed)
+    with torch.no_grad():
+        y = net(x)
+    case: dict[str, Any] = {
+        "builder": builder_config,
+        "img_shape": IMG_SHAPE,
+        "n_in": N_IN,
+        "n_out": N_OUT,
+    }
+    if noise_seed is not None:
+        case["noise_seed"] = noise_seed
+    case["state_dict"] = {k: v.clone() for k, v in net.state_dict().items()}
+    case["input"] = x
+    case["output"] = y
+    torch.save(case, path)
+    print(f"wrote {path.name}", flush=True)
+
+
 def make_networks(out: Path) -> None:
     """Write one ``sfno_<variant>.pt`` per entry of ``NETWORK_VARIANTS``."""
     import torch
@@ -152,27 +196,9 @@ def make_networks(out: Path) -> None:
         net = SphericalFourierNeuralOperatorNet(
             params=builder, in_chans=N_IN, out_chans=N_OUT, img_shape=IMG_SHAPE
         )
-        with torch.no_grad():
-            for param in net.parameters():
-                # Random values everywhere (the released init leaves biases at
-                # zero and spectral weights tiny, which would hide errors).
-                param.copy_(0.5 * torch.randn_like(param))
-        x = torch.randn(2, N_IN, *IMG_SHAPE)
-        with torch.no_grad():
-            y = net(x)
-        torch.save(
-            {
-                "builder": builder_config,
-                "img_shape": IMG_SHAPE,
-                "n_in": N_IN,
-                "n_out": N_OUT,
-                "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
-                "input": x,
-                "output": y,
-            },
-            out / f"sfno_{name}.pt",
+        _save_network_case(
+            net, builder_config=builder_config, path=out / f"sfno_{name}.pt"
         )
-        print(f"wrote sfno_{name}.pt", flush=True)
 
 
 def make_noise_networks(out: Path) -> None:
@@ -190,42 +216,30 @@ def make_noise_networks(out: Path) -> None:
         lon = torch.arange(IMG_SHAPE[1]) * 360.0 / IMG_SHAPE[1]
         info = DatasetInfo(horizontal_coordinates=LatLonCoordinates(lat=lat, lon=lon))
         net = builder.build(N_IN, N_OUT, info)
-        with torch.no_grad():
-            for param in net.parameters():
-                param.copy_(0.5 * torch.randn_like(param))
-        x = torch.randn(2, N_IN, *IMG_SHAPE)
-        torch.manual_seed(NOISE_SEED)
-        with torch.no_grad():
-            y = net(x)
-        torch.save(
-            {
-                "builder": builder_config,
-                "img_shape": IMG_SHAPE,
-                "n_in": N_IN,
-                "n_out": N_OUT,
-                "noise_seed": NOISE_SEED,
-                "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
-                "input": x,
-                "output": y,
-            },
-            out / f"noise_sfno_{name}.pt",
+        _save_network_case(
+            net,
+            builder_config=builder_config,
+            path=out / f"noise_sfno_{name}.pt",
+            noise_seed=NOISE_SEED,
         )
-        print(f"wrote noise_sfno_{name}.pt", flush=True)
 
 
 # Set by ``--fixture-data``: the fixture already written by this project.
 FIXTURE_DATA: Path | None = None
+# The fixture's module imports this project's package, which the released
+# venv does not have, so the data are written beforehand with this project's.
+FIXTURE_COMMAND = "python -m fme.ace.data.ace_format_fixture --out DIR " + " ".join(
+    f"--{k.replace('_', '-')} {v}" for k, v in FIXTURE.items()
+)
 
 
 def _write_fixture(data_root: Path) -> Path:
-    if FIXTURE_DATA is not None:
-        shutil.copytree(FIXTURE_DATA, data_root)
-        return data_root
-    spec = importlib.util.spec_from_file_location("_ace_format_fixture", FIXTURE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_ace_format_dataset(data_root, **FIXTURE)
+    if FIXTURE_DATA is None:
+        raise SystemExit(
+            f"--fixture-data DIR is needed: write DIR first with {FIXTURE_COMMAND} "
+            "(this project's venv, from the checkout)"
+        )
+    shutil.copytree(FIXTURE_DATA, data_root)
     return data_root
 
 
@@ -271,16 +285,7 @@ def _train_config(data: Path, experiment_dir: Path) -> dict[str, Any]:
                 "config": {
                     "in_names": prognostic + ["DSWRFtoa", "surface_temperature"],
                     "out_names": prognostic + ["PRATEsfc"],
-                    "normalization": {
-                        "network": {
-                            "global_means_path": str(stats / "centering.nc"),
-                            "global_stds_path": str(stats / "scaling-full-field.nc"),
-                        },
-                        "residual": {
-                            "global_means_path": str(stats / "centering.nc"),
-                            "global_stds_path": str(stats / "scaling-residual.nc"),
-                        },
-                    },
+                    "normalization": ace_normalization(stats),
                     "residual_prediction": True,
                     "builder": {
                         "type": "SphericalFourierNeuralOperatorNet",
@@ -316,6 +321,50 @@ def _evaluator_config(data: Path, checkpoint: Path, out_dir: Path) -> dict[str, 
         },
         "data_writer": {"save_prediction_files": True},
     }
+
+
+def _fresh_dir(path: Path) -> Path:
+    """``path`` as an empty directory (what was there is removed)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _run_released(main: Any, config: dict[str, Any], yaml_path: Path) -> None:
+    """Write ``config`` to ``yaml_path`` and run a released entry point on it."""
+    import yaml
+
+    from fme.core.distributed import Distributed
+
+    yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with Distributed.context():
+        main(str(yaml_path))
+
+
+def _read_fields(path: Path) -> dict[str, Any]:
+    """The ``[sample, time, lat, lon]`` variables of a written netCDF file."""
+    import torch
+    import xarray as xr
+
+    with xr.open_dataset(path, decode_times=False) as ds:
+        return {
+            str(n): torch.from_numpy(v.values.copy())
+            for n, v in ds.data_vars.items()
+            if v.ndim == 4
+        }
+
+
+def _finish_run_dir(run_out: Path, yaml_paths: list[Path], tmp_path: Path) -> None:
+    """Make the kept YAMLs' paths placeholders and record the fixture's settings.
+
+    The tests fill the ``TMP`` placeholders in with their own data directory.
+    """
+    for yaml_path in yaml_paths:
+        text = yaml_path.read_text().replace(str(tmp_path), "TMP")
+        yaml_path.write_text(text)
+    (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
+    print(f"wrote {run_out}", flush=True)
 
 
 NOISE_EVAL_SEED = 7
@@ -359,66 +408,37 @@ def make_noise_checkpoint(out: Path) -> None:
     draw. Only ``best_ckpt.tar`` (no optimiser state) is kept, to stay small.
     """
     import torch
-    import xarray as xr
-    import yaml
     from fme.ace.inference.evaluator import main as evaluator_main
     from fme.ace.train.train import main as train_main
 
-    from fme.core.distributed import Distributed
-
-    run_out = out / "ace_run_noise"
-    if run_out.exists():
-        shutil.rmtree(run_out)
-    run_out.mkdir(parents=True)
+    run_out = _fresh_dir(out / "ace_run_noise")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = _write_fixture(tmp_path / "data_root")
         experiment = tmp_path / "train"
         train_yaml = run_out / "train.yaml"
-        config = _noise_train_config(data, experiment)
-        train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-        with Distributed.context():
-            train_main(str(train_yaml))
+        _run_released(train_main, _noise_train_config(data, experiment), train_yaml)
         checkpoint = experiment / "training_checkpoints" / "best_ckpt.tar"
         shutil.copy(checkpoint, run_out / "best_ckpt.tar")
         eval_dir = tmp_path / "eval"
         eval_yaml = run_out / "evaluator.yaml"
         eval_config = _evaluator_config(data, checkpoint, eval_dir)
         eval_config["seed"] = NOISE_EVAL_SEED
-        eval_yaml.write_text(yaml.safe_dump(eval_config, sort_keys=False))
-        with Distributed.context():
-            evaluator_main(str(eval_yaml))
-        with xr.open_dataset(
-            eval_dir / "autoregressive_predictions.nc", decode_times=False
-        ) as ds:
-            prediction = {
-                str(n): torch.from_numpy(v.values.copy())
-                for n, v in ds.data_vars.items()
-                if v.ndim == 4
-            }
+        _run_released(evaluator_main, eval_config, eval_yaml)
+        prediction = _read_fields(eval_dir / "autoregressive_predictions.nc")
         torch.save({"prediction": prediction}, run_out / "evaluator_predictions.pt")
-    for yaml_path in (train_yaml, eval_yaml):
-        text = yaml_path.read_text().replace(str(tmp_path), "TMP")
-        yaml_path.write_text(text)
-    (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
-    print(f"wrote {run_out}", flush=True)
+    _finish_run_dir(run_out, [train_yaml, eval_yaml], tmp_path)
 
 
 def make_checkpoint(out: Path) -> None:
     """Train two steps with the released trainer, evaluate, keep the results."""
     import torch
-    import xarray as xr
-    import yaml
     from fme.ace.inference.evaluator import main as evaluator_main
     from fme.ace.train.train import main as train_main
 
     from fme.ace.stepper import single_module
-    from fme.core.distributed import Distributed
 
-    run_out = out / "ace_run"
-    if run_out.exists():
-        shutil.rmtree(run_out)
-    run_out.mkdir(parents=True)
+    run_out = _fresh_dir(out / "ace_run")
     losses: list[dict[str, Any]] = []
     original = single_module.TrainStepper.train_on_batch
 
@@ -444,38 +464,24 @@ def make_checkpoint(out: Path) -> None:
         data = _write_fixture(tmp_path / "data_root")
         experiment = tmp_path / "train"
         train_yaml = run_out / "train.yaml"
-        config = _train_config(data, experiment)
-        train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-        with Distributed.context():
-            train_main(str(train_yaml))
+        _run_released(train_main, _train_config(data, experiment), train_yaml)
         checkpoints = experiment / "training_checkpoints"
         for name in ("ckpt.tar", "best_ckpt.tar", "best_inference_ckpt.tar"):
             shutil.copy(checkpoints / name, run_out / name)
         eval_dir = tmp_path / "eval"
         eval_yaml = run_out / "evaluator.yaml"
         eval_config = _evaluator_config(data, checkpoints / "ckpt.tar", eval_dir)
-        eval_yaml.write_text(yaml.safe_dump(eval_config, sort_keys=False))
-        with Distributed.context():
-            evaluator_main(str(eval_yaml))
-        result: dict[str, dict[str, torch.Tensor]] = {}
-        for key, file_name in [
-            ("prediction", "autoregressive_predictions.nc"),
-            ("target", "autoregressive_target.nc"),
-        ]:
-            with xr.open_dataset(eval_dir / file_name, decode_times=False) as ds:
-                result[key] = {
-                    str(n): torch.from_numpy(v.values.copy())
-                    for n, v in ds.data_vars.items()
-                    if v.ndim == 4
-                }
+        _run_released(evaluator_main, eval_config, eval_yaml)
+        result = {
+            key: _read_fields(eval_dir / file_name)
+            for key, file_name in [
+                ("prediction", "autoregressive_predictions.nc"),
+                ("target", "autoregressive_target.nc"),
+            ]
+        }
         torch.save(result, run_out / "evaluator_predictions.pt")
-    # Paths inside the YAMLs are placeholders for the test to fill in.
-    for yaml_path in (train_yaml, eval_yaml):
-        text = yaml_path.read_text().replace(str(tmp_path), "TMP")
-        yaml_path.write_text(text)
-    (run_out / "fixture.json").write_text(json.dumps(FIXTURE) + "\n")
     torch.save(losses[-1], run_out / "last_batch_loss.pt")
-    print(f"wrote {run_out}", flush=True)
+    _finish_run_dir(run_out, [train_yaml, eval_yaml], tmp_path)
 
 
 RESTART_STEPS = 3
@@ -503,16 +509,10 @@ def make_restart(out: Path) -> None:
     """Run the released inference, restart it, keep the restart and what followed."""
     import torch
     import xarray as xr
-    import yaml
     from fme.ace.inference.inference import main as inference_main
 
-    from fme.core.distributed import Distributed
-
     checkpoint = out / "ace_run" / "ckpt.tar"
-    restart_out = out / "ace_run" / "restart"
-    if restart_out.exists():
-        shutil.rmtree(restart_out)
-    restart_out.mkdir(parents=True)
+    restart_out = _fresh_dir(out / "ace_run" / "restart")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = _write_fixture(tmp_path / "data_root")
@@ -536,18 +536,9 @@ def make_restart(out: Path) -> None:
             config = _inference_config(
                 data, checkpoint, initial_condition, tmp_path / name
             )
-            config_path = tmp_path / f"{name}.yaml"
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            with Distributed.context():
-                inference_main(str(config_path))
+            _run_released(inference_main, config, tmp_path / f"{name}.yaml")
         shutil.copy(tmp_path / "first" / "restart.nc", restart_out / "restart.nc")
-        predictions = tmp_path / "second" / "autoregressive_predictions.nc"
-        with xr.open_dataset(predictions, decode_times=False) as ds:
-            result = {
-                str(n): torch.from_numpy(v.values.copy())
-                for n, v in ds.data_vars.items()
-                if v.ndim == 4
-            }
+        result = _read_fields(tmp_path / "second" / "autoregressive_predictions.nc")
     torch.save(result, restart_out / "continuation.pt")
     print(f"wrote {restart_out}", flush=True)
 
@@ -564,10 +555,8 @@ def main() -> None:
         "--fixture-data",
         type=Path,
         default=None,
-        help="the ACE-format fixture written by this project's own venv, for when "
-        "its module imports project code the released package lacks: "
-        "python -m fme.ace.data.ace_format_fixture --out DIR --n-lat 8 "
-        "--n-lon 16 --n-levels 2 --n-times 40 --seed 3",
+        help="the ACE-format fixture, written with this project's venv: "
+        f"{FIXTURE_COMMAND} (needed by checkpoint, restart and noise_checkpoint)",
     )
     args = parser.parse_args()
     global FIXTURE_DATA

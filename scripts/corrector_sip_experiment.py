@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ace_stats_normalization import ace_normalization
 
 from fme.ace.data.loader import DataLoaderConfig, build_data_loader
 from fme.ace.data.shallow_water import generate_shallow_water_dataset
@@ -118,16 +119,7 @@ def train_config(
                     },
                     "in_names": NAMES,
                     "out_names": NAMES,
-                    "normalization": {
-                        "network": {
-                            "global_means_path": str(stats / "centering.nc"),
-                            "global_stds_path": str(stats / "scaling-full-field.nc"),
-                        },
-                        "residual": {
-                            "global_means_path": str(stats / "centering.nc"),
-                            "global_stds_path": str(stats / "scaling-residual.nc"),
-                        },
-                    },
+                    "normalization": ace_normalization(stats),
                     "residual_prediction": True,
                     "corrector": {
                         "type": "atmosphere_corrector",

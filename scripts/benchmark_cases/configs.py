@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ace_stats_normalization import ace_normalization
+
 from benchmark_cases.common import REPO
 
 
@@ -53,16 +55,7 @@ def ace_format_config(
                     "builder": {"type": builder, "config": builder_config},
                     "in_names": prognostic + data.forcing,
                     "out_names": prognostic + data.diagnostic,
-                    "normalization": {
-                        "network": {
-                            "global_means_path": str(data.means_path),
-                            "global_stds_path": str(data.stds_path),
-                        },
-                        "residual": {
-                            "global_means_path": str(data.means_path),
-                            "global_stds_path": str(data.residual_stds_path),
-                        },
-                    },
+                    "normalization": ace_normalization(data.means_path.parent),
                     "corrector": {
                         "type": "atmosphere_corrector",
                         "config": {"conserve_dry_air": True},

@@ -255,26 +255,17 @@ def test_cli_writes_and_prints_paths(tmp_path, capsys):
 def test_unknown_preset_and_invalid_preset_raise(tmp_path):
     with pytest.raises(ValueError, match="preset must be one of"):
         generate_shallow_water_dataset(tmp_path, preset="huge")
-    with pytest.raises(ValueError, match="solver_dt_seconds"):
-        ShallowWaterPreset(
-            nlat=8,
-            nlon=16,
-            lmax=6,
-            n_train=1,
-            n_validation=0,
-            n_times=4,
-            solver_dt_seconds=7000.0,
-        )
-    with pytest.raises(ValueError, match="solver_dt_seconds"):
-        ShallowWaterPreset(
-            nlat=8,
-            nlon=16,
-            lmax=6,
-            n_train=1,
-            n_validation=0,
-            n_times=4,
-            solver_dt_seconds=0.0,
-        )
+    for solver_dt_seconds in (7000.0, 0.0):
+        with pytest.raises(ValueError, match="solver_dt_seconds"):
+            ShallowWaterPreset(
+                nlat=8,
+                nlon=16,
+                lmax=6,
+                n_train=1,
+                n_validation=0,
+                n_times=4,
+                solver_dt_seconds=solver_dt_seconds,
+            )
     with pytest.raises(ValueError, match="lmax"):
         ShallowWaterPreset(
             nlat=8, nlon=16, lmax=9, n_train=1, n_validation=0, n_times=4

@@ -52,16 +52,30 @@ def _weights(experiment_dir):
     return state["trainable"]["stepper"]["module"], state
 
 
+def _train_one_and_two_processes(tmp_path, data, extra):
+    """Train ``tiny_config`` in one process and with torchrun in two.
+
+    The runs go to ``tmp_path / "single"`` and ``tmp_path / "multi"``.
+
+    Returns:
+        The config path of the two-process run.
+    """
+    single = _write_config(
+        tmp_path / "single.yaml", tiny_config(data, tmp_path / "single", extra)
+    )
+    multi = _write_config(
+        tmp_path / "multi.yaml", tiny_config(data, tmp_path / "multi", extra)
+    )
+    _run([sys.executable, "-m", "fme.ace.train", str(single)])
+    _torchrun(multi)
+    return multi
+
+
 def test_torchrun_two_processes_equal_one_process_and_resume(tmp_path):
     data = tiny_data(tmp_path)
     extra = ["max_steps=2", "train_loader.num_data_workers=0"]
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
-    single = _write_config(
-        tmp_path / "single.yaml", tiny_config(data, single_dir, extra)
-    )
-    multi = _write_config(tmp_path / "multi.yaml", tiny_config(data, multi_dir, extra))
-    _run([sys.executable, "-m", "fme.ace.train", str(single)])
-    _torchrun(multi)
+    multi = _train_one_and_two_processes(tmp_path, data, extra)
     one, one_state = _weights(single_dir)
     two, two_state = _weights(multi_dir)
     assert two_state["optimization"]["optimizer_steps"] == 2
@@ -126,12 +140,7 @@ def test_torchrun_ranks_agree_to_skip_a_batch_only_one_of_them_finds_bad(tmp_pat
         "distributed_timeout_seconds=20",
     ]
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
-    single = _write_config(
-        tmp_path / "single.yaml", tiny_config(data, single_dir, extra)
-    )
-    multi = _write_config(tmp_path / "multi.yaml", tiny_config(data, multi_dir, extra))
-    _run([sys.executable, "-m", "fme.ace.train", str(single)])
-    _torchrun(multi)
+    _train_one_and_two_processes(tmp_path, data, extra)
     one, one_state = _weights(single_dir)
     two, two_state = _weights(multi_dir)
     # the batch holding the bad sample was skipped, by both ranks together

@@ -1,19 +1,18 @@
 """Weight schedules of the named terms of the total loss, on the optimiser clock.
 
-``stepper_training.loss_weight_schedules: {<term>: {type, kwargs}}`` gives
-terms (``main``, ``corrector_regularization``, ``global_mean``) a schedule; a
-term's effective weight is its schedule's value times the weight configured on
-the term (1 for ``main``), ``t`` the optimiser steps since the schedules
-started. Types (keys in the README) are the curves of ``fme.core.schedule``,
+``stepper_training.loss_weight_schedules: {<term>: {type, kwargs}}``: a term's
+effective weight is its schedule's value at ``t`` (the optimiser steps since
+the schedules started) times the weight configured on the term (1 for
+``main``). Types (keys in the README): the curves of ``fme.core.schedule``,
 ``exponential`` spelled ``start``, ``end`` (both > 0), ``n_steps``, and
-``adaptive`` (``AdaptiveWeight``). No gradient flows through a weight.
+``adaptive``. No gradient flows through a weight.
 """
 
 import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -26,15 +25,10 @@ METRIC_PREFIX = "loss_weight/"
 _PATH = "stepper_training.loss_weight_schedules"
 
 
-class WeightSchedule:
-    """A closed-form weight schedule: a function of ``t`` alone."""
+class WeightSchedule(NamedTuple):
+    """A closed-form weight schedule: ``value(t)``, a function of ``t`` alone."""
 
-    def __init__(self, curve: curves.Schedule):
-        self._curve = curve
-
-    def value(self, t: int) -> float:
-        """The value used by optimiser step ``t + 1``."""
-        return float(self._curve(t))
+    value: curves.Schedule
 
 
 class AdaptiveWeight:
@@ -42,7 +36,8 @@ class AdaptiveWeight:
 
     Each optimiser step's detached loss ``L`` of the term (reduced, before any
     weight) updates ``m = L`` at first, then ``m = a * m + (1 - a) * L`` with
-    ``a = ema_decay``; the weight is ``start`` before the first loss.
+    ``a = ema_decay``; the weight is ``start`` before the first loss. Its
+    state is ``loss_average``, ``m`` (None before the first loss).
     """
 
     def __init__(
@@ -58,27 +53,19 @@ class AdaptiveWeight:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self._target, self._decay, self._start = float(target), float(ema_decay), start
         self._clip = (min_value, max_value)
-        self._ema: float | None = None
+        self.loss_average: float | None = None
 
     def value(self, t: int) -> float:
         """``start`` before any loss, else the clipped inverse magnitude."""
-        if self._ema is None:
+        if self.loss_average is None:
             return float(self._start)
-        return float(curves.clip(self._target / max(self._ema, 1e-12), *self._clip))
+        m = max(self.loss_average, 1e-12)
+        return float(curves.clip(self._target / m, *self._clip))
 
     def observe(self, loss: float) -> None:
         """Update the moving average ``m`` with ``loss``."""
-        m = self._ema
-        self._ema = loss if m is None else self._decay * m + (1 - self._decay) * loss
-
-    def get_state(self) -> dict[str, Any]:
-        """``{"loss_average": m}``."""
-        return {"loss_average": self._ema}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore ``get_state()`` output."""
-        m = state.get("loss_average")
-        self._ema = None if m is None else float(m)
+        m, a = self.loss_average, self._decay
+        self.loss_average = loss if m is None else a * m + (1 - a) * loss
 
 
 def _exponential(*, start: float, end: float, n_steps: int) -> curves.Schedule:
@@ -135,13 +122,11 @@ class LossWeightScheduleConfig:
             self.kwargs,
             path=_PATH,
             types=_TYPES,
-            member=lambda t, k, p: curves.parse_schedule(
-                t, k, path=p, types=_MEMBER_TYPES
+            member=lambda type_, kwargs, path: curves.parse_schedule(
+                type_, kwargs, path=path, types=_MEMBER_TYPES
             ),
         )
-        if isinstance(schedule, AdaptiveWeight):
-            return schedule
-        return WeightSchedule(schedule)
+        return schedule if self.type == "adaptive" else WeightSchedule(schedule)
 
 
 def check_loss_weight_schedule_terms(
@@ -252,9 +237,11 @@ class LossWeightSchedules:
             self._adaptive[name].observe(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data: ``t`` (the position on the clock) and each term's state."""
-        terms: dict[str, Any] = {name: {} for name in self._schedules}
-        terms.update({name: s.get_state() for name, s in self._adaptive.items()})
+        """Plain data: ``t`` (the position on the clock) and each term's state
+        (``{"loss_average": m}`` of an adaptive one)."""
+        terms = {name: {} for name in self._schedules}
+        for name, schedule in self._adaptive.items():
+            terms[name] = {"loss_average": schedule.loss_average}
         return {"t": self.t, "terms": terms}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -264,7 +251,8 @@ class LossWeightSchedules:
         terms = state.get("terms", {})
         for name, schedule in self._adaptive.items():
             if name in terms:
-                schedule.load_state(terms[name])
+                m = terms[name].get("loss_average")
+                schedule.loss_average = None if m is None else float(m)
 
 
 def _as_float(loss: float | torch.Tensor) -> float:

@@ -9,6 +9,7 @@ unclamped; a torch class's own ``min_lr`` / ``max_lr`` goes to the class).
 """
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,9 @@ def _curves(lr0: float) -> dict[str, Callable[..., Schedule]]:
             )
         ),
         "piecewise_constant": curves.piecewise_constant,
+        "sequential": lambda *, schedulers, milestones: _sequential(
+            schedulers, milestones, lr0=lr0
+        ),
     }
 
 
@@ -53,7 +57,7 @@ def _floor(curve: Schedule, floor: float) -> Schedule:
     return lambda t: max(floor, curve(t))
 
 
-SHORTHAND_TYPES = tuple(_curves(1.0))
+SHORTHAND_TYPES = tuple(_curves(1.0))[:-1]  # all but sequential
 STEP_EACH_OPTIONS = ("optimizer_step", "epoch")
 _CLAMPS = ("min_lr", "max_lr")
 _PATH = "optimization.scheduler"
@@ -119,8 +123,7 @@ class SchedulerConfig:
                 f"{_PATH}.type {self.type} steps on the validation loss, so it needs "
                 f"{_PATH}.step_each: epoch"
             )
-        if self.type is not None:
-            self._scheduler(None, lr0=1.0)  # every key checked at load
+        self._parse(lr0=1.0)  # every key checked at load
 
     @property
     def resolved_step_each(self) -> str:
@@ -141,44 +144,27 @@ class SchedulerConfig:
             ValueError: if a torch class rejects its kwargs, naming
                 ``optimization.scheduler.kwargs``.
         """
-        per_epoch = self.resolved_step_each == "epoch"
-        low, high = (
-            self.kwargs.get(k) if k in _clamp_keys(self.type) else None for k in _CLAMPS
-        )
-        schedule = LRSchedule(optimizer, clock=clock, per_epoch=per_epoch)
-        if self.type is not None:
-            t = None if per_epoch else lambda: schedule.t
-            schedule.drive(self._scheduler(optimizer, lr0=lr0, t=t), (low, high))
+        schedule = LRSchedule(optimizer, clock=clock, step_each=self.resolved_step_each)
+        part, clamps = self._parse(lr0=lr0)
+        if part is not None:
+            t = None if schedule.step_each == "epoch" else lambda: schedule.t
+            schedule.drive(_drive(part, optimizer, lr0=lr0, t=t), clamps)
         return schedule
 
-    def _scheduler(
-        self,
-        optimizer: torch.optim.Optimizer | None,
-        *,
-        lr0: float,
-        t: Callable[[], int] | None = None,
-    ) -> Any:
-        """The block's torch scheduler (a curve reads ``t()``, else torch's
-        count); without an optimiser it only checks."""
-        clamps = _clamp_keys(self.type)
+    def _parse(self, *, lr0: float) -> tuple[Any, tuple[Any, Any]]:
+        """The block's curve or torch class (``_part``) and its clamps."""
+        if self.type is None:
+            return None, (None, None)
         kwargs = dict(self.kwargs)
-        curves.check_numbers(
-            {k: kwargs.pop(k) for k in clamps if k in kwargs}, path=f"{_PATH}.kwargs"
-        )
-        part = _member(self.type, kwargs, _PATH, optimizer, lr0)
-        if optimizer is None or isinstance(part, torch_lr.LRScheduler):
-            return part
-        return _lambda_lr(optimizer, part, lr0=lr0, t=t)
+        clamps = {k: kwargs.pop(k) for k in _clamp_keys(self.type) if k in kwargs}
+        curves.check_numbers(clamps, path=f"{_PATH}.kwargs")
+        part = _part(self.type, kwargs, _PATH, lr0=lr0)
+        return part, (clamps.get("min_lr"), clamps.get("max_lr"))
 
 
-def _member(
-    type_: Any,
-    kwargs: Any,
-    path: str,
-    optimizer: torch.optim.Optimizer | None,
-    lr0: float,
-) -> Any:
-    """The curve or (given an optimiser) torch scheduler of one block."""
+def _part(type_: Any, kwargs: Any, path: str, *, lr0: float) -> Any:
+    """The curve of a block, or its torch scheduler as a ``functools.partial``
+    of the optimiser."""
     if isinstance(kwargs, Mapping) and set(kwargs) & set(_clamp_keys(type_)):
         raise ValueError(
             f"{path}.kwargs: min_lr and max_lr are only allowed on the top-level "
@@ -189,15 +175,8 @@ def _member(
             type_,
             kwargs,
             path=path,
-            types={
-                **_curves(lr0),
-                "sequential": lambda *, schedulers, milestones: _sequential(
-                    optimizer, schedulers, milestones, lr0=lr0
-                ),
-            },
-            member=lambda type_, kwargs, path: _member(
-                type_, kwargs, path, optimizer, lr0
-            ),
+            types=_curves(lr0),
+            member=lambda *block: _part(*block, lr0=lr0),
             extra=_CLAMPS,
         )
     if type_ == "sequential":
@@ -210,6 +189,12 @@ def _member(
     cls = getattr(torch_lr, type_, None) if isinstance(type_, str) else None
     if not (inspect.isclass(cls) and issubclass(cls, torch_lr.LRScheduler)):
         raise ValueError(f"{path}.type {type_!r} is unknown; allowed: {_ALLOWED}")
+    _torch(cls, kwargs, path, None)
+    return functools.partial(_torch, cls, kwargs, path)
+
+
+def _torch(cls: type, kwargs: Any, path: str, optimizer: Any) -> Any:
+    """``cls(optimizer, **kwargs)``; without an optimiser, only the keys checked."""
     try:
         inspect.signature(cls).bind(optimizer, **kwargs)
         return None if optimizer is None else cls(optimizer, **kwargs)
@@ -217,38 +202,29 @@ def _member(
         params = list(inspect.signature(cls).parameters)[1:]
         raise ValueError(
             f"{path}.kwargs {dict(kwargs)} are not accepted by "
-            f"torch.optim.lr_scheduler.{type_} (arguments: {params}): {err}"
+            f"torch.optim.lr_scheduler.{cls.__name__} (arguments: {params}): {err}"
         ) from None
 
 
-def _sequential(
-    optimizer: torch.optim.Optimizer | None,
-    members: list[Any],
-    milestones: list[int],
-    *,
-    lr0: float,
-) -> Any:
+def _sequential(members: list[Any], milestones: list[int], *, lr0: float) -> Any:
     """One curve of curve members, else torch's ``SequentialLR``."""
-    if optimizer is None:
-        return None
-    if not any(isinstance(m, torch_lr.LRScheduler) for m in members):
+    if not any(isinstance(m, functools.partial) for m in members):
         return curves.sequential(members, milestones)
-    schedulers = [
-        m if isinstance(m, torch_lr.LRScheduler) else _lambda_lr(optimizer, m, lr0=lr0)
-        for m in members
-    ]
-    return torch_lr.SequentialLR(optimizer, schedulers, milestones)
+    return functools.partial(
+        lambda optimizer: torch_lr.SequentialLR(
+            optimizer, [_drive(m, optimizer, lr0=lr0) for m in members], milestones
+        )
+    )
 
 
-def _lambda_lr(
-    optimizer: torch.optim.Optimizer,
-    curve: Schedule,
-    *,
-    lr0: float,
-    t: Callable[[], int] | None = None,
-) -> torch_lr.LambdaLR:
-    """``curve`` driving the rates, of ``t()`` if given, else of torch's count."""
-    return torch_lr.LambdaLR(optimizer, lambda e: curve(e if t is None else t()) / lr0)
+def _drive(
+    part: Any, optimizer: torch.optim.Optimizer, *, lr0: float, t: Any = None
+) -> torch_lr.LRScheduler:
+    """The scheduler of a part; a curve drives a ``LambdaLR`` of ``t()`` if
+    given, else of torch's count."""
+    if isinstance(part, functools.partial):
+        return part(optimizer)
+    return torch_lr.LambdaLR(optimizer, lambda e: part(e if t is None else t()) / lr0)
 
 
 def _clamp_keys(type_: Any) -> list[str]:
@@ -264,6 +240,9 @@ class LRSchedule:
     ``t`` counts the steps the schedule has taken: optimiser steps since it
     was built (read from ``clock``) or epochs (torch's count); the rate is
     ``lr(t)``, the rate of step ``t + 1``.
+
+    Attributes:
+        step_each: the schedule's clock, ``optimizer_step`` or ``epoch``.
     """
 
     def __init__(
@@ -271,10 +250,10 @@ class LRSchedule:
         optimizer: torch.optim.Optimizer,
         *,
         clock: "OptimizerClock",
-        per_epoch: bool,
+        step_each: str,
     ):
         self._optimizer, self._clock, self._origin = optimizer, clock, clock.step
-        self._per_epoch = per_epoch
+        self.step_each = step_each
         self._scheduler: Any = None
         self._clamps: tuple[float | None, float | None] = (None, None)
 
@@ -284,14 +263,9 @@ class LRSchedule:
         self._clamp()
 
     @property
-    def step_each(self) -> str:
-        """The schedule's clock: ``optimizer_step`` or ``epoch``."""
-        return STEP_EACH_OPTIONS[1 if self._per_epoch else 0]
-
-    @property
     def t(self) -> int:
         """Steps the schedule has taken on its clock."""
-        if self._per_epoch and self._scheduler is not None:
+        if self.step_each == "epoch" and self._scheduler is not None:
             return int(self._scheduler.last_epoch)
         return self._clock.step - self._origin
 
@@ -307,12 +281,12 @@ class LRSchedule:
 
     def step_optimizer(self) -> None:
         """Call after each optimiser step (the clock ticked)."""
-        if not self._per_epoch:
+        if self.step_each == "optimizer_step":
             self._advance(None)
 
     def step_epoch(self, metric: float | None = None) -> None:
         """Call at the end of each epoch; ``metric`` (validation loss) if needed."""
-        if self._per_epoch:
+        if self.step_each == "epoch":
             if self.needs_metric and metric is None:
                 raise ValueError(
                     "ReduceLROnPlateau needs the validation loss: call "
@@ -328,7 +302,7 @@ class LRSchedule:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output (after the clock) and set the rates."""
-        if not self._per_epoch:
+        if self.step_each == "optimizer_step":
             self._origin = self._clock.step - int(state.get("t", 0))
         if self._scheduler is not None and state.get("scheduler") is not None:
             self._scheduler.load_state_dict(state["scheduler"])

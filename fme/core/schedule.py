@@ -14,26 +14,23 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-# (minimum, exclusive, integer) of the numeric keys of every surface
-_BOUNDS = {
-    **dict.fromkeys(
-        "value values start end peak lr_start lr_end min_lr max_lr min_value "
-        "max_value ema_decay".split(),
-        (0.0, False, False),
-    ),
-    **dict.fromkeys(("decay_rate", "decay_steps", "target"), (0.0, True, False)),
-    **dict.fromkeys(
-        ("n_steps", "total_steps", "boundaries", "milestones"), (1, False, True)
-    ),
-    "warmup_steps": (0, False, True),
-}
+# the numeric keys of every surface: (minimum, exclusive, integer)
+_BOUNDS = dict.fromkeys(
+    "value values start end peak lr_start lr_end min_lr max_lr min_value max_value "
+    "ema_decay".split(),
+    (0.0, False, False),
+)
+_BOUNDS |= dict.fromkeys(("decay_rate", "decay_steps", "target"), (0.0, True, False))
+_BOUNDS |= dict.fromkeys(
+    ("n_steps", "total_steps", "boundaries", "milestones"), (1, False, True)
+)
+_BOUNDS["warmup_steps"] = (0, False, True)
 _LISTS = ("values", "boundaries", "milestones")  # checked item by item
-_RANGES = (("min_lr", "max_lr"), ("min_value", "max_value"))
 
 
 def constant(value: float) -> Schedule:
     """``v(t) = value``."""
-    return lambda t: value
+    return lambda t: float(value)
 
 
 def linear(start: float, end: float, n_steps: int) -> Schedule:
@@ -76,8 +73,7 @@ def warmup_cosine(
             "it counts the warm-up too"
         )
     decay = cosine(peak, end, n_steps - warmup_steps)
-    if warmup_steps == 0:
-        return decay
+    # with no warm-up the linear member is never evaluated
     return sequential([linear(start, peak, warmup_steps), decay], [warmup_steps])
 
 
@@ -110,13 +106,9 @@ def clip(value: float, low: float | None, high: float | None) -> float:
 
 
 CURVES: dict[str, Callable[..., Schedule]] = {
-    "constant": constant,
-    "linear": linear,
-    "exponential": exponential,
-    "cosine": cosine,
-    "warmup_cosine": warmup_cosine,
-    "piecewise_constant": piecewise_constant,
-    "sequential": sequential,
+    f.__name__: f
+    for f in (constant, linear, exponential, cosine, warmup_cosine)
+    + (piecewise_constant, sequential)
 }
 
 
@@ -132,8 +124,9 @@ def parse_schedule(
     """``types[type_](**kwargs)``: the schedule of a ``{type, kwargs}`` block.
 
     A type's keys are its function's parameters (required if without a
-    default) plus ``extra`` (handled by the caller); numbers are checked by
-    key name; ``member(type, kwargs, path)`` builds a ``sequential`` member.
+    default) plus ``extra`` (allowed, taken out by the caller); numbers are
+    checked by key name; ``member(type, kwargs, path)`` builds a
+    ``sequential`` member.
 
     Raises:
         ValueError: naming the key path (``path`` is the block's) for an
@@ -147,7 +140,7 @@ def parse_schedule(
     path = f"{path}.kwargs"
     check_keys(kwargs, required, [*(p.name for p in params), *extra], path)
     check_numbers(kwargs, path=path)
-    kwargs = {k: v for k, v in kwargs.items() if k not in extra}
+    kwargs = dict(kwargs)
     if type_ == "sequential":
         blocks, milestones = kwargs["schedulers"], kwargs["milestones"]
         if not isinstance(blocks, list) or not blocks:
@@ -201,12 +194,13 @@ def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
                 exclusive=exclusive,
                 integer=integer,
             )
-    for low_key, high_key in _RANGES:
-        low, high = kwargs.get(low_key), kwargs.get(high_key)
-        if low is not None and high is not None and low > high:
-            raise ValueError(
-                f"{path}: {low_key} ({low}) must not exceed {high_key} ({high})"
-            )
+    for low, high in (("min_lr", "max_lr"), ("min_value", "max_value")):
+        if kwargs.get(low) is not None and kwargs.get(high) is not None:
+            if kwargs[low] > kwargs[high]:
+                raise ValueError(
+                    f"{path}: {low} ({kwargs[low]}) must not exceed {high} "
+                    f"({kwargs[high]})"
+                )
 
 
 def check_increasing(steps: Sequence[Any], *, path: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch.optim import lr_scheduler as torch_lr
 
 from fme.core import schedule as curves
-from fme.core.schedule import Schedule
+from fme.core.schedule import Schedule, constant, cosine, exponential, linear
 
 if TYPE_CHECKING:
     from fme.core.optimization import OptimizerClock
@@ -27,16 +27,12 @@ if TYPE_CHECKING:
 def _curves(lr0: float) -> dict[str, Callable[..., Schedule]]:
     """The curves as this block spells them, starting (or peaking) at ``lr0``."""
     return {
-        "constant": lambda: curves.constant(lr0),
-        "linear": lambda *, total_steps, lr_end=0.0: curves.linear(
-            lr0, lr_end, total_steps
-        ),
+        "constant": lambda: constant(lr0),
+        "linear": lambda *, total_steps, lr_end=0.0: linear(lr0, lr_end, total_steps),
         "exponential": lambda *, decay_rate, decay_steps, lr_end=0.0: _floor(
-            curves.exponential(lr0, decay_rate, decay_steps), lr_end
+            exponential(lr0, decay_rate, decay_steps), lr_end
         ),
-        "cosine": lambda *, total_steps, lr_end=0.0: curves.cosine(
-            lr0, lr_end, total_steps
-        ),
+        "cosine": lambda *, total_steps, lr_end=0.0: cosine(lr0, lr_end, total_steps),
         "warmup_cosine": lambda *, warmup_steps, total_steps, lr_start=0, lr_end=0: (
             curves.warmup_cosine(
                 start=lr_start,
@@ -111,7 +107,7 @@ class SchedulerConfig:
             )
         if self.step_each is not None and self.step_each_iteration is not None:
             raise ValueError(
-                f"{_PATH}: give step_each or ACE's step_each_iteration, not both"
+                f"{_PATH}: give step_each or step_each_iteration, not both"
             )
         if self.type is None and self.kwargs:
             raise ValueError(
@@ -123,7 +119,8 @@ class SchedulerConfig:
                 f"{_PATH}.type {self.type} steps on the validation loss, so it needs "
                 f"{_PATH}.step_each: epoch"
             )
-        self._parse(lr0=1.0)  # every key checked at load
+        if self.type is not None:
+            self._parse(lr0=1.0)  # every key checked at load
 
     @property
     def resolved_step_each(self) -> str:
@@ -138,28 +135,22 @@ class SchedulerConfig:
     def build(
         self, optimizer: torch.optim.Optimizer, *, lr0: float, clock: "OptimizerClock"
     ) -> "LRSchedule":
-        """The schedule of ``optimizer``'s rate, starting now on ``clock``.
-
-        Raises:
-            ValueError: if a torch class rejects its kwargs, naming
-                ``optimization.scheduler.kwargs``.
-        """
+        """The schedule of ``optimizer``'s rate, starting now on ``clock``; a
+        torch class rejecting its kwargs raises naming the block's ``kwargs``."""
         schedule = LRSchedule(optimizer, clock=clock, step_each=self.resolved_step_each)
-        part, clamps = self._parse(lr0=lr0)
-        if part is not None:
+        if self.type is not None:
+            part, clamps = self._parse(lr0=lr0)
             t = None if schedule.step_each == "epoch" else lambda: schedule.t
             schedule.drive(_drive(part, optimizer, lr0=lr0, t=t), clamps)
         return schedule
 
     def _parse(self, *, lr0: float) -> tuple[Any, tuple[Any, Any]]:
         """The block's curve or torch class (``_part``) and its clamps."""
-        if self.type is None:
-            return None, (None, None)
         kwargs = dict(self.kwargs)
         clamps = {k: kwargs.pop(k) for k in _clamp_keys(self.type) if k in kwargs}
         curves.check_numbers(clamps, path=f"{_PATH}.kwargs")
-        part = _part(self.type, kwargs, _PATH, lr0=lr0)
-        return part, (clamps.get("min_lr"), clamps.get("max_lr"))
+        bounds = (clamps.get("min_lr"), clamps.get("max_lr"))
+        return _part(self.type, kwargs, _PATH, lr0=lr0), bounds
 
 
 def _part(type_: Any, kwargs: Any, path: str, *, lr0: float) -> Any:
@@ -239,10 +230,8 @@ class LRSchedule:
 
     ``t`` counts the steps the schedule has taken: optimiser steps since it
     was built (read from ``clock``) or epochs (torch's count); the rate is
-    ``lr(t)``, the rate of step ``t + 1``.
-
-    Attributes:
-        step_each: the schedule's clock, ``optimizer_step`` or ``epoch``.
+    ``lr(t)``, the rate of step ``t + 1``. ``step_each`` is its clock,
+    ``optimizer_step`` or ``epoch``.
     """
 
     def __init__(
@@ -260,7 +249,7 @@ class LRSchedule:
     def drive(self, scheduler: Any, clamps: tuple[float | None, float | None]) -> None:
         """Set the rates by the torch ``scheduler``, clamped to ``clamps``."""
         self._scheduler, self._clamps = scheduler, clamps
-        self._clamp()
+        self._set_rates(*clamps)
 
     @property
     def t(self) -> int:
@@ -286,19 +275,19 @@ class LRSchedule:
 
     def step_epoch(self, metric: float | None = None) -> None:
         """Call at the end of each epoch; ``metric`` (validation loss) if needed."""
-        if self.step_each == "epoch":
-            if self.needs_metric and metric is None:
-                raise ValueError(
-                    "ReduceLROnPlateau needs the validation loss: call "
-                    "step_epoch(metric=<validation loss>)"
-                )
-            self._advance(metric)
+        if self.step_each != "epoch":
+            return
+        if self.needs_metric and metric is None:
+            raise ValueError(
+                "ReduceLROnPlateau needs the validation loss: call "
+                "step_epoch(metric=<validation loss>)"
+            )
+        self._advance(metric)
 
     def state_dict(self) -> dict[str, Any]:
         """``t`` (the position on the clock) and the torch scheduler's state."""
         scheduler = self._scheduler
-        state = None if scheduler is None else scheduler.state_dict()
-        return {"t": self.t, "scheduler": state}
+        return {"t": self.t, "scheduler": scheduler and scheduler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output (after the clock) and set the rates."""
@@ -306,25 +295,20 @@ class LRSchedule:
             self._origin = self._clock.step - int(state.get("t", 0))
         if self._scheduler is not None and state.get("scheduler") is not None:
             self._scheduler.load_state_dict(state["scheduler"])
-            self._unclamp()
-            self._clamp()
+            self._set_rates(*self._clamps)
 
     def _advance(self, metric: float | None) -> None:
         if self._scheduler is None:
             return
-        if self._clamps != (None, None):  # continue from the unclamped rates
-            self._unclamp()
-        if metric is not None:
-            self._scheduler.step(metric)
-        else:
+        self._set_rates(None, None)  # continue from the unclamped rates
+        if metric is None:
             self._scheduler.step()
-        self._clamp()
+        else:
+            self._scheduler.step(metric)
+        self._set_rates(*self._clamps)
 
-    def _unclamp(self) -> None:
+    def _set_rates(self, low: float | None, high: float | None) -> None:
+        """The scheduler's rates, clipped to ``[low, high]``."""
         rates = self._scheduler.get_last_lr()
         for group, lr in zip(self._optimizer.param_groups, rates, strict=True):
-            group["lr"] = lr
-
-    def _clamp(self) -> None:
-        for group in self._optimizer.param_groups:
-            group["lr"] = curves.clip(group["lr"], *self._clamps)
+            group["lr"] = curves.clip(lr, low, high)

@@ -14,17 +14,11 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-# the numeric keys of every surface: (minimum, exclusive, integer)
-_BOUNDS = dict.fromkeys(
-    "value values start end peak lr_start lr_end min_lr max_lr min_value max_value "
-    "ema_decay".split(),
-    (0.0, False, False),
-)
-_BOUNDS |= dict.fromkeys(("decay_rate", "decay_steps", "target"), (0.0, True, False))
-_BOUNDS |= dict.fromkeys(
-    ("n_steps", "total_steps", "boundaries", "milestones"), (1, False, True)
-)
-_BOUNDS["warmup_steps"] = (0, False, True)
+# the bounds of the numbers of every surface, by key: a count is an integer
+# >= 1 (warmup_steps >= 0), these are > 0, every other number >= 0
+_COUNTS = {"n_steps": 1, "total_steps": 1, "boundaries": 1, "milestones": 1}
+_COUNTS["warmup_steps"] = 0
+_POSITIVE = ("decay_rate", "decay_steps", "target")
 _LISTS = ("values", "boundaries", "milestones")  # checked item by item
 
 
@@ -105,11 +99,9 @@ def clip(value: float, low: float | None, high: float | None) -> float:
     return value if high is None else min(high, value)
 
 
-CURVES: dict[str, Callable[..., Schedule]] = {
-    f.__name__: f
-    for f in (constant, linear, exponential, cosine, warmup_cosine)
-    + (piecewise_constant, sequential)
-}
+_ALL = (constant, linear, exponential, cosine, warmup_cosine, piecewise_constant)
+CURVES: dict[str, Callable[..., Schedule]] = {f.__name__: f for f in _ALL}
+CURVES["sequential"] = sequential
 
 
 def parse_schedule(
@@ -124,14 +116,8 @@ def parse_schedule(
     """``types[type_](**kwargs)``: the schedule of a ``{type, kwargs}`` block.
 
     A type's keys are its function's parameters (required if without a
-    default) plus ``extra`` (allowed, taken out by the caller); numbers are
-    checked by key name; ``member(type, kwargs, path)`` builds a
-    ``sequential`` member.
-
-    Raises:
-        ValueError: naming the key path (``path`` is the block's) for an
-            unknown type, an unknown or missing key, a bad number or
-            inconsistent values.
+    default) plus ``extra`` (taken out by the caller); ``member(type, kwargs,
+    path)`` builds a ``sequential`` member. Errors name the key path.
     """
     if type_ not in types:
         raise ValueError(f"{path}.type {type_!r} is unknown; allowed: {list(types)}")
@@ -181,8 +167,7 @@ def check_keys(
 
 def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
     """Check the numbers of ``kwargs`` by key name (bounds, ``min <= max``)."""
-    for key in set(kwargs) & set(_BOUNDS):
-        minimum, exclusive, integer = _BOUNDS[key]
+    for key in set(kwargs) - {"schedulers"}:
         items = kwargs[key] if key in _LISTS else [kwargs[key]]
         if not isinstance(items, list):
             raise ValueError(f"{path}.{key} must be a list, got {items!r}")
@@ -190,9 +175,9 @@ def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
             check_number(
                 item,
                 path=f"{path}.{key}" + (f"[{i}]" if key in _LISTS else ""),
-                minimum=minimum,
-                exclusive=exclusive,
-                integer=integer,
+                minimum=_COUNTS.get(key, 0.0),
+                exclusive=key in _POSITIVE,
+                integer=key in _COUNTS,
             )
     for low, high in (("min_lr", "max_lr"), ("min_value", "max_value")):
         if kwargs.get(low) is not None and kwargs.get(high) is not None:

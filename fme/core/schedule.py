@@ -1,12 +1,14 @@
 """Schedules: a value as a pure function of ``t``, the steps since it started.
 
 The curves of learning-rate (``fme.core.lr_schedule``) and loss-weight
-(``fme.core.loss_weight_schedule``) schedules, and the one parser of their
-``{type, kwargs}`` blocks. ``v(t)`` is the value of step ``t + 1``.
+(``fme.core.loss_weight_schedule``) schedules and the one parser of their
+``{type, kwargs}`` blocks (keys in the README). ``v(t)`` is the value of step
+``t + 1``.
 """
 
 import bisect
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,12 +16,12 @@ from typing import Any
 from fme.core.number_check import check_number
 
 Schedule = Callable[[int], float]
-# the bounds of the numbers of every surface, by key: a count is an integer
-# >= 1 (warmup_steps >= 0), these are > 0, every other number >= 0
+# numbers by key: a count is an integer >= 1 (warmup_steps >= 0), these are
+# > 0, any other >= 0; lists are checked item by item, steps must increase
 _COUNTS = {"n_steps": 1, "total_steps": 1, "boundaries": 1, "milestones": 1}
 _COUNTS["warmup_steps"] = 0
 _POSITIVE = ("decay_rate", "decay_steps", "target")
-_LISTS = ("values", "boundaries", "milestones")  # checked item by item
+_LISTS = ("values", "boundaries", "milestones")
 
 
 def constant(value: float) -> Schedule:
@@ -72,8 +74,7 @@ def warmup_cosine(
 
 
 def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
-    """``values[i]``, ``i`` the number of ``boundaries <= t``."""
-    check_increasing(boundaries, path="boundaries")
+    """``values[i]``, ``i`` the number of ``boundaries <= t`` (increasing)."""
     if len(values) != len(boundaries) + 1:
         raise ValueError(
             f"values needs len(boundaries) + 1 = {len(boundaries) + 1} entries, "
@@ -136,7 +137,6 @@ def parse_schedule(
                 f"{path}.milestones must be len(schedulers) - 1 = {len(blocks) - 1} "
                 f"step counts, got {milestones!r}"
             )
-        check_increasing(milestones, path=f"{path}.milestones")
         assert member is not None, "a surface with sequential parses its members"
         kwargs["schedulers"] = []
         for i, block in enumerate(blocks):
@@ -166,7 +166,7 @@ def check_keys(
 
 
 def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
-    """Check the numbers of ``kwargs`` by key name (bounds, ``min <= max``)."""
+    """Check the numbers of ``kwargs`` by key name (bounds, order, min <= max)."""
     for key in set(kwargs) - {"schedulers"}:
         items = kwargs[key] if key in _LISTS else [kwargs[key]]
         if not isinstance(items, list):
@@ -179,16 +179,10 @@ def check_numbers(kwargs: Mapping[str, Any], *, path: str) -> None:
                 exclusive=key in _POSITIVE,
                 integer=key in _COUNTS,
             )
+        if key in _COUNTS and any(a >= b for a, b in itertools.pairwise(items)):
+            raise ValueError(f"{path}.{key} must be strictly increasing, got {items}")
     for low, high in (("min_lr", "max_lr"), ("min_value", "max_value")):
-        if kwargs.get(low) is not None and kwargs.get(high) is not None:
-            if kwargs[low] > kwargs[high]:
-                raise ValueError(
-                    f"{path}: {low} ({kwargs[low]}) must not exceed {high} "
-                    f"({kwargs[high]})"
-                )
-
-
-def check_increasing(steps: Sequence[Any], *, path: str) -> None:
-    """Raise naming ``path`` unless ``steps`` strictly increase."""
-    if any(a >= b for a, b in zip(steps[:-1], steps[1:], strict=True)):
-        raise ValueError(f"{path} must be strictly increasing, got {list(steps)}")
+        if low in kwargs and high in kwargs and kwargs[low] > kwargs[high]:
+            raise ValueError(
+                f"{path}: {low} ({kwargs[low]}) must not exceed {high} ({kwargs[high]})"
+            )

@@ -1,11 +1,9 @@
 """Weight schedules of the named terms of the total loss, on the optimiser clock.
 
-``stepper_training.loss_weight_schedules: {<term>: {type, kwargs}}``: a term's
-effective weight is its schedule's value at ``t`` (the optimiser steps since
-the schedules started) times the weight configured on the term (1 for
-``main``). Types (keys in the README): the curves of ``fme.core.schedule``,
-``exponential`` spelled ``start``, ``end`` (both > 0), ``n_steps``, and
-``adaptive``. No gradient flows through a weight.
+``stepper_training.loss_weight_schedules: {<term>: {type, kwargs}}`` (types and
+keys in the README): a term's effective weight is its schedule's value at
+``t``, the optimiser steps since the schedules started, times the weight
+configured on the term (1 for ``main``). No gradient flows through a weight.
 """
 
 import dataclasses
@@ -57,10 +55,10 @@ class AdaptiveWeight:
 
     def value(self, t: int) -> float:
         """``start`` before any loss, else the clipped inverse magnitude."""
-        if self.loss_average is None:
+        m = self.loss_average
+        if m is None:
             return float(self._start)
-        m = max(self.loss_average, 1e-12)
-        return float(curves.clip(self._target / m, *self._clip))
+        return float(curves.clip(self._target / max(m, 1e-12), *self._clip))
 
     def observe(self, loss: float) -> None:
         """Update the moving average ``m`` with ``loss``."""
@@ -69,25 +67,23 @@ class AdaptiveWeight:
 
 
 def _exponential(*, start: float, end: float, n_steps: int) -> curves.Schedule:
+    """``start`` to ``end`` (both > 0) in ``n_steps``, geometrically."""
     if not (start > 0 and end > 0):
         raise ValueError(f"exponential start and end must be > 0, got {start}, {end}")
     return curves.exponential(start, end / start, n_steps, end)
 
 
-_TYPES: dict[str, Any] = {
-    **curves.CURVES,
-    "exponential": _exponential,
-    "adaptive": AdaptiveWeight,
-}
-_MEMBER_TYPES = {k: v for k, v in _TYPES.items() if k not in ("sequential", "adaptive")}
+_TYPES: dict[str, Any] = {**curves.CURVES, "exponential": _exponential}
+_MEMBER_TYPES = {k: v for k, v in _TYPES.items() if k != "sequential"}
+_TYPES["adaptive"] = AdaptiveWeight
 
 
 @dataclasses.dataclass
 class LossWeightScheduleConfig:
-    """The weight schedule of one loss term (types in the module docstring).
+    """The weight schedule of one loss term.
 
     Attributes:
-        type: the schedule type.
+        type: a curve of ``fme.core.schedule`` or ``adaptive`` (``AdaptiveWeight``).
         kwargs: exactly the type's keys; a missing or extra one is an error.
     """
 
@@ -182,8 +178,7 @@ class LossWeightSchedules:
 
     def read_clock(self, clock: "OptimizerClock") -> None:
         """Follow ``clock`` (the training optimisation's) from now, keeping ``t``."""
-        if clock is not self._clock:
-            self._origin, self._clock = clock.step - self.t, clock
+        self._origin, self._clock = clock.step - self.t, clock
 
     def weights(self) -> dict[str, float]:
         """Effective weight of every term: schedule value times base weight."""
@@ -197,10 +192,8 @@ class LossWeightSchedules:
         self, device: torch.device | str, *, dtype: torch.dtype = torch.float32
     ) -> dict[str, torch.Tensor]:
         """``weights()`` as scalar tensors on ``device`` (no gradient)."""
-        return {
-            name: torch.tensor(w, device=device, dtype=dtype)
-            for name, w in self.weights().items()
-        }
+        weights = self.weights().items()
+        return {k: torch.tensor(w, device=device, dtype=dtype) for k, w in weights}
 
     def metrics(self) -> dict[str, float]:
         """``{"loss_weight/<term>": effective weight}`` for every term."""
@@ -239,7 +232,7 @@ class LossWeightSchedules:
     def state_dict(self) -> dict[str, Any]:
         """Plain data: ``t`` (the position on the clock) and each term's state
         (``{"loss_average": m}`` of an adaptive one)."""
-        terms = {name: {} for name in self._schedules}
+        terms: dict[str, Any] = {name: {} for name in self._schedules}
         for name, schedule in self._adaptive.items():
             terms[name] = {"loss_average": schedule.loss_average}
         return {"t": self.t, "terms": terms}
@@ -249,10 +242,9 @@ class LossWeightSchedules:
         from ``state`` keeps its fresh state, other terms' state is ignored."""
         self._origin = self._clock.step - int(state["t"])
         terms = state.get("terms", {})
-        for name, schedule in self._adaptive.items():
-            if name in terms:
-                m = terms[name].get("loss_average")
-                schedule.loss_average = None if m is None else float(m)
+        for name in set(self._adaptive) & set(terms):
+            m = terms[name].get("loss_average")
+            self._adaptive[name].loss_average = None if m is None else float(m)
 
 
 def _as_float(loss: float | torch.Tensor) -> float:

@@ -1,11 +1,9 @@
 """Learning-rate schedules: ACE's ``optimization.scheduler`` block.
 
-``type`` is a ``torch.optim.lr_scheduler`` class (``kwargs`` its arguments,
-checked at load), or a curve of ``fme.core.schedule`` from ``lr0 =
-optimization.lr`` (keys in the README) driving a ``LambdaLR``, which scales
-each parameter group's rate by ``lr(t) / lr0``. Every type takes ``min_lr`` /
-``max_lr`` clamps of the rate the optimiser sees (the schedule evolves
-unclamped; a torch class's own ``min_lr`` / ``max_lr`` goes to the class).
+A ``torch.optim.lr_scheduler`` class by name, or a curve of
+``fme.core.schedule`` from ``lr0 = optimization.lr`` driving a ``LambdaLR``
+(types, keys and clocks in the README). ``min_lr`` / ``max_lr`` clamp the rate
+the optimiser sees; the schedule evolves unclamped.
 """
 
 import dataclasses
@@ -125,12 +123,10 @@ class SchedulerConfig:
     @property
     def resolved_step_each(self) -> str:
         """``step_each`` after ACE's ``step_each_iteration`` and the defaults."""
-        if self.step_each is not None:
-            return self.step_each
         if self.step_each_iteration is not None:
             return STEP_EACH_OPTIONS[0 if self.step_each_iteration else 1]
-        ours = (None, "sequential", *SHORTHAND_TYPES)
-        return STEP_EACH_OPTIONS[0 if self.type in ours else 1]
+        torch_class = self.type not in (None, "sequential", *SHORTHAND_TYPES)
+        return self.step_each or STEP_EACH_OPTIONS[torch_class]
 
     def build(
         self, optimizer: torch.optim.Optimizer, *, lr0: float, clock: "OptimizerClock"

@@ -29,6 +29,7 @@ class WeightSchedule(NamedTuple):
     value: curves.Schedule
 
 
+@dataclasses.dataclass
 class AdaptiveWeight:
     """Inverse magnitude: ``clip(target / max(m, 1e-12), min_value, max_value)``.
 
@@ -38,31 +39,27 @@ class AdaptiveWeight:
     state is ``loss_average``, ``m`` (None before the first loss).
     """
 
-    def __init__(
-        self,
-        *,
-        target: float = 1,
-        ema_decay: float = 0,
-        start: float = 1,
-        min_value: float | None = None,
-        max_value: float | None = None,
-    ):
-        if ema_decay >= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        self._target, self._decay, self._start = float(target), float(ema_decay), start
-        self._clip = (min_value, max_value)
-        self.loss_average: float | None = None
+    target: float = 1
+    ema_decay: float = 0
+    start: float = 1
+    min_value: float | None = None
+    max_value: float | None = None
+    loss_average: float | None = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self):
+        if self.ema_decay >= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def value(self, t: int) -> float:
         """``start`` before any loss, else the clipped inverse magnitude."""
-        m = self.loss_average
+        m, low, high = self.loss_average, self.min_value, self.max_value
         if m is None:
-            return float(self._start)
-        return float(curves.clip(self._target / max(m, 1e-12), *self._clip))
+            return float(self.start)
+        return float(curves.clip(self.target / max(m, 1e-12), low, high))
 
     def observe(self, loss: float) -> None:
         """Update the moving average ``m`` with ``loss``."""
-        m, a = self.loss_average, self._decay
+        m, a = self.loss_average, self.ema_decay
         self.loss_average = loss if m is None else a * m + (1 - a) * loss
 
 

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
+from torch.optim import Optimizer
 from torch.optim import lr_scheduler as torch_lr
 
 from fme.core import schedule as curves
@@ -104,9 +104,7 @@ class SchedulerConfig:
                 f"allowed: {list(STEP_EACH_OPTIONS)}"
             )
         if self.step_each is not None and self.step_each_iteration is not None:
-            raise ValueError(
-                f"{_PATH}: give step_each or step_each_iteration, not both"
-            )
+            raise ValueError(f"{_PATH}: step_each or step_each_iteration, not both")
         if self.type is None and self.kwargs:
             raise ValueError(
                 f"{_PATH}.kwargs {sorted(self.kwargs)} given without a type; set "
@@ -129,7 +127,7 @@ class SchedulerConfig:
         return self.step_each or STEP_EACH_OPTIONS[torch_class]
 
     def build(
-        self, optimizer: torch.optim.Optimizer, *, lr0: float, clock: "OptimizerClock"
+        self, optimizer: Optimizer, *, lr0: float, clock: "OptimizerClock"
     ) -> "LRSchedule":
         """The schedule of ``optimizer``'s rate, starting now on ``clock``; a
         torch class rejecting its kwargs raises naming the block's ``kwargs``."""
@@ -141,12 +139,12 @@ class SchedulerConfig:
         return schedule
 
     def _parse(self, *, lr0: float) -> tuple[Any, tuple[Any, Any]]:
-        """The block's curve or torch class (``_part``) and its clamps."""
+        """The block's ``_part`` and its clamps."""
         kwargs = dict(self.kwargs)
         clamps = {k: kwargs.pop(k) for k in _clamp_keys(self.type) if k in kwargs}
         curves.check_numbers(clamps, path=f"{_PATH}.kwargs")
-        bounds = (clamps.get("min_lr"), clamps.get("max_lr"))
-        return _part(self.type, kwargs, _PATH, lr0=lr0), bounds
+        low, high = (clamps.get(k) for k in _CLAMPS)
+        return _part(self.type, kwargs, _PATH, lr0=lr0), (low, high)
 
 
 def _part(type_: Any, kwargs: Any, path: str, *, lr0: float) -> Any:
@@ -205,7 +203,7 @@ def _sequential(members: list[Any], milestones: list[int], *, lr0: float) -> Any
 
 
 def _drive(
-    part: Any, optimizer: torch.optim.Optimizer, *, lr0: float, t: Any = None
+    part: Any, optimizer: Optimizer, *, lr0: float, t: Any = None
 ) -> torch_lr.LRScheduler:
     """The scheduler of a part; a curve drives a ``LambdaLR`` of ``t()`` if
     given, else of torch's count."""
@@ -231,11 +229,7 @@ class LRSchedule:
     """
 
     def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        clock: "OptimizerClock",
-        step_each: str,
+        self, optimizer: Optimizer, *, clock: "OptimizerClock", step_each: str
     ):
         self._optimizer, self._clock, self._origin = optimizer, clock, clock.step
         self.step_each = step_each

@@ -67,18 +67,17 @@ _NOT_FROM_YAML = (
 
 @dataclasses.dataclass
 class SchedulerConfig:
-    """ACE's ``optimization.scheduler`` block (see the module docstring).
+    """ACE's ``optimization.scheduler`` block.
 
     Attributes:
-        type: ``None`` (constant ``optimization.lr``), a curve, ``sequential``
-            (``schedulers``: ``{type, kwargs}`` blocks, ``milestones``, as
-            ``SequentialLR``) or a ``torch.optim.lr_scheduler`` class name.
+        type: None (constant ``optimization.lr``), a curve, ``sequential``
+            (``schedulers``: ``{type, kwargs}`` blocks, ``milestones``) or a
+            ``torch.optim.lr_scheduler`` class name.
         kwargs: the schedule's arguments, plus ``min_lr`` / ``max_lr``.
         step_each: ``optimizer_step`` or ``epoch``; default ``epoch`` for a
-            torch class (as in ACE), ``optimizer_step`` otherwise. Curves
-            then read ``t`` from the optimiser clock.
-        step_each_iteration: ACE's spelling: ``true`` is ``optimizer_step``,
-            ``false`` is ``epoch``. Give at most one of the two.
+            torch class (as in ACE), else ``optimizer_step``.
+        step_each_iteration: ACE's spelling, true for ``optimizer_step``,
+            false for ``epoch``; give at most one of the two.
     """
 
     type: str | None = None

@@ -123,7 +123,7 @@ class SchedulerConfig:
         if self.step_each_iteration is not None:
             return STEP_EACH_OPTIONS[0 if self.step_each_iteration else 1]
         torch_class = self.type not in (None, "sequential", *SHORTHAND_TYPES)
-        return self.step_each or STEP_EACH_OPTIONS[torch_class]
+        return self.step_each or ("epoch" if torch_class else "optimizer_step")
 
     def build(
         self, optimizer: Optimizer, *, lr0: float, clock: "OptimizerClock"
@@ -194,7 +194,7 @@ def _sequential(members: list[Any], milestones: list[int], *, lr0: float) -> Any
     """One curve of curve members, else torch's ``SequentialLR``."""
     if not any(isinstance(m, functools.partial) for m in members):
         return curves.sequential(members, milestones)
-    return functools.partial(
+    return functools.partial(  # a torch part, as ``_part`` returns one
         lambda optimizer: torch_lr.SequentialLR(
             optimizer, [_drive(m, optimizer, lr0=lr0) for m in members], milestones
         )

@@ -142,7 +142,9 @@ class _ActivationThenLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = go.sum(dim=(0, 2))
         if ctx.needs_input_grad[0]:
-            grad_g = torch.matmul(w.t(), go).view(g.shape)
+            # bmm of the transposed weight writes [batch, hidden, points]
+            # directly; matmul would compute the transpose and copy it back
+            grad_g = torch.bmm(w.t().expand(batch, -1, -1), go).view(g.shape)
             (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
         return grad_h, grad_weight, grad_bias, None, None
 

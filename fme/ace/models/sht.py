@@ -57,6 +57,25 @@ def _check_modes(*, nlat: int, nlon: int, lmax: int, mmax: int) -> None:
         )
 
 
+# From this many multiply-adds per order on, one matrix product per order beats
+# one batched product: MKL's single-matrix kernel runs 1.5x faster than its
+# batched one on the Legendre tables of a 1-degree grid with 384 channels (2x
+# at 64x128 with 2048 columns); below it, the per-call overhead of the loop
+# dominates.
+_LOOP_OVER_ORDERS_MACS = 1 << 23
+
+
+def _per_order_matmul(table: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(table, modes)``: ``[m, a, b] @ [m, b, c] -> [m, a, c]``."""
+    n_orders, rows, inner = table.shape
+    if rows * inner * modes.shape[2] < _LOOP_OVER_ORDERS_MACS:
+        return torch.bmm(table, modes)
+    out = modes.new_empty(n_orders, rows, modes.shape[2])
+    for m in range(n_orders):
+        torch.mm(table[m], modes[m], out=out[m])
+    return out
+
+
 def _analysis(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``[b, c, k, nlon]`` -> ``[mmax, lmax, b * c * 2]``.
 
@@ -71,7 +90,7 @@ def _analysis(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     lat_major = fourier.new_empty(nlat * n_freq, rows)
     lat_major.copy_(fourier.view(rows, nlat * n_freq).t())
     modes = torch.view_as_real(lat_major).view(nlat, n_freq, rows * 2)[:, :mmax]
-    return torch.bmm(table, modes.transpose(0, 1))
+    return _per_order_matmul(table, modes.transpose(0, 1))
 
 
 def _synthesis(
@@ -93,7 +112,7 @@ def _synthesis(
     nlat = table.shape[2]
     rows = batch * channels
     n_freq = nlon // 2 + 1
-    modes = torch.bmm(table.transpose(1, 2), coeffs)  # [mmax, k, rows * 2]
+    modes = _per_order_matmul(table.transpose(1, 2), coeffs)  # [mmax, k, rows * 2]
     spectrum = coeffs.new_empty(nlat, n_freq, rows, 2)
     # one factor per order, so the innermost loop runs over rows * 2 numbers
     torch.mul(

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch_harmonics as th
 
+from fme.ace.models import sht as sht_module
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -142,3 +143,39 @@ def test_round_trip_and_torch_harmonics_at_model_sizes(grid, nlat, nlon, lmax):
     torch.testing.assert_close(
         from_m_major(sht(field), 1, 2), coeffs, atol=1e-4, rtol=0
     )
+
+
+def test_transforms_with_many_columns_match_torch_harmonics():
+    # 1024 fields of 64x128 take the one-product-per-order path of the Legendre
+    # transforms (the path of ACE2's 384 channels at 1 degree); it must give
+    # torch-harmonics' coefficients and fields, and their adjoints' gradients.
+    nlat, nlon, lmax = 64, 128, 64
+    batch, channels = 2, 512
+    assert lmax * nlat * batch * channels * 2 >= sht_module._LOOP_OVER_ORDERS_MACS
+    sht, isht = transforms(nlat, nlon, lmax, lmax, "equiangular")
+    generator = torch.Generator().manual_seed(1)
+    field = torch.randn(batch, channels, nlat, nlon, generator=generator)
+    reference = th.RealSHT(nlat, nlon, lmax=lmax, mmax=lmax, grid="equiangular")
+    expected = reference(field.double()).to(torch.complex64)
+    field.requires_grad_(True)
+    coeffs = sht(field)
+    torch.testing.assert_close(
+        from_m_major(coeffs, batch, channels), expected, atol=2e-4, rtol=1e-4
+    )
+    inverse = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=lmax, grid="equiangular")
+    torch.testing.assert_close(
+        isht(coeffs, batch=batch, channels=channels),
+        inverse(expected.to(torch.complex128)).float(),
+        atol=2e-4,
+        rtol=1e-4,
+    )
+    # d/dx of <w, SHT(x)> is the adjoint of the analysis applied to w
+    weights = torch.randn(coeffs.shape, generator=generator)
+    (grad,) = torch.autograd.grad((coeffs * weights).sum(), field)
+    field_64 = field.detach().double().requires_grad_(True)
+    reference_coeffs = torch.view_as_real(reference.double()(field_64))
+    weights_64 = from_m_major(weights, batch, channels)
+    (expected_grad,) = torch.autograd.grad(
+        (reference_coeffs * torch.view_as_real(weights_64).double()).sum(), field_64
+    )
+    torch.testing.assert_close(grad, expected_grad.float(), atol=2e-4, rtol=1e-4)

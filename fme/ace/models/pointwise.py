@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -102,12 +103,14 @@ class PointwiseLinear(nn.Module):
         return out.view(batch, self.out_channels, n_lat, n_lon)
 
 
-class _ActivationThenLinear(torch.autograd.Function):
-    """``linear(activation(h))`` keeping only ``h`` for backward.
+class _RecomputedThenLinear(torch.autograd.Function):
+    """``linear(fn(h))`` keeping only ``h`` for backward.
 
-    The activation's output (as large as ``h``) is recomputed in backward
-    instead of being stored, which removes one hidden-sized tensor per MLP
-    from the training step's memory for an extra elementwise activation.
+    ``fn`` is cheap and elementwise-sized (an activation, a normalisation):
+    its output, as large as ``h``, is recomputed in backward instead of being
+    stored, which removes one such tensor from the training step's memory for
+    an extra pass of ``fn``. ``fn``'s own parameters come last, so that they
+    receive their gradients.
     """
 
     @staticmethod
@@ -116,21 +119,26 @@ class _ActivationThenLinear(torch.autograd.Function):
         h: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        activation: nn.Module,
+        fn: Callable[[torch.Tensor], torch.Tensor],
         linear: "PointwiseLinear",
+        *fn_params: torch.Tensor,
     ) -> torch.Tensor:
-        ctx.activation = activation
-        ctx.linear = linear
+        ctx.fn, ctx.fn_params = fn, fn_params
         ctx.has_bias = bias is not None
         ctx.save_for_backward(h, weight)
-        return linear.apply_weights(activation(h), weight, bias)
+        return linear.apply_weights(fn(h), weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
         h, weight = ctx.saved_tensors
+        fn_params = [
+            p
+            for p, needed in zip(ctx.fn_params, ctx.needs_input_grad[5:], strict=True)
+            if needed
+        ]
         with torch.enable_grad():
-            h_leaf = h.detach().requires_grad_(h.requires_grad)
-            g = ctx.activation(h_leaf)
+            h_leaf = h.detach().requires_grad_(ctx.needs_input_grad[0])
+            g = ctx.fn(h_leaf)
         batch, n_out = grad_out.shape[:2]
         go = grad_out.reshape(batch, n_out, -1)
         g_flat = g.detach().reshape(batch, g.shape[1], -1)
@@ -141,32 +149,59 @@ class _ActivationThenLinear(torch.autograd.Function):
             grad_weight = grad_weight.view(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = go.sum(dim=(0, 2))
-        if ctx.needs_input_grad[0]:
+        inputs = ([h_leaf] if ctx.needs_input_grad[0] else []) + fn_params
+        grads: list[torch.Tensor | None] = []
+        if inputs:
             # bmm of the transposed weight writes [batch, hidden, points]
             # directly; matmul would compute the transpose and copy it back
             grad_g = torch.bmm(w.t().expand(batch, -1, -1), go).view(g.shape)
-            (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
-        return grad_h, grad_weight, grad_bias, None, None
+            grads = list(torch.autograd.grad(g, inputs, grad_g, allow_unused=True))
+        if ctx.needs_input_grad[0]:
+            grad_h = grads.pop(0)
+        param_grads = iter(grads)
+        return (
+            grad_h,
+            grad_weight,
+            grad_bias,
+            None,
+            None,
+            *(
+                next(param_grads) if needed else None
+                for needed in ctx.needs_input_grad[5:]
+            ),
+        )
 
 
-def activation_then_linear(
-    h: torch.Tensor, activation: nn.Module, linear: nn.Module
+def recomputed_then_linear(
+    h: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    linear: nn.Module,
+    fn_params: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
-    """``linear(activation(h))``, recomputing the activation in backward.
+    """``linear(fn(h))``, recomputing ``fn(h)`` in backward instead of storing it.
 
-    Falls back to the plain composition where the recomputation does not
-    apply: no gradient recorded, under autocast (mixed precision), or when
-    ``linear`` is not a plain :class:`PointwiseLinear`.
+    ``fn`` must be deterministic and its parameters listed in ``fn_params``
+    (they get their gradients through this call). Falls back to the plain
+    composition where the recomputation does not apply: no gradient recorded,
+    under autocast (mixed precision), or when ``linear`` is not a plain
+    :class:`PointwiseLinear`.
     """
     if (
         type(linear) is not PointwiseLinear
         or not torch.is_grad_enabled()
         or torch.is_autocast_enabled(h.device.type)
     ):
-        return linear(activation(h))
-    return _ActivationThenLinear.apply(
-        h, linear.weight, linear.bias, activation, linear
+        return linear(fn(h))
+    return _RecomputedThenLinear.apply(
+        h, linear.weight, linear.bias, fn, linear, *fn_params
     )
+
+
+def activation_then_linear(
+    h: torch.Tensor, activation: nn.Module, linear: nn.Module
+) -> torch.Tensor:
+    """``linear(activation(h))``, recomputing the activation in backward."""
+    return recomputed_then_linear(h, activation, linear)
 
 
 @MODULE_REGISTRY.register("Linear1x1")

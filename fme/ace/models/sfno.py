@@ -35,7 +35,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.models.pointwise import PointwiseLinear, activation_then_linear
+from fme.ace.models.pointwise import (
+    PointwiseLinear,
+    activation_then_linear,
+    recomputed_then_linear,
+)
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
     SphericalHarmonicTransform,
@@ -382,6 +386,22 @@ class SFNOBlock(nn.Module):
         context = () if noise is None else (noise,)
         y, residual = self.filter.filter(self.norm0(x, *context))
         y = y + self.inner_skip(residual)
+        mlp = self.mlp
+        if (
+            mlp is not None
+            and noise is None
+            and not mlp.checkpointed
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(y.device.type)
+        ):
+            # Only y and the MLP's hidden pre-activation are stored for
+            # backward: norm1(activation(y)) and the hidden activation are
+            # recomputed there (elementwise), the matrix products are not.
+            fc1, activation, fc2 = mlp.fwd
+            hidden = recomputed_then_linear(
+                y, self._activation_and_norm, fc1, list(self.norm1.parameters())
+            )
+            return activation_then_linear(hidden, activation, fc2) + residual
         if torch.is_grad_enabled():
             # the activation's output is recomputed in backward, not stored
             y = checkpoint(self._activation_and_norm, y, *context, use_reentrant=False)

@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from fme.ace.models import ModuleSelector
-from fme.ace.models.pointwise import PointwiseLinear, activation_then_linear
+from fme.ace.models.pointwise import (
+    PointwiseLinear,
+    activation_then_linear,
+    recomputed_then_linear,
+)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -131,3 +135,39 @@ def test_activation_then_linear_without_grad_or_input_grad():
         torch.testing.assert_close(
             activation_then_linear(h, torch.nn.GELU(), linear), expected
         )
+
+
+@pytest.mark.parametrize("h_requires_grad", [True, False])
+def test_recomputed_then_linear_gives_the_recomputed_modules_parameters_grads(
+    h_requires_grad,
+):
+    # fn = norm(activation(.)) with affine parameters, as in an SFNO block:
+    # its output is not stored, its parameters still get their gradients
+    torch.manual_seed(0)
+    linear = PointwiseLinear(6, 3, conv_shape=True)
+    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+
+    def fn(x):
+        return norm(torch.nn.functional.gelu(x))
+
+    h = torch.randn(2, 6, 5, 7, requires_grad=h_requires_grad)
+    plain, plain_bytes = _saved_bytes(lambda x: linear(fn(x)), h, linear)
+    lean, lean_bytes = _saved_bytes(
+        lambda x: recomputed_then_linear(x, fn, linear, list(norm.parameters())),
+        h,
+        linear,
+    )
+    torch.testing.assert_close(lean, plain, rtol=0, atol=0)
+    grad_out = torch.randn_like(plain)
+    params = [*linear.parameters(), *norm.parameters()]
+    if h_requires_grad:
+        params.append(h)
+    plain_grads = torch.autograd.grad(plain, params, grad_out)
+    lean_grads = torch.autograd.grad(lean, params, grad_out)
+    for a, b in zip(lean_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # only h stays: not gelu(h) nor the normalised field
+    assert lean_bytes == h.numel() * 4 < plain_bytes

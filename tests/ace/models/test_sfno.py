@@ -233,3 +233,27 @@ def test_runs_under_bfloat16_autocast():
     assert out.dtype == torch.bfloat16
     reference = module(x)
     assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+@pytest.mark.parametrize("normalization_layer", ["instance_norm", "layer_norm"])
+def test_lean_block_gives_the_gradients_of_the_plain_block(normalization_layer):
+    # A block's MLP input is recomputed in backward (not stored); every
+    # parameter's gradient must equal the one of the plain composition, which
+    # the blocks run when their MLP is checkpointed.
+    torch.manual_seed(0)
+    module = build((8, 16), normalization_layer=normalization_layer).double()
+    for block in module.blocks:
+        with torch.no_grad():  # affine norms away from their initial values
+            for param in block.norm1.parameters():
+                param.add_(0.3 * torch.randn_like(param))
+    x = torch.randn(2, 3, 8, 16, dtype=torch.float64)
+
+    def gradients(checkpointed: bool) -> list[torch.Tensor]:
+        for block in module.blocks:
+            block.mlp.checkpointed = checkpointed
+        module.zero_grad()
+        module(x).square().mean().backward()
+        return [p.grad.clone() for p in module.parameters()]
+
+    for lean, plain in zip(gradients(False), gradients(True), strict=True):
+        torch.testing.assert_close(lean, plain, rtol=1e-10, atol=1e-12)

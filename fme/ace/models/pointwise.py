@@ -1,8 +1,8 @@
 """Pointwise (1x1) channel mixing and the ``Linear1x1`` module."""
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch

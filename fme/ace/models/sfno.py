@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fme.ace.models.dhconv import analysis_then_dhconv
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -218,6 +219,17 @@ class SpectralConvS2(nn.Module):
             out = torch.cat([m0, out[1:]], dim=0)
         return out
 
+    def _stores_only_the_field(self) -> bool:
+        """Whether backward keeps the input field rather than its spectrum
+        (see ``fme.ace.models.dhconv``): a plain dhconv on one grid."""
+        return (
+            self.operator_type == "dhconv"
+            and self.weight_layout == "in_out"
+            and not self.preserve_global_mean
+            and not self.resamples
+            and torch.is_grad_enabled()
+        )
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Convolve ``[batch, in_channels, lat, lon]`` given on the input grid.
 
@@ -233,10 +245,12 @@ class SpectralConvS2(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if dtype in (torch.float16, torch.bfloat16):
                 x = x.float()
-            coeffs = self.forward_transform(x)
-            out = self.inverse_transform(
-                self.mix(coeffs, batch=batch), batch=batch, channels=self.out_channels
-            )
+            if self._stores_only_the_field():
+                mixed = analysis_then_dhconv(x, self)
+            else:
+                coeffs = self.forward_transform(x)
+                mixed = self.mix(coeffs, batch=batch)
+            out = self.inverse_transform(mixed, batch=batch, channels=self.out_channels)
             out = out + self.bias.to(out.dtype)
             if self.resamples:
                 x = self.inverse_transform(

@@ -234,6 +234,20 @@ class SphericalHarmonicTransform(nn.Module):
         """Coefficients ``[mmax, lmax, batch * channels * 2]`` of ``x``."""
         return _Analysis.apply(x, self.table, self.table, self.adjoint_weights)
 
+    def adjoint(
+        self, coeffs: torch.Tensor, *, batch: int, channels: int
+    ) -> torch.Tensor:
+        """The adjoint of ``forward`` (no autograd): the gradient of the grid
+        field given that of its coefficients ``[mmax, lmax, b * c * 2]``."""
+        return _synthesis(
+            coeffs.contiguous(),
+            self.table,
+            self.adjoint_weights,
+            batch=batch,
+            channels=channels,
+            nlon=self.nlon,
+        )
+
 
 class InverseSphericalHarmonicTransform(nn.Module):
     """Inverse of :class:`SphericalHarmonicTransform` onto a (possibly other) grid.

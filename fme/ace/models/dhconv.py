@@ -1,0 +1,72 @@
+"""The SFNO's Driscoll-Healy mixing of a field's spectrum, storing only the field.
+
+``dhconv`` multiplies the spherical harmonic coefficients of each degree l by
+one complex ``[in, out]`` matrix shared by all orders m. Written with autograd,
+the matrix product keeps the coefficients, reordered to ``[l, m * batch,
+in]``, for the weight's gradient: one more field-sized tensor per block. The
+function here keeps the grid field instead (which the block's 1x1 skip keeps
+anyway) and recomputes its transform in backward, which costs one more
+spherical harmonic analysis per block and step.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from fme.ace.models.sfno import SpectralConvS2
+
+
+def _by_degree(coeffs: torch.Tensor, *, n_m: int, n_l: int, batch: int) -> torch.Tensor:
+    """``[m, l, batch * c * 2]`` real -> ``[l, m * batch, c]`` complex (a copy)."""
+    spec = torch.view_as_complex(coeffs.reshape(n_m, n_l, batch, -1, 2))
+    return spec.transpose(0, 1).reshape(n_l, n_m * batch, spec.shape[-1])
+
+
+def _by_order(rows: torch.Tensor, *, n_m: int, n_l: int, batch: int) -> torch.Tensor:
+    """``[l, m * batch, c]`` complex -> ``[m, l, batch * c * 2]`` real (a copy)."""
+    spec = rows.view(n_l, n_m, batch, rows.shape[-1]).transpose(0, 1)
+    return torch.view_as_real(spec).reshape(n_m, n_l, -1)
+
+
+class _AnalysisThenDhconv(torch.autograd.Function):
+    """``conv.mix(conv.forward_transform(x))`` keeping ``x`` and the weight."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, conv: "SpectralConvS2"
+    ) -> torch.Tensor:
+        ctx.conv = conv
+        ctx.save_for_backward(x, weight)
+        return conv.mix(conv.forward_transform(x), batch=x.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        conv = ctx.conv
+        batch = x.shape[0]
+        sizes = {"n_m": conv.mmax, "n_l": conv.lmax, "batch": batch}
+        # weight (in, out, l, 2), stored [l, in, out, 2]: a view, no copy
+        matrices = torch.view_as_complex(weight.permute(2, 0, 1, 3))
+        grad_rows = _by_degree(grad, **sizes)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            rows = _by_degree(conv.forward_transform(x), **sizes)
+            per_degree = torch.bmm(rows.transpose(1, 2).conj(), grad_rows)
+            grad_weight = torch.view_as_real(per_degree).permute(1, 2, 0, 3)
+        if ctx.needs_input_grad[0]:
+            grad_in = torch.bmm(grad_rows, matrices.transpose(1, 2).conj())
+            grad_coeffs = _by_order(grad_in, **sizes)
+            grad_x = conv.forward_transform.adjoint(
+                grad_coeffs, batch=batch, channels=conv.in_channels
+            )
+        return grad_x, grad_weight, None
+
+
+def analysis_then_dhconv(x: torch.Tensor, conv: "SpectralConvS2") -> torch.Tensor:
+    """``conv.mix(conv.forward_transform(x), batch=...)`` for a plain dhconv.
+
+    For ``operator_type="dhconv"`` with ACE's ``(in, out, lmax, 2)`` weight
+    layout and no global-mean passthrough; the caller checks this.
+    """
+    return _AnalysisThenDhconv.apply(x, conv.weight, conv)

@@ -99,6 +99,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--profile", default=None, help="write a profiler table here")
     args = parser.parse_args()
+    if args.impl == "fme":
+        from fme.core.process_resources import restart_with_huge_pages
+
+        restart_with_huge_pages()  # as our entry points, before torch is imported
 
     import torch
 

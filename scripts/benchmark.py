@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         "--ace2-steps", type=int, default=2, help="timed steps of the ace2_size case"
     )
     args = parser.parse_args(argv)
+    workers = (args.worker, args.growth, args.loader_worker, args.inference_worker)
+    if any(w is not None for w in workers):
+        # a worker is one of our processes: started as our entry points are
+        from fme.core.process_resources import restart_with_huge_pages
+
+        restart_with_huge_pages()
     if args.worker is not None:
         training_worker(args.worker)
         return

@@ -17,6 +17,7 @@ def _ace2_size_run(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FME_NUM_THREADS": "1"}
     env["FME_ALLOCATOR"] = allocator
     env.pop("PYTHONPATH", None)
+    env.pop("GLIBC_TUNABLES", None)  # ours sets its own; the released runs as is
     if impl == "fme":
         env["PYTHONPATH"] = str(REPO)
     command = [python, str(REPO / "scripts" / "ace2_size_step.py"), "--impl", impl]

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,33 +71,88 @@ def test_bad_allocator_setting_names_the_choices():
     assert apply_allocator_settings({"FME_ALLOCATOR": "system"}) is False
 
 
-def test_tuned_allocator_reuses_freed_tensors_instead_of_faulting_them_in():
-    # In a fresh process: page faults of allocating, touching and freeing a
-    # 64 MiB tensor, before and after the settings (glibc maps such blocks
-    # afresh on every allocation by default).
-    script = textwrap.dedent(
-        """
-        import resource, torch
-        from fme.core.process_resources import apply_allocator_settings
+def _transparent_huge_pages_available() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
 
-        def faults_per_alloc():
-            for _ in range(12):  # glibc settles after a few heap extensions
-                torch.ones(16 << 20)
-            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(10):
-                torch.ones(16 << 20)
-            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10
 
-        before = faults_per_alloc()
-        tuned = apply_allocator_settings({})
-        print(tuned, before, faults_per_alloc())
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+_ALLOCATION_SCRIPT = textwrap.dedent(
+    """
+    import resource
+    from fme.core.process_resources import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the entry points do
+
+    import torch
+    from fme.core.process_resources import apply_allocator_settings
+
+    def faults_per_alloc():
+        for _ in range(12):  # glibc settles after a few heap extensions
+            torch.ones(16 << 20)
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            torch.ones(16 << 20)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10
+
+    def resident_mib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    tuned = apply_allocator_settings()
+    faults = faults_per_alloc()
+    big = torch.ones(64 << 20)  # 256 MiB
+    held = resident_mib()
+    del big
+    print(tuned, faults, held - resident_mib())
+    """
+)
+
+
+def _allocation_run(allocator: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["FME_ALLOCATOR"] = allocator
+    return subprocess.run(
+        [sys.executable, "-c", _ALLOCATION_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.split()
-    if out[0] != "True":
+
+
+def test_tuned_allocator_faults_large_tensors_in_on_huge_pages_and_returns_them():
+    # In fresh processes started like the entry points: page faults of
+    # allocating, touching and freeing a 64 MiB tensor, with the C library's
+    # defaults and with the tuned settings; then whether freeing a 256 MiB
+    # tensor gives its memory back (the peak is that of live tensors).
+    system = _allocation_run("system")
+    tuned = _allocation_run("tuned")
+    if tuned[0] != "True":
         pytest.skip("the C library has no mallopt (not glibc)")
-    before, after = float(out[1]), float(out[2])
+    if not _transparent_huge_pages_available():
+        pytest.skip("the kernel has transparent huge pages disabled")
+    before, after = float(system[1]), float(tuned[1])
     assert before > 10_000  # 16 Mi floats are 16k pages of 4 KiB
     assert after < 0.1 * before
+    assert float(tuned[2]) > 250  # MiB returned when the 256 MiB tensor is freed
+
+
+def test_huge_pages_are_added_to_the_tunables_once():
+    from fme.core.process_resources import huge_pages_environment
+
+    if huge_pages_environment({}) is None:
+        pytest.skip("not glibc")
+    assert huge_pages_environment({"A": "1"}) == {
+        "A": "1",
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+    }
+    assert huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    }
+    assert huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    assert huge_pages_environment({"FME_ALLOCATOR": "system"}) is None
+    with pytest.raises(ValueError, match="FME_ALLOCATOR.*tuned.*system"):
+        huge_pages_environment({"FME_ALLOCATOR": "jemalloc"})

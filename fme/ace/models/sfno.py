@@ -408,14 +408,16 @@ class SFNOBlock(nn.Module):
             and torch.is_grad_enabled()
             and not torch.is_autocast_enabled(y.device.type)
         ):
-            # Only y and the MLP's hidden pre-activation are stored for
-            # backward: norm1(activation(y)) and the hidden activation are
-            # recomputed there (elementwise), the matrix products are not.
+            # Only y is stored for backward: the MLP's hidden activation is
+            # recomputed there from y (elementwise work and the first of the
+            # MLP's two matrix products).
             fc1, activation, fc2 = mlp.fwd
-            hidden = recomputed_then_linear(
-                y, self._activation_and_norm, fc1, list(self.norm1.parameters())
-            )
-            return activation_then_linear(hidden, activation, fc2) + residual
+
+            def hidden(y: torch.Tensor) -> torch.Tensor:
+                return activation(fc1(self._activation_and_norm(y)))
+
+            params = [*self.norm1.parameters(), *fc1.parameters()]
+            return recomputed_then_linear(y, hidden, fc2, params) + residual
         if torch.is_grad_enabled():
             # the activation's output is recomputed in backward, not stored
             y = checkpoint(self._activation_and_norm, y, *context, use_reentrant=False)

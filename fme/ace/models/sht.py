@@ -60,19 +60,47 @@ def _check_modes(*, nlat: int, nlon: int, lmax: int, mmax: int) -> None:
 # From this many multiply-adds per order on, one matrix product per order beats
 # one batched product: MKL's single-matrix kernel runs 1.5x faster than its
 # batched one on the Legendre tables of a 1-degree grid with 384 channels (2x
-# at 64x128 with 2048 columns); below it, the per-call overhead of the loop
-# dominates.
+# at 64x128 with 2048 columns), and per order only the degrees l >= m, about
+# half of the table, need multiplying; below it, the per-call overhead of the
+# loop dominates.
 _LOOP_OVER_ORDERS_MACS = 1 << 23
+# Table entries below this magnitude are set to zero: they are subnormal or
+# near it (the associated Legendre functions of high order near the poles),
+# multiplying by them runs several times slower on x86 CPUs, and what they
+# add to a sum is 2^-100 of its terms, far below float32 rounding.
+_NEGLIGIBLE = 2.0**-100
 
 
-def _per_order_matmul(table: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
-    """``torch.bmm(table, modes)``: ``[m, a, b] @ [m, b, c] -> [m, a, c]``."""
-    n_orders, rows, inner = table.shape
-    if rows * inner * modes.shape[2] < _LOOP_OVER_ORDERS_MACS:
-        return torch.bmm(table, modes)
-    out = modes.new_empty(n_orders, rows, modes.shape[2])
+def _legendre_table(values: torch.Tensor) -> torch.Tensor:
+    """``[mmax, lmax, nlat]`` float32 table for the transforms, checked to
+    vanish for l < m (the structure ``_legendre`` relies on), negligible
+    entries set to zero."""
+    table = values.float().contiguous()
+    table[table.abs() < _NEGLIGIBLE] = 0.0
+    below = torch.ones(table.shape[:2], dtype=torch.bool).tril(-1)  # [m, l]: l < m
+    if table[below].any():
+        raise ValueError("a Legendre table must vanish for degrees l < order m")
+    return table
+
+
+def _legendre(
+    table: torch.Tensor, data: torch.Tensor, *, to_degrees: bool
+) -> torch.Tensor:
+    """Per order m: ``table[m] @ data[m]`` (to degrees: ``[m, l, k] @ [m, k,
+    c]``) or ``table[m].T @ data[m]`` (from degrees: ``[m, l, k]``, ``[m, l,
+    c]``), using that ``table[m, l] = 0`` for ``l < m``."""
+    n_orders, n_degrees, n_lat = table.shape
+    operator = table if to_degrees else table.transpose(1, 2)
+    if n_degrees * n_lat * data.shape[2] < _LOOP_OVER_ORDERS_MACS:
+        return torch.bmm(operator, data)
+    rows = n_degrees if to_degrees else n_lat
+    out = data.new_empty(n_orders, rows, data.shape[2])
     for m in range(n_orders):
-        torch.mm(table[m], modes[m], out=out[m])
+        if to_degrees:
+            out[m, :m].zero_()
+            torch.mm(table[m, m:], data[m], out=out[m, m:])
+        else:
+            torch.mm(table[m, m:].t(), data[m, m:], out=out[m])
     return out
 
 
@@ -90,7 +118,7 @@ def _analysis(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     lat_major = fourier.new_empty(nlat * n_freq, rows)
     lat_major.copy_(fourier.view(rows, nlat * n_freq).t())
     modes = torch.view_as_real(lat_major).view(nlat, n_freq, rows * 2)[:, :mmax]
-    return _per_order_matmul(table, modes.transpose(0, 1))
+    return _legendre(table, modes.transpose(0, 1), to_degrees=True)
 
 
 def _synthesis(
@@ -112,7 +140,7 @@ def _synthesis(
     nlat = table.shape[2]
     rows = batch * channels
     n_freq = nlon // 2 + 1
-    modes = _per_order_matmul(table.transpose(1, 2), coeffs)  # [mmax, k, rows * 2]
+    modes = _legendre(table, coeffs, to_degrees=False)  # [mmax, k, rows * 2]
     spectrum = coeffs.new_empty(nlat, n_freq, rows, 2)
     # one factor per order, so the innermost loop runs over rows * 2 numbers
     torch.mul(
@@ -214,7 +242,7 @@ class SphericalHarmonicTransform(nn.Module):
         # torch-harmonics scales the forward-normalised rfft by 2 pi; the FFT
         # here is unnormalised, so the table carries 2 pi / nlon.
         table = (2.0 * math.pi / nlon) * reference.weights.double()
-        self.register_buffer("table", table.float().contiguous(), persistent=False)
+        self.register_buffer("table", _legendre_table(table), persistent=False)
         # The adjoint of the truncated one-sided DFT is an unnormalised inverse
         # real FFT with the interior orders halved (irfft counts m and -m) and
         # no imaginary part at m = 0 and Nyquist.
@@ -270,8 +298,8 @@ class InverseSphericalHarmonicTransform(nn.Module):
         self.nlat, self.nlon, self.grid = nlat, nlon, grid
         self.lmax, self.mmax = lmax, mmax
         reference = th.InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid)
-        table = reference.pct.double()  # [mmax, lmax, nlat]
-        self.register_buffer("table", table.float().contiguous(), persistent=False)
+        table = _legendre_table(reference.pct.double())  # [mmax, lmax, nlat]
+        self.register_buffer("table", table, persistent=False)
         # The imaginary parts of m = 0 and the Nyquist order are ignored.
         self.register_buffer(
             "weights", _order_weights(mmax, nlon, 1.0).float(), persistent=False

@@ -179,3 +179,18 @@ def test_transforms_with_many_columns_match_torch_harmonics():
         (reference_coeffs * torch.view_as_real(weights_64).double()).sum(), field_64
     )
     torch.testing.assert_close(grad, expected_grad.float(), atol=2e-4, rtol=1e-4)
+
+
+def test_tables_hold_no_subnormal_entries_and_vanish_below_the_order():
+    # entries below 2^-100 (subnormal ones among them, which slow the products
+    # down several-fold) are zero; l < m entries are zero as the per-order
+    # products assume, and a table that breaks that is refused
+    sht, isht = transforms(180, 360, 180, 180, "legendre-gauss")
+    for table in (sht.table, isht.table, isht.adjoint_table):
+        magnitude = table.abs()
+        assert not ((magnitude > 0) & (magnitude < 2.0**-100)).any()
+        below = torch.ones(table.shape[:2], dtype=torch.bool).tril(-1)
+        assert not table[below].any()
+    broken = torch.ones(3, 3, 4)
+    with pytest.raises(ValueError, match="l < order m"):
+        sht_module._legendre_table(broken)

@@ -17,6 +17,48 @@ if TYPE_CHECKING:
     from fme.ace.models.sfno import SpectralConvS2
 
 
+# From this many complex multiply-adds per degree on, one matrix product per
+# degree, skipping the orders m > l whose coefficients vanish (about half the
+# rows), beats one batched product; below it the loop's overhead dominates.
+_LOOP_OVER_DEGREES_MACS = 1 << 22
+
+
+def _nonzero_rows(degree: int, n_rows: int, batch: int) -> int:
+    """Rows ``(m, batch)`` of degree ``l`` with ``m <= l``, the only nonzero ones."""
+    return min(degree + 1, n_rows // batch) * batch
+
+
+def per_degree_product(
+    rows: torch.Tensor, matrices: torch.Tensor, *, batch: int
+) -> torch.Tensor:
+    """``torch.bmm(rows, matrices)`` for ``rows`` ``[l, m * batch, a]`` of
+    coefficients (zero for m > l, as a spherical harmonic spectrum is) and
+    ``matrices`` ``[l, a, b]``; rows of m > l give zero rows."""
+    n_l, n_rows, inner = rows.shape
+    if n_rows * inner * matrices.shape[2] < _LOOP_OVER_DEGREES_MACS:
+        return torch.bmm(rows, matrices)
+    out = rows.new_empty(n_l, n_rows, matrices.shape[2])
+    for degree in range(n_l):
+        k = _nonzero_rows(degree, n_rows, batch)
+        torch.mm(rows[degree, :k], matrices[degree], out=out[degree, :k])
+        out[degree, k:].zero_()
+    return out
+
+
+def _per_degree_gram(
+    rows: torch.Tensor, grads: torch.Tensor, *, batch: int
+) -> torch.Tensor:
+    """``rows^H @ grads`` per degree (``[l, a, b]``), over the nonzero rows."""
+    n_l, n_rows, inner = rows.shape
+    if n_rows * inner * grads.shape[2] < _LOOP_OVER_DEGREES_MACS:
+        return torch.bmm(rows.transpose(1, 2).conj(), grads)
+    out = rows.new_empty(n_l, inner, grads.shape[2])
+    for degree in range(n_l):
+        k = _nonzero_rows(degree, n_rows, batch)
+        torch.mm(rows[degree, :k].t().conj(), grads[degree, :k], out=out[degree])
+    return out
+
+
 def _by_degree(coeffs: torch.Tensor, *, n_m: int, n_l: int, batch: int) -> torch.Tensor:
     """``[m, l, batch * c * 2]`` real -> ``[l, m * batch, c]`` complex (a copy)."""
     spec = torch.view_as_complex(coeffs.reshape(n_m, n_l, batch, -1, 2))
@@ -52,10 +94,11 @@ class _AnalysisThenDhconv(torch.autograd.Function):
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
             rows = _by_degree(conv.forward_transform(x), **sizes)
-            per_degree = torch.bmm(rows.transpose(1, 2).conj(), grad_rows)
+            per_degree = _per_degree_gram(rows, grad_rows, batch=batch)
             grad_weight = torch.view_as_real(per_degree).permute(1, 2, 0, 3)
         if ctx.needs_input_grad[0]:
-            grad_in = torch.bmm(grad_rows, matrices.transpose(1, 2).conj())
+            adjoints = matrices.transpose(1, 2).conj()
+            grad_in = per_degree_product(grad_rows, adjoints, batch=batch)
             grad_coeffs = _by_order(grad_in, **sizes)
             grad_x = conv.forward_transform.adjoint(
                 grad_coeffs, batch=batch, channels=conv.in_channels

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fme.ace.models.dhconv import analysis_then_dhconv
+from fme.ace.models.dhconv import analysis_then_dhconv, per_degree_product
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -205,7 +205,7 @@ class SpectralConvS2(nn.Module):
         if self.operator_type == "dhconv":
             # [l, in, out]: one matrix per l, shared by all m; rows are (m, batch)
             rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
-            mixed = torch.bmm(rows, torch.view_as_complex(weight))
+            mixed = per_degree_product(rows, torch.view_as_complex(weight), batch=batch)
             mixed = mixed.view(n_l, n_m, batch, n_out).transpose(0, 1)
             out = torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
         else:

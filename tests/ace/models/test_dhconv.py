@@ -60,3 +60,37 @@ def test_backward_keeps_the_field_not_its_spectrum():
     (out.square().sum()).backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     assert conv.weight.grad.stride() == conv.weight.stride()
+
+
+def test_per_degree_products_at_large_sizes_match_an_einsum():
+    # 384 channels take the one-product-per-degree path that skips the orders
+    # m > l; output and gradients must equal a plain einsum of the spectrum
+    from fme.ace.models import dhconv as dhconv_module
+
+    torch.manual_seed(0)
+    batch, channels, nlat = 2, 384, 16
+    conv = dhconv(nlat=nlat, nlon=2 * nlat, channels=(channels, channels))
+    n_rows = nlat * batch
+    assert n_rows * channels**2 >= dhconv_module._LOOP_OVER_DEGREES_MACS
+    x = torch.randn(batch, channels, nlat, 2 * nlat, requires_grad=True)
+    out, _ = conv(x)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, conv.weight], grad_out)
+
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    coeffs = conv.forward_transform(x_ref)  # [m, l, b * c * 2]
+    spec = torch.view_as_complex(coeffs.view(nlat, nlat, batch, channels, 2))
+    mixed = torch.einsum("mlbi,iol->mlbo", spec, torch.view_as_complex(weight))
+    expected = (
+        conv.inverse_transform(
+            torch.view_as_real(mixed).reshape(nlat, nlat, -1),
+            batch=batch,
+            channels=channels,
+        )
+        + conv.bias
+    )
+    expected_grads = torch.autograd.grad(expected, [x_ref, weight], grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)

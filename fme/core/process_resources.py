@@ -139,10 +139,14 @@ def restart_with_huge_pages(argv: Sequence[str] | None = None) -> None:
     ``sys.orig_argv``), so anything done before is done again.
     """
     environment = huge_pages_environment(os.environ)
-    if environment is not None:
+    if environment is None or not sys.executable:
+        return
+    try:
         os.execve(
             sys.executable, list(sys.orig_argv if argv is None else argv), environment
         )
+    except OSError as err:  # run on without huge pages rather than fail
+        logging.warning("could not restart with huge pages (%s); continuing", err)
 
 
 def _is_glibc() -> bool:

@@ -106,11 +106,10 @@ class PointwiseLinear(nn.Module):
 class _RecomputedThenLinear(torch.autograd.Function):
     """``linear(fn(h))`` keeping only ``h`` for backward.
 
-    ``fn`` is cheap and elementwise-sized (an activation, a normalisation):
-    its output, as large as ``h``, is recomputed in backward instead of being
-    stored, which removes one such tensor from the training step's memory for
-    an extra pass of ``fn``. ``fn``'s own parameters come last, so that they
-    receive their gradients.
+    ``fn`` (an activation, a normalisation, or a front part of an MLP) is
+    recomputed in backward instead of its output and intermediates being
+    stored, trading one more pass of ``fn`` for their memory. ``fn``'s own
+    parameters come last, so that they receive their gradients.
     """
 
     @staticmethod

@@ -10,7 +10,8 @@ Cases (``--cases``, comma-separated):
 
 - ``startup``: seconds from launching ``python`` to the first training batch
   (imports and config validation included) on a tiny config, next to the floor
-  ``python -c "import torch, xarray"``.
+  ``python -c "import torch, xarray"`` and to that floor plus building one
+  ``torch.optim`` optimiser (which imports ``torch._dynamo``).
 - ``speed``: steady-state s/step, samples/s and peak RSS on tiny ACE-format data
   with ``SphericalFourierNeuralOperatorNet`` (embed_dim 16, 2 layers) and the
   dry-air corrector. With ``--reference-python`` (a separate virtualenv with
@@ -69,6 +70,7 @@ from typing import Any
 
 from benchmark_cases.ace2_size import ace2_size_case
 from benchmark_cases.common import (
+    OPTIMIZER_FLOOR,
     REPO,
     best,
     import_floor,
@@ -179,15 +181,22 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(plots_row)
     if "startup" in cases:
         floor = min(import_floor() for _ in range(3))
+        with_optimizer = min(import_floor(OPTIMIZER_FLOOR) for _ in range(3))
         config = shallow_water_config(tiny, work / "startup", None)
         startup = min(
             run_case(config, work, f"startup{i}", steps=1, warmup=0)["startup_s"]
             for i in range(3)
         )
-        results["startup"] = {"startup_s": startup, "import_floor_s": floor}
+        results["startup"] = {
+            "startup_s": startup,
+            "import_floor_s": floor,
+            "optimizer_floor_s": with_optimizer,
+        }
         lines.append(
             f"| startup to first batch: {startup:.2f} s (floor `import torch, xarray`: "
-            f"{floor:.2f} s, overhead {startup - floor:+.2f} s) | | | |"
+            f"{floor:.2f} s, overhead {startup - floor:+.2f} s; with torch.optim's "
+            f"first optimiser: {with_optimizer:.2f} s, overhead "
+            f"{startup - with_optimizer:+.2f} s) | | | |"
         )
     if "speed" in cases or "noise_sfno" in cases:
         # one dataset for both cases, read by both implementations

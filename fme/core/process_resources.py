@@ -18,7 +18,7 @@ call :func:`restart_with_huge_pages` first, then :func:`configure_process`:
   system and returned to it when freed, smaller ones are reused from the heap
   (fixed mmap threshold, trim threshold 128 MiB): the peak resident memory is
   the peak of live tensors; keeping large freed blocks in the heap instead
-  fragments it with the 100-200 MB tensors of a 1-degree model (1.45x the
+  fragments it with the 100-200 MB tensors of a 1-degree model (1.55x the
   peak memory). (2) Mapped blocks use transparent huge pages (glibc's
   ``glibc.malloc.hugetlb=1`` tunable), so a block of 100 MB is faulted in
   with 50 faults, not 25,000. The tunable is read when a process starts, so
@@ -136,9 +136,13 @@ def restart_with_huge_pages(argv: Sequence[str] | None = None) -> None:
 
     Call first thing in an entry point, before torch is imported: the process
     image is replaced (same PID, same arguments ``argv``, default
-    ``sys.orig_argv``), so anything done before is done again.
+    ``sys.orig_argv``), so anything done before is done again. A bad
+    ``FME_ALLOCATOR`` is left for :func:`configure_process` to report.
     """
-    environment = huge_pages_environment(os.environ)
+    try:
+        environment = huge_pages_environment(os.environ)
+    except ValueError:
+        return
     if environment is None or not sys.executable:
         return
     try:

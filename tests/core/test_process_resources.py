@@ -156,3 +156,15 @@ def test_huge_pages_are_added_to_the_tunables_once():
     assert huge_pages_environment({"FME_ALLOCATOR": "system"}) is None
     with pytest.raises(ValueError, match="FME_ALLOCATOR.*tuned.*system"):
         huge_pages_environment({"FME_ALLOCATOR": "jemalloc"})
+
+
+def test_restart_leaves_a_bad_allocator_setting_to_the_config_error(monkeypatch):
+    # the entry points restart before anything else; a bad FME_ALLOCATOR must
+    # not fail there (it would be a bare traceback) but in configure_process,
+    # which names the variable and the choices
+    from fme.core.process_resources import configure_process, restart_with_huge_pages
+
+    monkeypatch.setenv("FME_ALLOCATOR", "jemalloc")
+    restart_with_huge_pages(argv=["python", "-c", "raise SystemExit(3)"])
+    with pytest.raises(ValueError, match="FME_ALLOCATOR.*tuned.*system"):
+        configure_process()

@@ -166,5 +166,9 @@ def test_restart_leaves_a_bad_allocator_setting_to_the_config_error(monkeypatch)
 
     monkeypatch.setenv("FME_ALLOCATOR", "jemalloc")
     restart_with_huge_pages(argv=["python", "-c", "raise SystemExit(3)"])
-    with pytest.raises(ValueError, match="FME_ALLOCATOR.*tuned.*system"):
-        configure_process()
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="FME_ALLOCATOR.*tuned.*system"):
+            configure_process()
+    finally:
+        torch.set_num_threads(before)

@@ -50,18 +50,24 @@ def _fields():
     return pred, target, ic
 
 
-def _run(config: InferenceEvaluatorAggregatorConfig) -> RolloutDiagnostics:
-    diagnostics = RolloutDiagnostics(
+def _diagnostics(
+    config: InferenceEvaluatorAggregatorConfig, n_forward_steps: int, **kwargs
+) -> RolloutDiagnostics:
+    return RolloutDiagnostics(
         config=config,
         names=list(MEANS),
         ops=OPS,
         lat=LAT,
         n_lon=N_LON,
-        n_forward_steps=N_STEPS,
+        n_forward_steps=n_forward_steps,
         timestep=datetime.timedelta(hours=6),
         metadata={},
-        normalize=NORMALIZER.normalize,
+        **kwargs,
     )
+
+
+def _run(config: InferenceEvaluatorAggregatorConfig) -> RolloutDiagnostics:
+    diagnostics = _diagnostics(config, N_STEPS, normalize=NORMALIZER.normalize)
     pred, target, ic = _fields()
     time = np.datetime64("2000-01-01", "ns") + np.arange(N_STEPS) * np.timedelta64(
         6, "h"
@@ -276,16 +282,7 @@ def test_map_diagnostics_keep_ace_default_names(block):
 
 def test_a_run_long_enough_for_ace_climate_indices_says_they_are_missing(caplog):
     def build(n_forward_steps: int) -> None:
-        RolloutDiagnostics(
-            config=_config(),
-            names=list(MEANS),
-            ops=OPS,
-            lat=LAT,
-            n_lon=N_LON,
-            n_forward_steps=n_forward_steps,
-            timestep=datetime.timedelta(hours=6),
-            metadata={},
-        )
+        _diagnostics(_config(), n_forward_steps)
 
     with caplog.at_level("WARNING"):
         build(4 * 730)  # two years: ACE computes no index either

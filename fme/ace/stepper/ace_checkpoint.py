@@ -55,8 +55,6 @@ _STAND_INS = ((AceVariableMetadata, "fme.core.dataset.data_typing.VariableMetada
 _STEPPER_NOOPS: dict[str, Any] = {"input_masking": None}
 _STEP_NOOPS: dict[str, Any] = {
     "secondary_decoder": None,
-    "ocean": None,
-    "next_step_forcing_names": [],
     "prescribed_prognostic_names": [],
     "include_channel_mask_inputs": False,
     "global_mean_removal": None,
@@ -283,6 +281,12 @@ def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     }
     corrector = _corrector(step_config.pop("corrector", None))
     residual_prediction = bool(step_config.pop("residual_prediction", False))
+    # ACE keys the step config here takes as they are (checked when it loads)
+    carried = {
+        key: value
+        for key in ("ocean", "next_step_forcing_names")
+        if (value := step_config.pop(key, None))
+    }
     if step_config:
         raise ValueError(
             "ACE checkpoint: not supported here: stepper.step.config keys "
@@ -310,6 +314,7 @@ def convert_ace_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
                 "normalization": our_normalization,
                 "residual_prediction": residual_prediction,
                 "corrector": corrector,
+                **carried,
             },
         }
     }

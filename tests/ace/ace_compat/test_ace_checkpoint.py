@@ -148,3 +148,34 @@ def test_ace_best_checkpoints_hold_the_ema_weights_of_ckpt():
         stepper = load_stepper(RUN / name, use_ema=True)  # no EMA params: as saved
         for key, value in stepper.base_module.state_dict().items():
             assert torch.equal(value, ema[key]), (name, key)
+
+
+def test_ace_step_keys_supported_here_are_carried_over():
+    # ACE2's documented config prescribes the ocean and reads a forcing at the
+    # next time; the step config here takes both, so a checkpoint trained with
+    # them must convert with them, not be refused
+    from fme.ace.stepper.ace_checkpoint import convert_ace_checkpoint
+
+    def raw_checkpoint() -> dict:
+        with torch.serialization.safe_globals(
+            [(AceVariableMetadata, "fme.core.dataset.data_typing.VariableMetadata")]
+        ):
+            return torch.load(RUN / "ckpt.tar", weights_only=True)
+
+    plain = convert_ace_checkpoint(raw_checkpoint())
+    assert (
+        plain["trainable"]["stepper"]["config"]["step"]["config"].get("ocean") is None
+    )
+    raw = raw_checkpoint()
+    ocean = {
+        "surface_temperature_name": "surface_temperature",
+        "ocean_fraction_name": "ocean_fraction",
+        "interpolate": False,
+        "slab": None,
+    }
+    raw["stepper"]["config"]["step"]["config"]["ocean"] = ocean
+    raw["stepper"]["config"]["step"]["config"]["next_step_forcing_names"] = ["DSWRFtoa"]
+    config = convert_ace_checkpoint(raw)["trainable"]["stepper"]["config"]
+    step = config["step"]["config"]
+    assert step["ocean"] == ocean
+    assert step["next_step_forcing_names"] == ["DSWRFtoa"]

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from fme.core.fused_adam import SUPPORTED_DEVICES, FusedAdam, FusedAdamW
 from fme.core.lr_schedule import LRSchedule, SchedulerConfig
 from fme.core.nonfinite import NonFiniteError
 from fme.core.number_check import check_number
@@ -46,7 +47,30 @@ CLOSURE_OPTIMIZERS = ("LBFGS",)
 # torch's fused (single-kernel) implementations, equal to the loop one up to
 # float rounding; used unless the user's kwargs choose an implementation.
 _FUSED_OPTIMIZERS = ("Adam", "AdamW")
-_FUSED_DEVICES = ("cpu", "cuda")
+_FUSED_DEVICES = SUPPORTED_DEVICES
+# The same kernels without torch.optim's Optimizer machinery, whose first use
+# imports torch._dynamo (seconds of start-up); used for the fused path when
+# the kwargs are among these (other kwargs, e.g. capturable, or unknown ones
+# go to torch's class, which accepts them or names them in its error).
+_LEAN_FUSED: dict[str, tuple[Callable[..., torch.optim.Optimizer], frozenset[str]]] = {
+    "Adam": (
+        FusedAdam,
+        frozenset(
+            {
+                "betas",
+                "eps",
+                "weight_decay",
+                "amsgrad",
+                "maximize",
+                "decoupled_weight_decay",
+            }
+        ),
+    ),
+    "AdamW": (
+        FusedAdamW,
+        frozenset({"betas", "eps", "weight_decay", "amsgrad", "maximize"}),
+    ),
+}
 # numeric LBFGS kwargs: name -> (minimum, integer); also line_search_fn
 _LBFGS_NUMBERS: dict[str, tuple[float, bool]] = {
     "max_iter": (1, True),
@@ -129,7 +153,10 @@ class OptimizationConfig:
         lr: the base learning rate (lr0 of every schedule).
         kwargs: extra keyword arguments for the torch optimiser (validated at
             build; ``Adam`` and ``AdamW`` use torch's fused implementation
-            unless ``fused``, ``foreach`` or ``differentiable`` is given; for
+            unless ``fused``, ``foreach`` or ``differentiable`` is given,
+            run by ``fme.core.fused_adam`` unless other kwargs than
+            ``betas``, ``eps``, ``weight_decay``, ``amsgrad``, ``maximize``
+            (and Adam's ``decoupled_weight_decay``) need torch's class; for
             ``LBFGS`` at load: ``max_iter``, ``max_eval``,
             ``tolerance_grad``, ``tolerance_change``, ``history_size``,
             ``line_search_fn`` — ``strong_wolfe`` (default) or null).
@@ -233,11 +260,15 @@ class OptimizationConfig:
                 "allowed: strong_wolfe (default), null (fixed step lr)"
             )
 
-    def _optimizer_kwargs(self, params: list[torch.nn.Parameter]) -> dict[str, Any]:
+    def _optimizer_and_kwargs(
+        self, params: list[torch.nn.Parameter]
+    ) -> tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]]:
+        """The optimiser class to build and its keyword arguments (but lr)."""
+        torch_class = _OPTIMIZERS[self.optimizer_type]
         if self.optimizer_type == "LBFGS":
-            return {"line_search_fn": "strong_wolfe", **self.kwargs}
+            return torch_class, {"line_search_fn": "strong_wolfe", **self.kwargs}
         kwargs = dict(self.kwargs)
-        if (
+        if not (
             self.optimizer_type in _FUSED_OPTIMIZERS
             and not {"fused", "foreach", "differentiable"} & kwargs.keys()
             and all(
@@ -245,8 +276,11 @@ class OptimizationConfig:
                 for p in params
             )
         ):
-            kwargs["fused"] = True
-        return kwargs
+            return torch_class, kwargs
+        lean_class, lean_kwargs = _LEAN_FUSED[self.optimizer_type]
+        if kwargs.keys() <= lean_kwargs:
+            return lean_class, kwargs
+        return torch_class, {**kwargs, "fused": True}
 
     def build(
         self,
@@ -273,10 +307,9 @@ class OptimizationConfig:
         params = [p for p in parameters if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: every parameter is frozen")
+        optimizer_class, kwargs = self._optimizer_and_kwargs(params)
         try:
-            optimizer = _OPTIMIZERS[self.optimizer_type](
-                params, lr=self.lr, **self._optimizer_kwargs(params)
-            )
+            optimizer = optimizer_class(params, lr=self.lr, **kwargs)
         except TypeError as err:
             raise ValueError(
                 f"optimization.kwargs {self.kwargs} are not accepted by "

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fme.core.fused_adam import FusedAdam, FusedAdamW
 from fme.core.optimization import OptimizationConfig
 
 
@@ -46,3 +47,60 @@ def test_sgd_is_not_fused():
     config = OptimizationConfig(optimizer_type="SGD", lr=0.1)
     built = config.build(torch.nn.Linear(2, 2).parameters())
     assert not built.optimizer.defaults.get("fused")
+
+
+@pytest.mark.parametrize(
+    ("optimizer_type", "lean_class"), [("Adam", FusedAdam), ("AdamW", FusedAdamW)]
+)
+def test_the_default_fused_path_is_built_without_torch_optim_machinery(
+    optimizer_type, lean_class
+):
+    config = OptimizationConfig(
+        optimizer_type=optimizer_type,
+        lr=1e-2,
+        kwargs={"betas": [0.9, 0.95], "amsgrad": True, "eps": 1e-6},
+    )
+    built = config.build(torch.nn.Linear(2, 2).parameters())
+    assert type(built.optimizer) is lean_class
+    group = built.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.95) and group["amsgrad"] is True
+    assert group["eps"] == 1e-6 and group["lr"] == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("optimizer_type", "kwargs", "torch_class", "fused"),
+    [
+        ("Adam", {"capturable": False}, torch.optim.Adam, True),
+        ("AdamW", {"fused": True}, torch.optim.AdamW, True),
+        ("Adam", {"foreach": False}, torch.optim.Adam, None),
+    ],
+)
+def test_other_kwargs_build_torchs_class(optimizer_type, kwargs, torch_class, fused):
+    config = OptimizationConfig(optimizer_type=optimizer_type, kwargs=kwargs)
+    built = config.build(torch.nn.Linear(2, 2).parameters())
+    assert type(built.optimizer) is torch_class
+    assert built.optimizer.defaults["fused"] is fused
+
+
+def test_complex_parameters_build_torchs_loop_adam():
+    param = torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    built = OptimizationConfig(optimizer_type="Adam").build([param])
+    assert type(built.optimizer) is torch.optim.Adam
+    assert not built.optimizer.defaults["fused"]
+
+
+@pytest.mark.parametrize(
+    ("optimizer_type", "kwargs"),
+    [
+        ("Adam", {"nonsense": 1}),
+        ("AdamW", {"nonsense": 1}),
+        ("AdamW", {"decoupled_weight_decay": True}),
+    ],
+)
+def test_unknown_kwargs_are_refused_naming_them(optimizer_type, kwargs):
+    config = OptimizationConfig(optimizer_type=optimizer_type, kwargs=kwargs)
+    (key,) = kwargs
+    with pytest.raises(
+        ValueError, match=f"not accepted by {optimizer_type}: .*argument '{key}'"
+    ):
+        config.build(torch.nn.Linear(2, 2).parameters())

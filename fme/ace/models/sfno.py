@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fme.ace.models.dhconv import analysis_then_dhconv, per_degree_product
+from fme.ace.models.diagonal_mix import diagonal_product
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -198,20 +199,18 @@ class SpectralConvS2(nn.Module):
             self.out_channels,
         )
         spec = torch.view_as_complex(coeffs.view(n_m, n_l, batch, n_in, 2))
-        if self.weight_layout == "group_out_in":
-            weight = self.weight[0].permute(0, 2, 1, 3).contiguous()
-        else:
-            weight = _mode_major(self.weight)
         if self.operator_type == "dhconv":
+            if self.weight_layout == "group_out_in":
+                weight = self.weight[0].permute(0, 2, 1, 3).contiguous()
+            else:
+                weight = _mode_major(self.weight)
             # [l, in, out]: one matrix per l, shared by all m; rows are (m, batch)
             rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
             mixed = per_degree_product(rows, torch.view_as_complex(weight), batch=batch)
             mixed = mixed.view(n_l, n_m, batch, n_out).transpose(0, 1)
             out = torch.view_as_real(mixed).reshape(n_m, n_l, batch * n_out * 2)
         else:
-            # [m, l, in, out]: the first n_m orders are a contiguous prefix
-            per_mode = torch.view_as_complex(weight[:n_m]).view(n_m * n_l, n_in, n_out)
-            mixed = torch.bmm(spec.reshape(n_m * n_l, batch, n_in), per_mode)
+            mixed = diagonal_product(spec, self.weight)
             out = torch.view_as_real(mixed).view(n_m, n_l, batch * n_out * 2)
         if self.preserve_global_mean:
             # (m, l) = (0, 0) is the global mean: not filtered

@@ -45,8 +45,10 @@ class _DiagonalProduct(torch.autograd.Function):
         grad_spec = grad_weight = None
         if ctx.needs_input_grad[0]:
             matrices = _matrices(weight, n_m).reshape(n_m * n_l, n_in, n_out)
-            # grad @ W^H, with W^H the conjugate transpose of each matrix
-            grad_spec = torch.bmm(grads, matrices.transpose(1, 2).conj())
+            # grad @ W^H as conj(conj(grad) @ W^T): conjugating the smaller
+            # operand, not each weight matrix
+            grad_spec = torch.bmm(grads.conj(), matrices.transpose(1, 2))
+            grad_spec = grad_spec.conj().resolve_conj()
             grad_spec = grad_spec.view(n_m, n_l, batch, n_in)
         if ctx.needs_input_grad[1]:
             memory = weight.new_empty([weight.shape[i] for i in _TO_MEMORY])

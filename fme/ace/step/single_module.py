@@ -275,9 +275,12 @@ class SingleModuleStep(StepABC):
         corrector_state: CorrectorState | None,
     ) -> StepOutput:
         """Residual, denormalisation and corrector of the network's output."""
-        normalized_out: TensorDict = {
-            n: packed_out[:, i] for i, n in enumerate(self._out_names)
-        }
+        # one unbind, not a select per variable: its backward stacks the
+        # variables' gradients once instead of zero-filling a full-size
+        # gradient per variable
+        normalized_out: TensorDict = dict(
+            zip(self._out_names, packed_out.unbind(dim=1), strict=True)
+        )
         if self.residual_prediction:
             for name in self.prognostic_names:
                 normalized_out[name] = normalized_out[name] + normalized_in[name]

@@ -133,6 +133,36 @@ def _check_fused_parameter(param: torch.Tensor) -> None:
         )
 
 
+def _in_memory_order(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A parameter, its gradient and moments as contiguous views, if possible.
+
+    The update is elementwise, so any common layout gives the same numbers;
+    but the fused kernel copies a non-contiguous tensor in and back out. A
+    parameter stored as a permuted view (the SFNO's spectral weights keep
+    ACE's shape over mode-major memory) is dense in another axis order: when
+    the gradient and moments share its strides, all of them are passed
+    permuted to that order, which is contiguous. Otherwise they are passed as
+    they are.
+    """
+    first = tensors[0]
+    if first.is_contiguous() or any(t.stride() != first.stride() for t in tensors):
+        return tensors
+    order = sorted(range(first.dim()), key=lambda axis: -first.stride(axis))
+    permuted = [t.permute(order) for t in tensors]
+    return permuted if permuted[0].is_contiguous() else tensors
+
+
+def _like_parameter(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A saved moment on the parameter's device and dtype, with its strides
+    (a state dict written with another memory layout, e.g. by torch's Adam on
+    ACE's contiguous weights, would otherwise keep every later step on the
+    kernel's copying path)."""
+    value = value.to(dtype=param.dtype, device=param.device)
+    if value.shape != param.shape or value.stride() == param.stride():
+        return value
+    return torch.empty_like(param).copy_(value)
+
+
 def _loaded_step(value: Any, param: torch.Tensor) -> torch.Tensor:
     """A saved ``step`` (tensor anywhere, or a number) as the fused path keeps it."""
     if isinstance(value, torch.Tensor):
@@ -340,13 +370,17 @@ class FusedAdam(torch.optim.Optimizer):
                     state["max_exp_avg_sq"] = torch.zeros_like(
                         p, memory_format=torch.preserve_format
                     )
-            call = calls.setdefault((p.device, p.dtype), _KernelArguments())
-            call.params.append(p)
-            call.grads.append(p.grad)
-            call.exp_avgs.append(state["exp_avg"])
-            call.exp_avg_sqs.append(state["exp_avg_sq"])
+            moments = [state["exp_avg"], state["exp_avg_sq"]]
             if amsgrad:
-                call.max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                moments.append(state["max_exp_avg_sq"])
+            tensors = _in_memory_order([p, p.grad, *moments])
+            call = calls.setdefault((p.device, p.dtype), _KernelArguments())
+            call.params.append(tensors[0])
+            call.grads.append(tensors[1])
+            call.exp_avgs.append(tensors[2])
+            call.exp_avg_sqs.append(tensors[3])
+            if amsgrad:
+                call.max_exp_avg_sqs.append(tensors[4])
             call.steps.append(state["step"])
         kernel = (
             torch._fused_adamw_
@@ -483,7 +517,7 @@ class FusedAdam(torch.optim.Optimizer):
             if name == "step":
                 state[name] = _loaded_step(value, param)
             elif isinstance(value, torch.Tensor):
-                state[name] = value.to(dtype=param.dtype, device=param.device)
+                state[name] = _like_parameter(value, param)
             else:
                 state[name] = value
         required = ["step", "exp_avg", "exp_avg_sq"]

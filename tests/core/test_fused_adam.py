@@ -280,3 +280,69 @@ def test_schedulers_hooks_closure_and_pickling_work():
     assert copied.param_groups[0]["lr"] == pytest.approx(0.01)
     assert "FusedAdam (" in repr(optimizer) and "fused: True" in repr(optimizer)
     assert math.isclose(float(optimizer.state[params[0]]["step"]), 1.0)
+
+
+def _permuted_view_parameter(seed: int) -> torch.nn.Parameter:
+    # ACE's shape (in, out, l, m, 2) over mode-major memory, as the SFNO's
+    # spectral weights are stored
+    generator = torch.Generator().manual_seed(seed)
+    memory = torch.randn(5, 4, 3, 2, 2, generator=generator)
+    return torch.nn.Parameter(memory.permute(2, 3, 1, 0, 4))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize(("ours_class", "torch_class"), PAIRS)
+def test_permuted_view_parameters_step_in_place_without_copies(
+    ours_class, torch_class, amsgrad
+):
+    # the kernel gets contiguous views of the parameter's memory: the numbers
+    # are torch's, the strides stay the parameter's and nothing is copied
+    ours_param, their_param = _permuted_view_parameter(0), _permuted_view_parameter(0)
+    assert not ours_param.is_contiguous()
+    strides = ours_param.stride()
+    ours = ours_class([ours_param], lr=0.05, amsgrad=amsgrad, weight_decay=0.1)
+    theirs = torch_class(
+        [their_param], lr=0.05, amsgrad=amsgrad, weight_decay=0.1, fused=True
+    )
+    for step in range(3):
+        for param in (ours_param, their_param):
+            generator = torch.Generator().manual_seed(step)
+            memory = torch.randn(5, 4, 3, 2, 2, generator=generator)
+            param.grad = memory.permute(2, 3, 1, 0, 4)
+        with torch.profiler.profile(record_shapes=True) as profile:
+            ours.step()
+        theirs.step()
+        # (the step counter's increment copies a 0-dim scalar, as in torch)
+        copies = [
+            e.input_shapes
+            for e in profile.events()
+            if e.name == "aten::copy_" and e.input_shapes[0]
+        ]
+        assert copies == []
+        assert torch.equal(ours_param, their_param)
+        assert ours_param.stride() == strides
+    _assert_same_states(ours, theirs)
+    assert ours.state[ours_param]["exp_avg"].stride() == strides
+
+
+def test_loaded_moments_take_the_parameters_layout():
+    # a state dict written over contiguous weights (torch's Adam on ACE's
+    # layout) loads with the parameter's strides and steps as torch's
+    contiguous = torch.nn.Parameter(_permuted_view_parameter(1).detach().contiguous())
+    source = torch.optim.Adam([contiguous], lr=0.05, fused=True)
+    contiguous.grad = torch.ones_like(contiguous)
+    source.step()
+    param = _permuted_view_parameter(1)
+    ours = FusedAdam([param], lr=0.05)
+    ours.load_state_dict(copy.deepcopy(source.state_dict()))  # as from a file
+    assert ours.state[param]["exp_avg"].stride() == param.stride()
+    assert torch.equal(
+        ours.state[param]["exp_avg_sq"], source.state[contiguous]["exp_avg_sq"]
+    )
+    with torch.no_grad():
+        param.copy_(contiguous)
+    for p in (param, contiguous):
+        p.grad = torch.full_like(p, 0.5)
+    ours.step()
+    source.step()
+    assert torch.equal(param, contiguous)

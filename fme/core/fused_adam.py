@@ -147,7 +147,8 @@ def _in_memory_order(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     first = tensors[0]
     if first.is_contiguous() or any(t.stride() != first.stride() for t in tensors):
         return tensors
-    order = sorted(range(first.dim()), key=lambda axis: -first.stride(axis))
+    strides = first.stride()
+    order = sorted(range(first.dim()), key=lambda axis: -strides[axis])
     permuted = [t.permute(order) for t in tensors]
     return permuted if permuted[0].is_contiguous() else tensors
 

@@ -18,7 +18,8 @@ Cases (``--cases``, comma-separated):
   with ``SphericalFourierNeuralOperatorNet`` (embed_dim 16, 2 layers) and the
   dry-air corrector. With ``--reference-python`` (a separate virtualenv with
   the released ``fme==2026.10.0``) the same case runs there through
-  ``scripts/reference_ace_benchmark.py`` and the ratios are printed.
+  ``scripts/reference_ace_benchmark.py``, interleaved with ours in every
+  repeat, and the ratios of each side's fastest run are printed.
 - ``noise_sfno``: the same data with ``NoiseConditionedSFNO`` (ACE2S, embed_dim
   16, noise_embed_dim 8) trained with ``EnsembleLoss`` (CRPS 0.9 + energy
   score 0.1) and ``n_ensemble: 2``; with ``--reference-python`` also in the

@@ -16,17 +16,18 @@ The script runs with either implementation:
 
 It times ``--steps`` training steps (forward, mean-squared loss, backward, Adam
 step) after one warm-up step, one intra-op thread, and reports the median
-seconds per step and the process's peak RSS (``ru_maxrss``, the high-water
+seconds per step and the process's peak RSS (``VmHWM``, the high-water
 mark). ``scripts/benchmark.py --cases ace2_size`` runs both implementations
 in their own processes, interleaved, and prints the ratios.
 """
 
 import argparse
 import json
-import resource
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmark_cases.common import own_peak_rss_mb
 
 N_IN_CHANNELS = 39
 N_OUT_CHANNELS = 44
@@ -141,7 +142,7 @@ def main() -> None:
     result = {
         "impl": args.impl,
         "s_per_step": sorted(times)[len(times) // 2],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": own_peak_rss_mb(),
         "n_parameters": sum(p.numel() for p in net.parameters()),
     }
     print("BENCHMARK_RESULT " + json.dumps(result), flush=True)

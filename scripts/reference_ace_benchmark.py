@@ -31,7 +31,7 @@ rest are prognostic), runs the released trainer in this process
   ``train_on_batch`` calls after ``--warmup`` steps, i.e. one full iteration of
   the released training loop (data loading, forward/backward over the rollout,
   optimiser step, EMA update, scheduler, metric bookkeeping).
-- ``peak_rss_mb``: ``ru_maxrss`` of this process when training stops.
+- ``peak_rss_mb``: this process's peak RSS (``VmHWM``) when training stops.
 - ``startup_s``: wall time from this script's first line (before torch and fme
   are imported) to the start of the first optimised step.
 
@@ -54,12 +54,13 @@ import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from benchmark_cases.common import own_peak_rss_mb  # noqa: E402
 
 REFERENCE_VERSION = "2026.10.0"
 STATS_FILES = ("centering.nc", "scaling-full-field.nc", "scaling-residual.nc")
@@ -430,7 +431,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     train_module = importlib.import_module("fme.ace.train.train")
     distributed = importlib.import_module("fme.core.distributed").Distributed
     # Peak RSS so far: torch plus the released package and its dependencies.
-    import_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    import_rss_mb = own_peak_rss_mb()
     n_timed = args.warmup + args.steps
     timer = _StepTimer(stop_at=None if args.complete_epoch else n_timed)
     timer.install(stepper_module.TrainStepper)
@@ -440,7 +441,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             train_module.main(str(yaml_path))
         except _StopBenchmark:
             pass
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_rss_mb = own_peak_rss_mb()
     load_after = os.getloadavg()[0]
 
     if len(timer.starts) < n_timed + 1:

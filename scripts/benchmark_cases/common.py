@@ -64,7 +64,7 @@ def training_worker(spec_path: Path) -> None:
         "s_per_step": s_per_step,
         "s_per_step_mean": (timed_starts[-1] - timed_starts[0]) / len(intervals),
         "samples_per_s": global_batch / s_per_step,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": own_peak_rss_mb(),
         "first_batch_wall": first_batch_wall[0],
         # the warm-up steps, compiling included with stepper_training.compile
         "warmup_s": timed_starts[0] - starts[0],

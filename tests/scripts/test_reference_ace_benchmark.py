@@ -6,6 +6,7 @@ these tests only check the config it builds (no released fme needed).
 
 import argparse
 import importlib.util
+import sys
 import types
 from pathlib import Path
 
@@ -17,6 +18,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reference_ace_benchm
 
 
 def _load_script() -> types.ModuleType:
+    # run as a script, it has its own directory first on sys.path
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("reference_ace_benchmark", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fme.ace.models import ModuleSelector
+from fme.ace.models import ModuleSelector, pointwise
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -79,6 +79,12 @@ def test_forward_concat_checks_the_channel_count():
         module.forward_concat([torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)])
 
 
+@pytest.fixture
+def always_recompute(monkeypatch):
+    """Recompute at any size (the tests' fields are below the threshold)."""
+    monkeypatch.setattr(pointwise, "RECOMPUTE_FROM_ELEMENTS", 0)
+
+
 def _saved_bytes(fn, h, module) -> tuple[torch.Tensor, int]:
     """``fn(h)`` and the bytes of the non-parameter storages kept for backward."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
@@ -95,6 +101,7 @@ def _saved_bytes(fn, h, module) -> tuple[torch.Tensor, int]:
     return out, sum(storages.values())
 
 
+@pytest.mark.usefixtures("always_recompute")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation", [torch.nn.GELU, torch.nn.SiLU])
 def test_activation_then_linear_equals_the_composition_and_stores_less(
@@ -137,6 +144,7 @@ def test_activation_then_linear_without_grad_or_input_grad():
         )
 
 
+@pytest.mark.usefixtures("always_recompute")
 @pytest.mark.parametrize("h_requires_grad", [True, False])
 def test_recomputed_then_linear_gives_the_recomputed_modules_parameters_grads(
     h_requires_grad,
@@ -171,3 +179,25 @@ def test_recomputed_then_linear_gives_the_recomputed_modules_parameters_grads(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # only h stays: not gelu(h) nor the normalised field
     assert lean_bytes == h.numel() * 4 < plain_bytes
+
+
+def test_recomputation_starts_at_the_threshold(monkeypatch):
+    # below RECOMPUTE_FROM_ELEMENTS the plain composition runs (it stores h and
+    # act(h)); from it on only h is stored; the numbers are the same
+    torch.manual_seed(0)
+    linear = PointwiseLinear(6, 3, conv_shape=True)
+    act = torch.nn.GELU()
+    h = torch.randn(2, 6, 5, 7, requires_grad=True)
+    results = {}
+    for threshold in (h.numel() + 1, h.numel()):
+        monkeypatch.setattr(pointwise, "RECOMPUTE_FROM_ELEMENTS", threshold)
+        out, saved = _saved_bytes(
+            lambda x: activation_then_linear(x, act, linear), h, linear
+        )
+        (grad,) = torch.autograd.grad(out.square().sum(), h)
+        results[threshold] = (out, saved, grad)
+    plain, recomputed = results[h.numel() + 1], results[h.numel()]
+    assert plain[1] == 2 * h.numel() * 4
+    assert recomputed[1] == h.numel() * 4
+    torch.testing.assert_close(recomputed[0], plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(recomputed[2], plain[2], rtol=1e-5, atol=1e-6)

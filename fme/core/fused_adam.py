@@ -12,7 +12,10 @@ run needs it.
 
 ``FusedAdam`` and ``FusedAdamW`` make the same kernel calls with the same
 arguments, so parameters and state are bitwise those of
-``torch.optim.Adam`` / ``torch.optim.AdamW`` with ``fused=True``. They keep
+``torch.optim.Adam`` / ``torch.optim.AdamW`` with ``fused=True``; one
+difference in how, not what: a parameter stored as a permuted view is passed
+as the contiguous view of its memory, which the kernel updates in place
+instead of copying it in and out (the update is elementwise). They keep
 torch's formats, so checkpoints move freely between them and torch's
 optimisers:
 

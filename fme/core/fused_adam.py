@@ -461,7 +461,8 @@ class FusedAdam(torch.optim.Optimizer):
         Group options come from the saved dict (the parameters stay this
         optimiser's); the implementation options are set to the fused path's.
         As in torch, saved tensors already on the parameter's device and of
-        its dtype are used, not copied.
+        its dtype are used, not copied, unless a moment's strides differ from
+        the parameter's (it is then copied into the parameter's layout).
 
         Raises:
             ValueError: if the group count or a group's size differs, or a

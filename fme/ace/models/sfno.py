@@ -407,9 +407,10 @@ class SFNOBlock(nn.Module):
             and torch.is_grad_enabled()
             and not torch.is_autocast_enabled(y.device.type)
         ):
-            # Only y is stored for backward: the MLP's hidden activation is
-            # recomputed there from y (elementwise work and the first of the
-            # MLP's two matrix products).
+            # On large fields only y is stored for backward: the MLP's hidden
+            # activation is recomputed there from y (elementwise work and the
+            # first of the MLP's two matrix products); on small ones
+            # recomputed_then_linear stores it (RECOMPUTE_FROM_ELEMENTS).
             fc1, activation, fc2 = mlp.fwd
 
             def hidden(y: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Every netCDF file this project reads goes through ``open_dataset`` (a missing,
 empty or unreadable file fails with its path and what is wrong, not with an
 xarray backend message), and every file it writes stores data variables with
 netCDF's per-chunk ``fletcher32`` checksums, so corruption of those files is
-detected when they are read back (``checked_values``).
+detected when they are read back (``checked_values``). Training reads
+windows of times through ``read_time_window``.
 """
 
 from pathlib import Path
@@ -71,6 +72,51 @@ def checked_values(variable: Any, *, path: str | Path, name: str) -> np.ndarray:
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             "a checksum mismatch means the file is corrupt: regenerate it"
         ) from None
+
+
+# attributes that make netCDF4 transform values on read (unpacking, masking)
+_TRANSFORMING_ATTRIBUTES = ("scale_factor", "add_offset")
+
+
+def reads_raw_values(variable: netCDF4.Variable) -> bool:
+    """Whether ``variable``'s values read as stored, so the direct read serves them.
+
+    True for a native-endian floating-point variable without packing
+    attributes (``scale_factor``, ``add_offset``) on a handle with masking off
+    (``set_auto_mask(False)``): netCDF4's slicing then returns the stored
+    values unchanged.
+    """
+    dtype = np.dtype(variable.dtype)
+    return (
+        dtype.kind == "f"
+        and dtype.isnative
+        and not variable.mask
+        and not any(a in variable.ncattrs() for a in _TRANSFORMING_ATTRIBUTES)
+        and hasattr(variable, "_get")
+    )
+
+
+def read_time_window(variable: netCDF4.Variable, start: int, stop: int) -> np.ndarray:
+    """``variable[start:stop]`` along its first axis, whole along the others.
+
+    A window of a few times of a small field costs netCDF4's slicing about
+    0.15 ms in Python (index parsing, masking, unpacking) against 0.02 ms for
+    HDF5's read; streaming training makes one read per variable and sample.
+    Where the values read as stored (``reads_raw_values``) this calls
+    netCDF4's hyperslab read (``Variable._get``, which its slicing ends in)
+    directly; otherwise it slices. Both return the same array (tested).
+
+    Raises:
+        RuntimeError | OSError: as netCDF4 does, e.g. for a failed checksum.
+    """
+    if not reads_raw_values(variable):
+        return variable[start:stop]
+    shape = variable.shape
+    return variable._get(
+        [start] + [0] * (len(shape) - 1),
+        [stop - start, *shape[1:]],
+        [1] * len(shape),
+    )
 
 
 def checksum_encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:

@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
-from fme.core.netcdf_files import open_dataset
+from fme.core.netcdf_files import open_dataset, read_time_window
 
 ENGINES = ("netcdf4", "zarr")
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
@@ -385,7 +385,7 @@ class TimeSeriesStore:
         out = {}
         for name in self._time_names:
             try:
-                values = handle.variables[name][start:stop]
+                values = read_time_window(handle.variables[name], start, stop)
             except (OSError, RuntimeError) as err:  # e.g. a failed fletcher32 check
                 raise _unreadable_times(path, name, start, stop, err) from None
             out[name] = np.asarray(values, dtype=np.float32)

@@ -69,6 +69,14 @@ class OverwriteConfig:
                 data[name] = data[name] * np.float32(factor)
 
 
+def _as_tensor(values: np.ndarray, *, owned: bool) -> torch.Tensor:
+    """``values`` as a float32 tensor; an array nothing else holds is not copied."""
+    flags = values.flags
+    if owned and values.dtype == np.float32 and flags.c_contiguous and flags.writeable:
+        return torch.from_numpy(values)
+    return torch.tensor(values, dtype=torch.float32)
+
+
 @dataclasses.dataclass
 class FillNaNsConfig:
     """ACE's ``fill_nans``: replace NaNs by a constant before use.
@@ -341,7 +349,9 @@ class XarrayDataset(torch.utils.data.Dataset):
         for name, values in self._static.items():
             arrays[name] = np.broadcast_to(values, (n_times, *values.shape))
         self.config.overwrite.apply(arrays)
-        data = {n: torch.tensor(arrays[n], dtype=torch.float32) for n in self.names}
+        # a streamed read's arrays are its own: they become tensors uncopied
+        own = set() if self.store.in_memory else set(arrays) - set(self._static)
+        data = {n: _as_tensor(arrays[n], owned=n in own) for n in self.names}
         return data, self.store.times[start:stop].copy()
 
     def __len__(self) -> int:

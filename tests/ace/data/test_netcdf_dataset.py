@@ -130,6 +130,19 @@ def test_streaming_config_equals_cached_and_survives_pickling(tmp_path):
                 torch.testing.assert_close(d1[name], d2[name], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cache_in_memory", [True, False])
+def test_a_sample_shares_its_values_with_no_later_read(tmp_path, cache_in_memory):
+    """A streamed sample's tensors are its reads' own; cached ones are copies."""
+    write_files(tmp_path, [5])
+    ds = dataset(tmp_path, names=("a", "mask"), cache_in_memory=cache_in_memory)
+    first, _ = ds[1]
+    for values in first.values():
+        values.fill_(-1.0)
+    again, _ = ds[1]
+    np.testing.assert_array_equal(again["a"].numpy(), _values(0, 5, 0.0)[1:4])
+    assert torch.all(again["mask"] == 7.0)
+
+
 def test_time_invariant_variable_is_broadcast(tmp_path):
     write_files(tmp_path, [4])
     data, _ = dataset(tmp_path, names=("a", "mask"))[1]

@@ -1,5 +1,5 @@
 """Files written with ``checksum_encoding`` (checksums on, one time per chunk)
-and windows of times read back with ``read_time_window``."""
+and windows of times read back with ``TimeWindowReader``."""
 
 import netCDF4
 import numpy as np
@@ -9,9 +9,9 @@ import xarray as xr
 from fme.ace.data.ace_format_fixture import write_ace_format_dataset
 from fme.core.netcdf_files import (
     READ_CHUNK_CACHE_BYTES,
+    TimeWindowReader,
     checksum_encoding,
     open_dataset,
-    read_time_window,
     reads_raw_values,
 )
 
@@ -101,8 +101,9 @@ def test_time_windows_equal_netcdf4_slicing(tmp_path, name, raw):
         nc.set_auto_mask(False)
         variable = nc[name]
         assert reads_raw_values(variable) is raw
+        read_window = TimeWindowReader(variable)
         for start, stop in ((0, 1), (3, 6), (N_TIMES - 2, N_TIMES), (0, N_TIMES)):
-            window = read_time_window(variable, start, stop)
+            window = read_window(start, stop)
             expected = variable[start:stop]
             assert window.dtype == expected.dtype
             assert window.shape == (stop - start, *variable.shape[1:])
@@ -110,7 +111,7 @@ def test_time_windows_equal_netcdf4_slicing(tmp_path, name, raw):
         if name == "packed_i2":  # unpacked, not the stored integers
             assert window.dtype.kind == "f" and abs(window.mean() - 100) < 5
         if name == "with_fill_f4":
-            assert read_time_window(variable, 2, 3)[0, 1, 1] == -9.0
+            assert read_window(2, 3)[0, 1, 1] == -9.0
 
 
 def test_masked_handles_are_read_by_slicing(tmp_path):
@@ -120,7 +121,7 @@ def test_masked_handles_are_read_by_slicing(tmp_path):
     with netCDF4.Dataset(path) as nc:
         variable = nc["with_fill_f4"]
         assert not reads_raw_values(variable)
-        window = read_time_window(variable, 2, 3)
+        window = TimeWindowReader(variable)(2, 3)
         assert np.ma.is_masked(window) and window.mask[0, 1, 1]
 
 
@@ -139,6 +140,7 @@ def test_a_corrupt_chunk_fails_the_window_that_holds_it(tmp_path):
         nc.set_auto_mask(False)
         variable = nc["chunked_f4"]
         assert reads_raw_values(variable)
-        read_time_window(variable, 0, 4)  # the chunks before it are intact
+        read_window = TimeWindowReader(variable)
+        read_window(0, 4)  # the chunks before it are intact
         with pytest.raises((RuntimeError, OSError)):
-            read_time_window(variable, 3, 6)
+            read_window(3, 6)

@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from fme.ace.data.batch import HybridSigmaPressureCoordinate
-from fme.core.netcdf_files import open_dataset, read_time_window
+from fme.core.netcdf_files import TimeWindowReader, open_dataset
 
 ENGINES = ("netcdf4", "zarr")
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
@@ -306,8 +306,9 @@ class TimeSeriesStore:
         """Axis index of the first time of file ``file_index`` (first repeat)."""
         return sum(f.n_times for f in self._files[:file_index])
 
-    def _handle(self, file_index: int) -> netCDF4.Dataset:
-        """An open netCDF handle of a file, opened lazily in this process."""
+    def _netcdf_readers(self, file_index: int) -> dict[str, TimeWindowReader]:
+        """Readers of the requested variables of a file, opened lazily in this
+        process (the readers keep the file open)."""
         self._check_pid()
         if file_index not in self._handles:
             path = self._files[file_index].path
@@ -320,7 +321,10 @@ class TimeSeriesStore:
                     "changed since the start: regenerate or replace it"
                 ) from None
             handle.set_auto_mask(False)
-            self._handles[file_index] = handle
+            self._handles[file_index] = {
+                name: TimeWindowReader(handle.variables[name])
+                for name in self._time_names
+            }
         return self._handles[file_index]
 
     def _zarr_arrays(self, file_index: int) -> dict[str, Any]:
@@ -381,11 +385,10 @@ class TimeSeriesStore:
                 n: np.asarray(v, dtype=np.float32)
                 for n, v in zip(arrays, values, strict=True)
             }
-        handle = self._handle(file_index)
         out = {}
-        for name in self._time_names:
+        for name, read in self._netcdf_readers(file_index).items():
             try:
-                values = read_time_window(handle.variables[name], start, stop)
+                values = read(start, stop)
             except (OSError, RuntimeError) as err:  # e.g. a failed fletcher32 check
                 raise _unreadable_times(path, name, start, stop, err) from None
             out[name] = np.asarray(values, dtype=np.float32)

@@ -388,10 +388,10 @@ class TimeSeriesStore:
         out = {}
         for name, read in self._netcdf_readers(file_index).items():
             try:
-                values = read(start, stop)
+                window = read(start, stop)
             except (OSError, RuntimeError) as err:  # e.g. a failed fletcher32 check
                 raise _unreadable_times(path, name, start, stop, err) from None
-            out[name] = np.asarray(values, dtype=np.float32)
+            out[name] = np.asarray(window, dtype=np.float32)
         return out
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:

@@ -295,12 +295,10 @@ class WeightedMappingLoss:
             if missing:
                 raise ValueError(f"loss: {role} has no data for {missing}")
         names = self.names
-        norm_target = self.normalizer.normalize({n: target[n] for n in names})
-        norm_predict = self.normalizer.normalize({n: predict[n] for n in names})
-        target_dim = norm_target[names[0]].dim()
+        target_dim = target[names[0]].dim()
         members = []
         for n in names:
-            x = norm_predict[n]
+            x = predict[n]
             if x.dim() == target_dim:
                 x = x[:, None]
             elif x.dim() != target_dim + 1:
@@ -310,8 +308,10 @@ class WeightedMappingLoss:
                     "...]"
                 )
             members.append(x)
-        packed_target = torch.stack([norm_target[n] for n in names], dim=1)
-        return torch.stack(members, dim=2), packed_target
+        normalize = self.normalizer.normalize_packed
+        packed_target = normalize(torch.stack([target[n] for n in names], 1), names)
+        packed_predict = normalize(torch.stack(members, dim=2), names, dim=2)
+        return packed_predict, packed_target
 
     @staticmethod
     def _valid(target: torch.Tensor, data_mask: torch.Tensor | None) -> torch.Tensor:

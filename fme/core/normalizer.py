@@ -2,7 +2,7 @@
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -33,6 +33,8 @@ class StandardNormalizer:
         self.stds: TensorDict = {
             k: torch.as_tensor(v, dtype=torch.float32) for k, v in stds.items()
         }
+        # statistics of packed variables, by names, layout, device and dtype
+        self._packed: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -46,6 +48,48 @@ class StandardNormalizer:
     def denormalize(self, tensors: TensorMapping) -> TensorDict:
         """``x * std + mean`` for every variable in ``tensors``."""
         return {k: x * self._s(k, x) + self._m(k, x) for k, x in tensors.items()}
+
+    def normalize_packed(
+        self, packed: torch.Tensor, names: Sequence[str], *, dim: int = 1
+    ) -> torch.Tensor:
+        """``(x - mean) / std`` of a tensor whose axis ``dim`` holds ``names``.
+
+        The same numbers as ``normalize`` of each variable (the same float
+        operations per element), in two operations instead of two per variable.
+        """
+        mean, std = self._packed_stats(packed, names, dim)
+        return (packed - mean) / std
+
+    def denormalize_packed(
+        self, packed: torch.Tensor, names: Sequence[str], *, dim: int = 1
+    ) -> torch.Tensor:
+        """``x * std + mean`` of a tensor whose axis ``dim`` holds ``names``;
+        the same numbers as ``denormalize`` of each variable."""
+        mean, std = self._packed_stats(packed, names, dim)
+        return packed * std + mean
+
+    def _packed_stats(
+        self, packed: torch.Tensor, names: Sequence[str], dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and stds of ``names`` shaped to broadcast along axis ``dim``."""
+        dim = dim % packed.dim()
+        if packed.shape[dim] != len(names):
+            raise ValueError(
+                f"axis {dim} of the packed tensor {tuple(packed.shape)} must hold "
+                f"the {len(names)} variables {list(names)}"
+            )
+        key = (tuple(names), packed.dim(), dim, packed.device, packed.dtype)
+        if key not in self._packed:
+            shape = [1] * packed.dim()
+            shape[dim] = len(names)
+            mean, std = (
+                torch.stack([stats[n] for n in names])
+                .to(device=packed.device, dtype=packed.dtype)
+                .view(shape)
+                for stats in (self.means, self.stds)
+            )
+            self._packed[key] = (mean, std)
+        return self._packed[key]
 
     def _m(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.means[name].to(device=x.device, dtype=x.dtype)

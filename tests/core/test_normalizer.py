@@ -30,6 +30,45 @@ def test_normalize_denormalize_analytic_and_inverse():
     torch.testing.assert_close(rebuilt.normalize(x)["b"], normed["b"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_variables_get_the_numbers_of_per_variable_normalization(dtype):
+    """Bitwise: the same float operations per element, in any axis and order."""
+    generator = torch.Generator().manual_seed(0)
+    names = ["a", "b", "c"]
+    normalizer = StandardNormalizer(
+        means={n: torch.randn((), generator=generator) * 100 for n in names},
+        stds={n: torch.rand((), generator=generator) * 7 + 0.1 for n in names},
+    )
+    fields = {
+        n: torch.randn(2, 3, 5, 4, generator=generator, dtype=dtype) for n in names
+    }
+    order = ["c", "a", "b"]
+    for dim in (1, 2, -1):
+        packed = torch.stack([fields[n] for n in order], dim=dim)
+        normed = normalizer.normalize_packed(packed, order, dim=dim)
+        expected = normalizer.normalize(fields)
+        for i, n in enumerate(order):
+            assert torch.equal(normed.select(dim, i), expected[n]), (dim, n)
+        back = normalizer.denormalize_packed(normed, order, dim=dim)
+        expected_back = normalizer.denormalize(expected)
+        for i, n in enumerate(order):
+            assert torch.equal(back.select(dim, i), expected_back[n]), (dim, n)
+    # analytic: (x - mean) / std of the first variable
+    packed = torch.stack([fields[n] for n in order], dim=1)
+    manual = (fields["c"] - normalizer.means["c"].to(dtype)) / normalizer.stds["c"].to(
+        dtype
+    )
+    assert torch.equal(normalizer.normalize_packed(packed, order)[:, 0], manual)
+
+
+def test_packed_axis_must_hold_the_names():
+    normalizer = StandardNormalizer(
+        means={"a": torch.tensor(0.0)}, stds={"a": torch.tensor(1.0)}
+    )
+    with pytest.raises(ValueError, match=r"axis 1 .* must hold the 1 variables"):
+        normalizer.normalize_packed(torch.zeros(2, 3, 4), ["a"])
+
+
 def test_non_positive_std_rejected():
     with pytest.raises(ValueError, match="std of 'a' must be positive"):
         StandardNormalizer(

@@ -246,10 +246,12 @@ class SingleModuleStep(StepABC):
         missing = [n for n in self._in_names if n not in input_data]
         if missing:
             raise ValueError(f"step input lacks variables {missing}")
-        normalized_in = self.normalizer.normalize(
-            {n: input_data[n] for n in self._in_names}
+        in_names = self._in_names
+        packed = self.normalizer.normalize_packed(
+            torch.stack([input_data[n] for n in in_names], dim=1), in_names
         )
-        packed = torch.stack([normalized_in[n] for n in self._in_names], dim=1)
+        # one unbind, not a select per variable (see _finish)
+        normalized_in = dict(zip(in_names, packed.unbind(dim=1), strict=True))
         packed_out = self.module(packed)
         # Under mixed precision only the network runs in low precision: the
         # residual, denormalisation and corrector run in float32, so the
@@ -275,16 +277,19 @@ class SingleModuleStep(StepABC):
         corrector_state: CorrectorState | None,
     ) -> StepOutput:
         """Residual, denormalisation and corrector of the network's output."""
-        # one unbind, not a select per variable: its backward stacks the
-        # variables' gradients once instead of zero-filling a full-size
-        # gradient per variable
-        normalized_out: TensorDict = dict(
-            zip(self._out_names, packed_out.unbind(dim=1), strict=True)
-        )
+        # Variables are split off the packed output by one unbind, not a
+        # select per variable: its backward stacks the variables' gradients
+        # once instead of zero-filling a full-size gradient per variable.
         if self.residual_prediction:
+            normalized_out: TensorDict = dict(
+                zip(self._out_names, packed_out.unbind(dim=1), strict=True)
+            )
             for name in self.prognostic_names:
                 normalized_out[name] = normalized_out[name] + normalized_in[name]
-        output = self.normalizer.denormalize(normalized_out)
+            output = self.normalizer.denormalize(normalized_out)
+        else:
+            packed_out = self.normalizer.denormalize_packed(packed_out, self._out_names)
+            output = dict(zip(self._out_names, packed_out.unbind(dim=1), strict=True))
         if self.corrector is None:
             return StepOutput(output=self._prescribe(output, next_forcing))
         if corrector_state is None:

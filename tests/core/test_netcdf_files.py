@@ -67,7 +67,7 @@ def _write_variable_kinds(path):
             "chunked_f4": dict(datatype="f4", chunksizes=(1, 3, 4), fletcher32=True),
             "contiguous_f8": dict(datatype="f8", contiguous=False),
             "with_fill_f4": dict(datatype="f4", fill_value=-9.0),
-            "big_endian_f4": dict(datatype="f4", endian="big"),
+            "big_endian_f4": dict(datatype=np.dtype(">f4"), endian="big"),
             "packed_i2": dict(datatype="i2"),
             "scaled_f4": dict(datatype="f4"),
         }

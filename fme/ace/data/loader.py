@@ -36,8 +36,9 @@ class DataLoaderConfig:
             be divisible by the number of processes.
         num_data_workers: worker processes reading data (0 reads in the main
             process).
-        prefetch_factor: batches each worker reads ahead (with workers only;
-            torch's default when null).
+        prefetch_factor: batches each worker reads ahead (with workers only,
+            as in ACE, where torch refuses it without workers; torch's default
+            when null).
     """
 
     dataset: XarrayDataConfig | ConcatDatasetConfig | MergeDatasetConfig
@@ -55,6 +56,13 @@ class DataLoaderConfig:
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ValueError(
                 f"prefetch_factor must be >= 1 or null, got {self.prefetch_factor}"
+            )
+        if self.prefetch_factor is not None and self.num_data_workers == 0:
+            raise ValueError(
+                f"prefetch_factor {self.prefetch_factor} needs data workers, but "
+                "num_data_workers is 0 (the main process reads each batch when "
+                "it is needed; nothing is read ahead): set num_data_workers >= 1 "
+                "or prefetch_factor: null"
             )
 
 
@@ -279,7 +287,7 @@ def build_data_loader(
         batch_sampler=sampler,
         num_workers=config.num_data_workers,
         collate_fn=collate_windows,
-        prefetch_factor=config.prefetch_factor if config.num_data_workers else None,
+        prefetch_factor=config.prefetch_factor,
         # each new iterator draws a seed from this generator; from the global
         # one it would shift a stochastic network's noise on resume
         generator=torch.Generator().manual_seed(seed),

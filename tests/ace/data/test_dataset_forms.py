@@ -122,7 +122,7 @@ def test_concat_of_time_subsets_of_one_store(tmp_path):
         DataLoaderConfig,
         {
             "batch_size": 2,
-            "num_data_workers": 0,
+            "num_data_workers": 1,
             "prefetch_factor": 2,
             "dataset": {
                 "concat": [

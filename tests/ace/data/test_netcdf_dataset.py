@@ -268,6 +268,17 @@ def test_config_loads_strictly_with_either_subset():
         from_dict_strict(DataLoaderConfig, {**base, "unknown_key": 1})
 
 
+def test_prefetch_factor_without_data_workers_is_refused_as_in_ace():
+    """torch's DataLoader refuses it without workers, so ACE's config does."""
+    base = {"dataset": {"data_path": "/x"}, "batch_size": 4, "prefetch_factor": 4}
+    with pytest.raises(
+        ConfigError, match="prefetch_factor 4 needs data workers.*num_data_workers"
+    ):
+        from_dict_strict(DataLoaderConfig, {**base, "num_data_workers": 0})
+    config = from_dict_strict(DataLoaderConfig, {**base, "num_data_workers": 2})
+    assert (config.num_data_workers, config.prefetch_factor) == (2, 4)
+
+
 @pytest.mark.parametrize(
     "subset", [Slice(), Slice(start=1, stop=5), TimeSlice(), TimeSlice(step=3)]
 )

@@ -19,7 +19,8 @@ Changed keys, and why:
   documented config (2 instead of 1460 steps: four starts a year apart need
   four years of data), the ERA5 ``batch_size`` of validation (4 instead of
   64), ``num_data_workers`` (0: worker processes cost seconds to start on a
-  2-core CI machine), ``logging.log_to_wandb`` (false: no network).
+  2-core CI machine; ``prefetch_factor``, which needs workers in ACE as here,
+  goes with them), ``logging.log_to_wandb`` (false: no network).
 - network width, because a CI run must take seconds, not minutes: the
   documented SFNO (``embed_dim`` 384, 8 layers) and the ERA5
   NoiseConditionedSFNO (``embed_dim`` 512, 8 layers) run with ``embed_dim``
@@ -111,6 +112,7 @@ def test_ace_documented_train_config_trains_end_to_end(tmp_path):
     data["max_epochs"] = 1
     for loader in (data["train_loader"], data["validation"]["loader"], block["loader"]):
         loader["num_data_workers"] = 0
+        loader.pop("prefetch_factor", None)  # ACE, too, refuses it without workers
     step["builder"]["config"].update(SMALL_NETWORK)
     config = from_dict_strict(TrainConfig, data, path="config")
     # nothing else was changed
@@ -175,6 +177,7 @@ def test_era5_ace2s_pretraining_config_trains_end_to_end(tmp_path):
     data["validation"]["loader"]["batch_size"] = 4
     for loader in (data["train_loader"], data["validation"]["loader"], block["loader"]):
         loader["num_data_workers"] = 0
+        loader.pop("prefetch_factor", None)  # ACE, too, refuses it without workers
     data["logging"]["log_to_wandb"] = False
     step["builder"]["config"].update(SMALL_NETWORK)
     config = from_dict_strict(TrainConfig, data, path="config")

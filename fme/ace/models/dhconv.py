@@ -6,7 +6,8 @@ the matrix product keeps the coefficients, reordered to ``[l, m * batch,
 in]``, for the weight's gradient: one more field-sized tensor per block. The
 function here keeps the grid field instead (which the block's 1x1 skip keeps
 anyway) and recomputes its transform in backward, which costs one more
-spherical harmonic analysis per block and step.
+spherical harmonic analysis per block and step; the SFNO uses it on fields
+large enough for that to pay (``fme.ace.models.recomputation``).
 """
 
 from typing import TYPE_CHECKING, Any

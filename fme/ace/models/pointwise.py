@@ -8,15 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fme.ace.models import recomputation
 from fme.ace.models.registry import MODULE_REGISTRY
-
-# From this many elements of the recomputed function's input on, its output is
-# recomputed in backward rather than stored. Below it (every field up to a
-# batch of 4 at 1 degree with 32 channels) the memory saved is small, and
-# recomputing costs a tenth of a small step's time (the activations, a
-# normalisation and a matrix product again); above it (ACE2's 384 channels
-# at 1 degree) the stored activations are a large share of the peak.
-RECOMPUTE_FROM_ELEMENTS = 1 << 24
 
 
 class PointwiseLinear(nn.Module):
@@ -192,13 +185,13 @@ def recomputed_then_linear(
     composition where the recomputation does not apply: no gradient recorded,
     under autocast (mixed precision), or when ``linear`` is not a plain
     :class:`PointwiseLinear`; and where it does not pay: for ``h`` of fewer
-    than ``RECOMPUTE_FROM_ELEMENTS`` elements.
+    than ``recomputation.RECOMPUTE_FROM_ELEMENTS`` elements.
     """
     if (
         type(linear) is not PointwiseLinear
         or not torch.is_grad_enabled()
         or torch.is_autocast_enabled(h.device.type)
-        or h.numel() < RECOMPUTE_FROM_ELEMENTS
+        or not recomputation.recomputes(h.numel())
     ):
         return linear(fn(h))
     return _RecomputedThenLinear.apply(

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fme.ace.models import recomputation
 from fme.ace.models.dhconv import analysis_then_dhconv, per_degree_product
 from fme.ace.models.diagonal_mix import diagonal_product
 from fme.ace.models.pointwise import (
@@ -218,15 +219,17 @@ class SpectralConvS2(nn.Module):
             out = torch.cat([m0, out[1:]], dim=0)
         return out
 
-    def _stores_only_the_field(self) -> bool:
-        """Whether backward keeps the input field rather than its spectrum
-        (see ``fme.ace.models.dhconv``): a plain dhconv on one grid."""
+    def _stores_only_the_field(self, x: torch.Tensor) -> bool:
+        """Whether backward keeps the input field ``x`` rather than its spectrum
+        (see ``fme.ace.models.dhconv``): a plain dhconv on one grid, on a
+        field large enough to recompute (``recomputation``)."""
         return (
             self.operator_type == "dhconv"
             and self.weight_layout == "in_out"
             and not self.preserve_global_mean
             and not self.resamples
             and torch.is_grad_enabled()
+            and recomputation.recomputes(x.numel())
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,7 +247,7 @@ class SpectralConvS2(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if dtype in (torch.float16, torch.bfloat16):
                 x = x.float()
-            if self._stores_only_the_field():
+            if self._stores_only_the_field(x):
                 mixed = analysis_then_dhconv(x, self)
             else:
                 coeffs = self.forward_transform(x)
@@ -410,7 +413,7 @@ class SFNOBlock(nn.Module):
             # On large fields only y is stored for backward: the MLP's hidden
             # activation is recomputed there from y (elementwise work and the
             # first of the MLP's two matrix products); on small ones
-            # recomputed_then_linear stores it (RECOMPUTE_FROM_ELEMENTS).
+            # recomputed_then_linear stores it (see recomputation).
             fc1, activation, fc2 = mlp.fwd
 
             def hidden(y: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
+import pytest
 import torch
 from torch.func import functional_call
 
+from fme.ace.models import recomputation
 from fme.ace.models.sfno import SpectralConvS2
 from fme.ace.models.sht import (
     InverseSphericalHarmonicTransform,
@@ -17,10 +19,31 @@ def dhconv(nlat=6, nlon=12, channels=(3, 2)) -> SpectralConvS2:
         out_channels=channels[1],
         operator_type="dhconv",
     )
-    assert conv._stores_only_the_field()
     return conv
 
 
+def _kept_storages(conv, x) -> tuple[tuple[torch.Tensor, torch.Tensor], set[int]]:
+    """``conv(x)`` and the storages (not parameters, tables or small tensors)
+    that autograd keeps for its backward."""
+    skipped = {p.untyped_storage().data_ptr() for p in conv.parameters()}
+    skipped |= {
+        b.untyped_storage().data_ptr()
+        for b in (*conv.forward_transform.buffers(), *conv.inverse_transform.buffers())
+    }
+    kept: set[int] = set()
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skipped and t.numel() > 16 * 16:
+            kept.add(storage.data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = conv(x)
+    return result, kept
+
+
+@pytest.mark.usefixtures("always_recompute")
 def test_gradients_match_finite_differences():
     # the hand-written backward (recomputed analysis, complex products, the
     # adjoint transform) against finite differences, for the field and weight
@@ -35,33 +58,43 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(apply, (x, weight))
 
 
+@pytest.mark.usefixtures("always_recompute")
 def test_backward_keeps_the_field_not_its_spectrum():
     torch.manual_seed(0)
     conv = dhconv(nlat=8, nlon=16, channels=(4, 4))
-    params = {p.untyped_storage().data_ptr() for p in conv.parameters()}
     x = torch.randn(1, 4, 8, 16, requires_grad=True)
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params and t.numel() > 16 * 16:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out, skip = conv(x)
-    # the input field (the block's skip keeps it too) and the transform tables
-    tables = {
-        b.untyped_storage().data_ptr()
-        for b in (*conv.forward_transform.buffers(), *conv.inverse_transform.buffers())
-    }
-    assert set(kept) - tables == {x.untyped_storage().data_ptr()}
+    assert conv._stores_only_the_field(x)
+    # only the input field (the block's skip keeps it too)
+    (out, skip), kept = _kept_storages(conv, x)
+    assert kept == {x.untyped_storage().data_ptr()}
     assert skip is x
     (out.square().sum()).backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     assert conv.weight.grad.stride() == conv.weight.stride()
 
 
+def test_recomputation_starts_at_the_threshold(monkeypatch):
+    # below recomputation.RECOMPUTE_FROM_ELEMENTS the spectrum is stored (plain
+    # autograd); from it on only the field; the numbers are the same
+    torch.manual_seed(0)
+    conv = dhconv(nlat=8, nlon=16, channels=(4, 4))
+    x = torch.randn(2, 4, 8, 16, requires_grad=True)
+    results = {}
+    for threshold in (x.numel() + 1, x.numel()):
+        monkeypatch.setattr(recomputation, "RECOMPUTE_FROM_ELEMENTS", threshold)
+        (out, _), kept = _kept_storages(conv, x)
+        grads = torch.autograd.grad(out.square().sum(), [x, conv.weight])
+        results[threshold] = (out, kept, grads)
+    stored, recomputed = results[x.numel() + 1], results[x.numel()]
+    field = x.untyped_storage().data_ptr()
+    assert recomputed[1] == {field}
+    assert len(stored[1]) == 1 and field not in stored[1]  # the spectrum instead
+    torch.testing.assert_close(stored[0], recomputed[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(stored[2], recomputed[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.usefixtures("always_recompute")
 def test_per_degree_products_at_large_sizes_match_an_einsum():
     # 384 channels take the one-product-per-degree path that skips the orders
     # m > l; output and gradients must equal a plain einsum of the spectrum

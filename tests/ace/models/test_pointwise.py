@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fme.ace.models import ModuleSelector, pointwise
+from fme.ace.models import ModuleSelector, recomputation
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -77,12 +77,6 @@ def test_forward_concat_checks_the_channel_count():
     module = PointwiseLinear(5, 3)
     with pytest.raises(ValueError, match="expected 5"):
         module.forward_concat([torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)])
-
-
-@pytest.fixture
-def always_recompute(monkeypatch):
-    """Recompute at any size (the tests' fields are below the threshold)."""
-    monkeypatch.setattr(pointwise, "RECOMPUTE_FROM_ELEMENTS", 0)
 
 
 def _saved_bytes(fn, h, module) -> tuple[torch.Tensor, int]:
@@ -182,7 +176,7 @@ def test_recomputed_then_linear_gives_the_recomputed_modules_parameters_grads(
 
 
 def test_recomputation_starts_at_the_threshold(monkeypatch):
-    # below RECOMPUTE_FROM_ELEMENTS the plain composition runs (it stores h and
+    # below recomputation.RECOMPUTE_FROM_ELEMENTS the plain composition runs (it stores h and
     # act(h)); from it on only h is stored; the numbers are the same
     torch.manual_seed(0)
     linear = PointwiseLinear(6, 3, conv_shape=True)
@@ -190,7 +184,7 @@ def test_recomputation_starts_at_the_threshold(monkeypatch):
     h = torch.randn(2, 6, 5, 7, requires_grad=True)
     results = {}
     for threshold in (h.numel() + 1, h.numel()):
-        monkeypatch.setattr(pointwise, "RECOMPUTE_FROM_ELEMENTS", threshold)
+        monkeypatch.setattr(recomputation, "RECOMPUTE_FROM_ELEMENTS", threshold)
         out, saved = _saved_bytes(
             lambda x: activation_then_linear(x, act, linear), h, linear
         )

@@ -235,6 +235,7 @@ def test_runs_under_bfloat16_autocast():
     assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
 
 
+@pytest.mark.usefixtures("always_recompute")
 @pytest.mark.parametrize("normalization_layer", ["instance_norm", "layer_norm"])
 def test_lean_block_gives_the_gradients_of_the_plain_block(normalization_layer):
     # A block's MLP input is recomputed in backward (not stored); every

@@ -250,8 +250,6 @@ class SingleModuleStep(StepABC):
         packed = self.normalizer.normalize_packed(
             torch.stack([input_data[n] for n in in_names], dim=1), in_names
         )
-        # one unbind, not a select per variable (see _finish)
-        normalized_in = dict(zip(in_names, packed.unbind(dim=1), strict=True))
         packed_out = self.module(packed)
         # Under mixed precision only the network runs in low precision: the
         # residual, denormalisation and corrector run in float32, so the
@@ -259,7 +257,7 @@ class SingleModuleStep(StepABC):
         with torch.autocast(device_type=packed_out.device.type, enabled=False):
             return self._finish(
                 packed_out.float() if packed_out.dtype in _HALF else packed_out,
-                normalized_in=normalized_in,
+                packed_in=packed,
                 input_data=input_data,
                 next_forcing=next_forcing,
                 detach_uncorrected=detach_uncorrected,
@@ -270,17 +268,21 @@ class SingleModuleStep(StepABC):
         self,
         packed_out: torch.Tensor,
         *,
-        normalized_in: TensorMapping,
+        packed_in: torch.Tensor,
         input_data: TensorMapping,
         next_forcing: TensorMapping,
         detach_uncorrected: bool,
         corrector_state: CorrectorState | None,
     ) -> StepOutput:
-        """Residual, denormalisation and corrector of the network's output."""
-        # Variables are split off the packed output by one unbind, not a
-        # select per variable: its backward stacks the variables' gradients
-        # once instead of zero-filling a full-size gradient per variable.
+        """Residual, denormalisation and corrector of the network's output
+        (``packed_in``: the normalised network input)."""
+        # Variables are split off a packed tensor by one unbind, not a select
+        # per variable: its backward stacks the variables' gradients once
+        # instead of zero-filling a full-size gradient per variable.
         if self.residual_prediction:
+            normalized_in = dict(
+                zip(self._in_names, packed_in.unbind(dim=1), strict=True)
+            )
             normalized_out: TensorDict = dict(
                 zip(self._out_names, packed_out.unbind(dim=1), strict=True)
             )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fme.ace.models.mode_major import from_mode_major, to_mode_major
+
 if TYPE_CHECKING:
     from fme.ace.models.sfno import SpectralConvS2
 
@@ -90,13 +92,13 @@ class _AnalysisThenDhconv(torch.autograd.Function):
         batch = x.shape[0]
         sizes = {"n_m": conv.mmax, "n_l": conv.lmax, "batch": batch}
         # weight (in, out, l, 2), stored [l, in, out, 2]: a view, no copy
-        matrices = torch.view_as_complex(weight.permute(2, 0, 1, 3))
+        matrices = torch.view_as_complex(to_mode_major(weight))
         grad_rows = _by_degree(grad, **sizes)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
             rows = _by_degree(conv.forward_transform(x), **sizes)
             per_degree = _per_degree_gram(rows, grad_rows, batch=batch)
-            grad_weight = torch.view_as_real(per_degree).permute(1, 2, 0, 3)
+            grad_weight = from_mode_major(torch.view_as_real(per_degree))
         if ctx.needs_input_grad[0]:
             adjoints = matrices.transpose(1, 2).conj()
             grad_in = per_degree_product(grad_rows, adjoints, batch=batch)

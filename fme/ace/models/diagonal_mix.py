@@ -15,10 +15,7 @@ from typing import Any
 
 import torch
 
-# the weight's axes (in, out, l, m, 2) in memory order [m, l, in, out, 2]
-_TO_MEMORY = (3, 2, 0, 1, 4)
-# and back: memory [m, l, in, out, 2] -> (in, out, l, m, 2)
-_FROM_MEMORY = (2, 3, 1, 0, 4)
+from fme.ace.models.mode_major import from_mode_major, to_mode_major
 
 
 class _DiagonalProduct(torch.autograd.Function):
@@ -51,7 +48,7 @@ class _DiagonalProduct(torch.autograd.Function):
             grad_spec = grad_spec.conj().resolve_conj()
             grad_spec = grad_spec.view(n_m, n_l, batch, n_in)
         if ctx.needs_input_grad[1]:
-            memory = weight.new_empty([weight.shape[i] for i in _TO_MEMORY])
+            memory = weight.new_empty(to_mode_major(weight).shape)
             per_mode = torch.view_as_complex(memory)
             per_mode[n_m:].zero_()  # orders the transforms do not keep
             torch.bmm(
@@ -59,13 +56,13 @@ class _DiagonalProduct(torch.autograd.Function):
                 grads,
                 out=per_mode[:n_m].view(n_m * n_l, n_in, n_out),
             )
-            grad_weight = memory.permute(*_FROM_MEMORY)
+            grad_weight = from_mode_major(memory)
         return grad_spec, grad_weight
 
 
 def _matrices(weight: torch.Tensor, n_m: int) -> torch.Tensor:
     """The complex ``[n_m, l, in, out]`` matrices of the first ``n_m`` orders."""
-    memory = weight.permute(*_TO_MEMORY).contiguous()
+    memory = to_mode_major(weight).contiguous()
     return torch.view_as_complex(memory[:n_m])
 
 

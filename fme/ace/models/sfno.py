@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from fme.ace.models import recomputation
 from fme.ace.models.dhconv import analysis_then_dhconv, per_degree_product
 from fme.ace.models.diagonal_mix import diagonal_product
+from fme.ace.models.mode_major import mode_major_parameter, to_mode_major
 from fme.ace.models.pointwise import (
     PointwiseLinear,
     activation_then_linear,
@@ -57,29 +58,6 @@ DATA_GRIDS = ("legendre-gauss", "equiangular")
 INTERNAL_GRIDS = ("legendre-gauss", "data")
 OPERATOR_TYPES = ("diagonal", "dhconv")
 NORMALIZATIONS = ("instance_norm", "layer_norm", "none")
-
-
-def _mode_major_parameter(
-    *, in_channels: int, out_channels: int, modes: list[int], std: float
-) -> nn.Parameter:
-    """A parameter of shape ``(in, out, *modes, 2)`` stored mode-major.
-
-    Memory is ``[*reversed(modes), in, out, 2]`` (for ``modes = [l, m]``: m
-    outermost, matching the m-major coefficients), so that ``_mode_major``
-    returns a contiguous view without copying.
-    """
-    memory = torch.randn(*reversed(modes), in_channels, out_channels, 2) * std
-    n_modes = len(modes)
-    # memory axes: (*reversed modes, in, out, 2) -> (in, out, *modes, 2)
-    order = [n_modes, n_modes + 1, *reversed(range(n_modes)), n_modes + 2]
-    return nn.Parameter(memory.permute(*order))
-
-
-def _mode_major(weight: torch.Tensor) -> torch.Tensor:
-    """``(in, out, *modes, 2)`` -> ``[*reversed(modes), in, out, 2]``, contiguous."""
-    n_modes = weight.dim() - 3
-    order = [*reversed(range(2, 2 + n_modes)), 0, 1, weight.dim() - 1]
-    return weight.permute(*order).contiguous()
 
 
 class SpectralConvS2(nn.Module):
@@ -168,7 +146,7 @@ class SpectralConvS2(nn.Module):
         )
         # real and imaginary parts each carry half the variance
         std = math.sqrt(init_gain / in_channels / 2.0)
-        weight = _mode_major_parameter(
+        weight = mode_major_parameter(
             in_channels=in_channels, out_channels=out_channels, modes=modes, std=std
         )
         if weight_layout == "group_out_in":
@@ -204,7 +182,7 @@ class SpectralConvS2(nn.Module):
             if self.weight_layout == "group_out_in":
                 weight = self.weight[0].permute(0, 2, 1, 3).contiguous()
             else:
-                weight = _mode_major(self.weight)
+                weight = to_mode_major(self.weight).contiguous()
             # [l, in, out]: one matrix per l, shared by all m; rows are (m, batch)
             rows = spec.transpose(0, 1).reshape(n_l, n_m * batch, n_in)
             mixed = per_degree_product(rows, torch.view_as_complex(weight), batch=batch)

@@ -1,11 +1,11 @@
 import torch
 
 from fme.ace.models.diagonal_mix import diagonal_product
-from fme.ace.models.sfno import _mode_major_parameter
+from fme.ace.models.mode_major import mode_major_parameter
 
 
 def diagonal_weight(n_in, n_out, n_l, weight_mmax, dtype=torch.float64):
-    return _mode_major_parameter(
+    return mode_major_parameter(
         in_channels=n_in, out_channels=n_out, modes=[n_l, weight_mmax], std=0.5
     ).to(dtype)
 
